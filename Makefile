@@ -1,0 +1,49 @@
+# primus-lens-inject — everything a user or CI needs, from a fresh checkout.
+#   make demo   run examples/train.py under the injector, reporting to the built-in receiver
+#   make test   lint + the whole suite (newest wandb, then wandb 0.12.21 in its own virtualenv)
+#   make bench  the benchmarks in bench/ (baseline, patched, ratio; medians)
+
+PYTHON     ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+OLD_WANDB  ?= 0.12.21
+OLD_VENV   ?= .venv-wandb-$(OLD_WANDB)
+OLD_PY     := $(OLD_VENV)/bin/python
+PIP_FLAGS  ?= -q --disable-pip-version-check
+
+# Fragments in mk/ add their own targets and append prerequisites of `make test` here.
+TEST_PREREQS :=
+-include mk/*.mk
+
+.PHONY: install install-old demo test test-core test-old lint bench clean
+.DEFAULT_GOAL := demo
+
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) -e ".[test]"
+	touch $@
+
+install-old: $(OLD_VENV)/.installed
+$(OLD_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(OLD_VENV)
+	$(OLD_PY) -m pip install $(PIP_FLAGS) -e . "wandb==$(OLD_WANDB)" numpy
+	touch $@
+
+demo: install
+	$(PY) examples/demo.py
+
+lint: install
+	$(PY) -m ruff check primus_lens_inject sitecustomize tests bench examples
+	$(PY) -m ruff check --target-version py39 --select E9,F63,F7,F82,UP primus_lens_inject sitecustomize
+
+test: lint install-old $(TEST_PREREQS)
+	$(PY) -m pytest
+	PRIMUS_LENS_TEST_PYTHON=$(abspath $(OLD_PY)) $(PY) -m pytest -m wandb_compat -p no:cacheprovider
+
+bench: install
+	$(PY) bench/startup.py
+	$(PY) bench/log_overhead.py
+
+clean:
+	rm -rf $(VENV) $(OLD_VENV) .pytest_cache .ruff_cache build *.egg-info

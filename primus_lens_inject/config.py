@@ -1,0 +1,273 @@
+"""The injector's whole configuration, parsed once from the environment into one typed object.
+
+Every variable the injector reads is declared once in ``VARIABLES`` with its default and a one-line
+description; ``Config.from_env`` parses them, and ``primus-lens doctor`` and the README table are
+built from the same declarations.  An invalid value never raises: it is reported as a
+``Problem`` (one warning naming the variable) and the default is used instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Mapping, Optional, Tuple
+
+# Where a stock Primus Lens install serves the telemetry-processor (spec §1.1): Service
+# "primus-lens-telemetry-processor" in namespace "primus-lens", port 8989, route group /v1.
+DEFAULT_API_BASE_URL = "http://primus-lens-telemetry-processor.primus-lens.svc.cluster.local:8989/v1"
+
+GPU_BACKENDS = ("auto", "amdsmi", "sysfs", "nvml", "none")
+GPU_SCOPES = ("process", "node")
+REPORT_RANKS = ("zero", "all")
+
+_TRUE = frozenset(("1", "true", "yes", "on", "y", "t"))
+_FALSE = frozenset(("0", "false", "no", "off", "n", "f"))
+
+
+class InvalidValue(ValueError):
+    """Raised by a parser when a raw value cannot be used; the message says what is expected."""
+
+
+def parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise InvalidValue("expected true/false (1/0, yes/no, on/off)")
+
+
+def _number(kind: Callable[[str], Any], low: float, high: float) -> Callable[[str], Any]:
+    def parse(raw: str) -> Any:
+        try:
+            value = kind(raw.strip())
+        except ValueError:
+            raise InvalidValue(f"expected a {kind.__name__} between {low:g} and {high:g}")
+        if (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
+            raise InvalidValue(f"expected a {kind.__name__} between {low:g} and {high:g}")
+        return value
+
+    return parse
+
+
+def _choice(options: Tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise InvalidValue("expected one of " + "|".join(options))
+        return value
+
+    return parse
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _path(raw: str) -> str:
+    value = raw.strip()
+    if "\x00" in value:
+        raise InvalidValue("a path cannot contain NUL")
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def _url(raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest or " " in value:
+        raise InvalidValue("expected an http:// or https:// URL")
+    return value
+
+
+def _headers(raw: str) -> Tuple[Tuple[str, str], ...]:
+    """Extra request headers: a JSON object, or ``Name: value`` pairs separated by newlines or ``;``."""
+    text = raw.strip()
+    pairs: list = []
+    if text.startswith("{"):
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            raise InvalidValue('expected a JSON object {"Name": "value"} or "Name: value; ..."')
+        if not isinstance(obj, dict) or not all(isinstance(v, str) for v in obj.values()):
+            raise InvalidValue("header values must be strings")
+        pairs = list(obj.items())
+    else:
+        for part in text.replace("\n", ";").split(";"):
+            if not part.strip():
+                continue
+            name, sep, value = part.partition(":")
+            if not sep or not name.strip():
+                raise InvalidValue('expected "Name: value" pairs separated by ";"')
+            pairs.append((name.strip(), value.strip()))
+    for name, value in pairs:
+        if not name or any(c in name for c in " \t\r\n:") or any(c in value for c in "\r\n"):
+            raise InvalidValue(f"invalid header {name!r}")
+    return tuple(pairs)
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: the field it sets, how it is parsed, and what it means."""
+
+    name: str
+    field: str
+    parse: Callable[[str], Any]
+    doc: str
+    secret: bool = False
+
+
+VARIABLES: Tuple[Variable, ...] = (
+    Variable("PRIMUS_LENS_WANDB_HOOK", "hook", parse_bool,
+             "Master switch. false: the bootstrap imports nothing, patches nothing, starts nothing."),
+    Variable("PRIMUS_LENS_WANDB_ENHANCE_METRICS", "enhance_metrics", parse_bool,
+             "Add `_primus_sys_*` / `_primus_gpu_*` figures to every logged row (wandb and record)."),
+    Variable("PRIMUS_LENS_WANDB_SAVE_LOCAL", "save_local", parse_bool,
+             "Keep the local JSONL record under the output path."),
+    Variable("PRIMUS_LENS_WANDB_OUTPUT_PATH", "output_path", _path,
+             "Root of the local record. Unset: `$WANDB_DIR/wandb/primus-lens` "
+             "(`./wandb/primus-lens` without `WANDB_DIR`), next to wandb's own files."),
+    Variable("PRIMUS_LENS_WANDB_DEBUG", "debug", parse_bool,
+             "Print one JSON line per injector decision on stderr."),
+    Variable("PRIMUS_LENS_SAMPLE_INTERVAL", "sample_interval", _number(float, 0.1, 3600.0),
+             "Seconds between two system/GPU samples of the background sampler."),
+    Variable("PRIMUS_LENS_GPU_BACKEND", "gpu_backend", _choice(GPU_BACKENDS),
+             "GPU library: auto (amdsmi, then amdgpu sysfs, then NVML), amdsmi, sysfs, nvml, none."),
+    Variable("PRIMUS_LENS_GPU_SCOPE", "gpu_scope", _choice(GPU_SCOPES),
+             "process: this process's own GPU(s); node: every GPU, sampled by local rank 0 only."),
+    Variable("PRIMUS_LENS_SYSFS_ROOT", "sysfs_root", _path,
+             "Where sysfs is mounted, for the amdgpu fallback (chroots, tests)."),
+    Variable("PRIMUS_LENS_WANDB_API_REPORTING", "api_reporting", parse_bool,
+             "Send rows and the framework-detection report to the Lens telemetry-processor."),
+    Variable("PRIMUS_LENS_API_BASE_URL", "api_base_url", _url,
+             "Base URL of the telemetry-processor; requests go to `{base}/wandb/logs|detection`."),
+    Variable("PRIMUS_LENS_WANDB_BATCH_SIZE", "batch_size", _number(int, 1, 500),
+             "Most steps sent in one request (the server has no cap; we keep requests ≤ 1 MiB)."),
+    Variable("PRIMUS_LENS_WANDB_FLUSH_INTERVAL", "flush_interval", _number(float, 0.05, 300.0),
+             "Seconds the reporter waits to fill a batch before sending what it has."),
+    Variable("PRIMUS_LENS_API_CONNECT_TIMEOUT", "connect_timeout", _number(float, 0.1, 60.0),
+             "Seconds to establish a connection to the telemetry-processor."),
+    Variable("PRIMUS_LENS_API_TIMEOUT", "read_timeout", _number(float, 1.0, 600.0),
+             "Seconds to wait for a response to a rows request."),
+    Variable("PRIMUS_LENS_API_DETECTION_TIMEOUT", "detection_timeout", _number(float, 1.0, 600.0),
+             "Seconds to wait for a detection response (the server forwards it synchronously)."),
+    Variable("PRIMUS_LENS_API_HEADERS", "api_headers", _headers,
+             'Extra request headers, e.g. `Cookie: token=...` or a JSON object; never logged.',
+             secret=True),
+    Variable("PRIMUS_LENS_API_VERIFY", "api_verify", parse_bool,
+             "Verify the server's TLS certificate for https:// base URLs."),
+    Variable("PRIMUS_LENS_API_CA_BUNDLE", "api_ca_bundle", _path,
+             "PEM file of CA certificates to verify the server with (default: system/certifi)."),
+    Variable("PRIMUS_LENS_API_USE_PROXY", "api_use_proxy", parse_bool,
+             "Honour HTTP(S)_PROXY/NO_PROXY for the telemetry-processor (default: connect directly)."),
+    Variable("PRIMUS_LENS_SHUTDOWN_TIMEOUT", "shutdown_timeout", _number(float, 0.0, 600.0),
+             "Most seconds spent flushing at finish, exit or SIGTERM before giving up (data stays "
+             "in the record and is sent by the next process that uses it)."),
+    Variable("PRIMUS_LENS_REPORT_RANKS", "report_ranks", _choice(REPORT_RANKS),
+             "Which processes send rows and detection: zero (global rank 0) or all (every rank; "
+             "keys are prefixed `rankN/`)."),
+    Variable("POD_NAME", "pod_name", _text, "Pod name (downward API): the server's identity key."),
+    Variable("POD_UID", "pod_uid", _text, "Pod UID (downward API), sent alongside the name."),
+    Variable("POD_NAMESPACE", "pod_namespace", _text, "Pod namespace (downward API)."),
+    Variable("WORKLOAD_UID", "workload_uid", _text,
+             "Lens workload UID, only when an operator knows it; otherwise the pod name is used."),
+    Variable("NODE_NAME", "node_name", _text, "Kubernetes node name, for diagnostics."),
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An environment value that could not be used; the default was taken instead."""
+
+    variable: str
+    raw: str
+    reason: str
+
+    def message(self) -> str:
+        shown = self.raw if len(self.raw) <= 60 else self.raw[:57] + "..."
+        return f"ignoring {self.variable}={shown!r}: {self.reason}; using the default"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of the injector; defaults here are the documented defaults."""
+
+    hook: bool = True
+    enhance_metrics: bool = False
+    save_local: bool = True
+    output_path: Optional[str] = None
+    debug: bool = False
+    sample_interval: float = 1.0
+    gpu_backend: str = "auto"
+    gpu_scope: str = "process"
+    sysfs_root: str = "/sys"
+    api_reporting: bool = True
+    api_base_url: str = DEFAULT_API_BASE_URL
+    batch_size: int = 100
+    flush_interval: float = 1.0
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    detection_timeout: float = 150.0
+    api_headers: Tuple[Tuple[str, str], ...] = ()
+    api_verify: bool = True
+    api_ca_bundle: Optional[str] = None
+    api_use_proxy: bool = False
+    shutdown_timeout: float = 10.0
+    report_ranks: str = "zero"
+    pod_name: str = ""
+    pod_uid: str = ""
+    pod_namespace: str = ""
+    workload_uid: str = ""
+    node_name: str = ""
+    problems: Tuple[Problem, ...] = field(default=(), compare=False)
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> Config:
+        env = os.environ if environ is None else environ
+        values = {}
+        problems = []
+        for var in VARIABLES:
+            raw = env.get(var.name)
+            if raw is None or raw.strip() == "":
+                continue
+            try:
+                values[var.field] = var.parse(raw)
+            except InvalidValue as exc:
+                problems.append(Problem(var.name, "<hidden>" if var.secret else raw, str(exc)))
+        return cls(problems=tuple(problems), **values)
+
+    @property
+    def has_identity(self) -> bool:
+        """The server needs a pod name or a workload UID (spec §2); without one we only record."""
+        return bool(self.pod_name or self.workload_uid)
+
+    def default_of(self, name: str) -> Any:
+        return next(f.default for f in fields(self) if f.name == name)
+
+
+def variable_rows(config: Config) -> list:
+    """(name, effective value, default, description) for doctor and docs; secrets are masked."""
+    rows = []
+    for var in VARIABLES:
+        value = getattr(config, var.field)
+        default = config.default_of(var.field)
+        if var.secret and value:
+            value = "<set, hidden>"
+        rows.append((var.name, value, default, var.doc))
+    return rows
+
+
+_config: Optional[Config] = None
+
+
+def get_config() -> Config:
+    """The process's configuration, parsed on first use; problems are reported once, here."""
+    global _config
+    if _config is None:
+        from . import log
+
+        _config = Config.from_env()
+        for problem in _config.problems:
+            log.warn(problem.message())
+    return _config

@@ -1,0 +1,54 @@
+"""The injector's only voice: single lines on stderr, each warning at most once per process.
+
+Training logs are read by people hunting for their own errors, so the injector stays quiet: a
+warning is printed once however often its cause repeats, and debug lines (one JSON object each,
+for machines) appear only with ``PRIMUS_LENS_WANDB_DEBUG=true``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from typing import Any, Set
+
+PREFIX = "primus-lens: "
+
+_lock = threading.Lock()
+_said: Set[str] = set()
+
+
+def _write(line: str) -> None:
+    try:
+        sys.stderr.write(PREFIX + line + "\n")
+        sys.stderr.flush()
+    except Exception:
+        pass  # a closed or broken stderr must never become the training job's problem
+
+
+def warn(message: str, key: str = "") -> None:
+    """Print ``message`` unless a warning with the same key (default: the text) was printed."""
+    key = key or message
+    with _lock:
+        if key in _said:
+            return
+        _said.add(key)
+    _write(message)
+
+
+def debug(event: str, **fields: Any) -> None:
+    """One JSON line describing a decision, only when debugging is on."""
+    from .config import get_config
+
+    if not get_config().debug:
+        return
+    record = {"event": event, "pid": os.getpid()}
+    record.update(fields)
+    _write(json.dumps(record, default=repr, sort_keys=True))
+
+
+def reset_after_fork() -> None:
+    """A forked child starts with a fresh lock (the parent's may have been held at fork time)."""
+    global _lock
+    _lock = threading.Lock()

@@ -1,0 +1,186 @@
+"""Patching wandb, once, right after the program imports it.
+
+Wrapped at class level, before any run exists (see research/wandb-and-gpu.md §1):
+
+* ``Run.log`` — ``wandb.log`` is a bound ``run.log``, so both reach this one wrapper exactly once;
+* ``Run.finish`` and ``Run._finish`` — ``with wandb.init() as run`` exits through ``_finish`` only;
+* ``wandb.init`` (one function object, also bound as ``wandb.sdk.wandb_init.init``).
+
+Disabled mode never calls ``Run.log``: depending on the wandb version the run is a ``NoopRun``
+subclass or carries instance-level lambdas.  ``patch_run`` wraps whatever ``log``/``finish`` the
+run really has, and points ``wandb.log`` at the wrapped one.  Every wrapper calls the original
+unchanged when the injector is off, and no exception of ours reaches the caller.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable, Tuple
+
+from . import log, session
+
+MIN_WANDB = (0, 12, 21)
+_MARK = "_primus_lens_wrapped"
+
+
+def wandb_version(module: Any) -> Tuple[int, ...]:
+    parts = []
+    for piece in str(getattr(module, "__version__", "0")).split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit()) if piece[:1].isdigit() else ""
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def is_wrapped(fn: Any) -> bool:
+    return bool(getattr(fn, _MARK, False))
+
+
+def _mark(wrapper: Callable, original: Callable) -> Callable:
+    try:
+        functools.update_wrapper(wrapper, original)
+    except (AttributeError, TypeError):
+        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+    setattr(wrapper, _MARK, True)
+    return wrapper
+
+
+def _log_through(run: Any, call: Callable, args: tuple, kwargs: dict) -> Any:
+    """The body of every log wrapper: capture around the real call, never in its way."""
+    s = session.current()
+    prepared = None
+    if s is not None and s.enabled:
+        try:
+            prepared = s.begin_log(args, kwargs)
+        except Exception as exc:
+            s.fail(exc)
+    if prepared is None:
+        return call(*args, **kwargs)
+    args, kwargs, data, step, commit = prepared
+    result = call(*args, **kwargs)  # wandb's own errors propagate; then nothing is recorded
+    try:
+        s.end_log(run, data, step, commit)
+    except Exception as exc:
+        s.fail(exc)
+    return result
+
+
+def _finish_through(run: Any, call: Callable, args: tuple, kwargs: dict) -> Any:
+    s = session.current()
+    if s is not None and s.enabled:
+        try:
+            s.on_finish(run)
+        except Exception as exc:
+            s.fail(exc)
+    return call(*args, **kwargs)
+
+
+_THROUGH = {"log": _log_through, "finish": _finish_through, "_finish": _finish_through}
+
+
+def wrap_method(cls: type, name: str) -> None:
+    """Wrap ``cls.<name>`` in place, where it is defined on ``cls`` itself."""
+    original = cls.__dict__[name]
+    if is_wrapped(original) or not callable(original):
+        return
+    through = _THROUGH[name]
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return through(self, functools.partial(original, self), args, kwargs)
+
+    setattr(cls, name, _mark(method, original))
+
+
+def _wrap_instance(run: Any, name: str, original: Callable) -> Callable:
+    through = _THROUGH[name]
+
+    def method(*args: Any, **kwargs: Any) -> Any:
+        return through(run, original, args, kwargs)
+
+    return _mark(method, original)
+
+
+def patch_run(run: Any) -> None:
+    """Make sure this run's real ``log``/``finish`` (class or instance level) are wrapped."""
+    try:
+        instance = vars(run)
+    except TypeError:
+        instance = {}
+    wandb = sys.modules.get("wandb")
+    for name in _THROUGH:
+        if name in instance:
+            original = instance[name]
+            if callable(original) and not is_wrapped(original):
+                wrapped = _wrap_instance(run, name, original)
+                setattr(run, name, wrapped)
+                if name == "log" and wandb is not None and getattr(wandb, "log", None) is original:
+                    wandb.log = wrapped
+            continue
+        for klass in type(run).__mro__:
+            if name in klass.__dict__:
+                if not is_wrapped(klass.__dict__[name]):
+                    wrap_method(klass, name)
+                break
+    # wandb.log is a bound method made at init time; if it was bound before we wrapped the
+    # class, it still points at the old function.
+    bound = getattr(wandb, "log", None) if wandb is not None else None
+    if getattr(bound, "__self__", None) is run and not is_wrapped(getattr(bound, "__func__", None)):
+        wandb.log = run.log
+
+
+def _wrap_init(wandb: Any) -> None:
+    from wandb.sdk import wandb_init
+
+    original = wandb_init.init
+    if is_wrapped(original):
+        return
+
+    def init(*args: Any, **kwargs: Any) -> Any:
+        run = original(*args, **kwargs)
+        s = session.current()
+        if s is not None and s.enabled:
+            try:
+                s.on_init(run)
+            except Exception as exc:
+                s.fail(exc)
+        return run
+
+    wrapped = _mark(init, original)
+    wandb_init.init = wrapped
+    for module in (wandb, sys.modules.get("wandb.sdk")):
+        if module is not None and getattr(module, "init", None) is original:
+            module.init = wrapped
+
+
+def install(wandb: Any) -> str:
+    """Patch the freshly imported ``wandb``; returns the status line shown by doctor."""
+    if getattr(wandb, "_primus_lens_patched", False):
+        return "active: wandb already patched"
+    from .config import get_config
+
+    if not get_config().hook:
+        return "inactive: PRIMUS_LENS_WANDB_HOOK=false"
+    version = wandb_version(wandb)
+    if version < MIN_WANDB:
+        log.warn(f"wandb {getattr(wandb, '__version__', '?')} is older than 0.12.21; "
+                 "not patched")
+        return "inactive: wandb too old"
+    try:
+        from wandb.sdk import wandb_run
+
+        s = session.create()
+        for name in _THROUGH:
+            if name in wandb_run.Run.__dict__:
+                wrap_method(wandb_run.Run, name)
+        _wrap_init(wandb)
+        wandb._primus_lens_patched = True
+        if getattr(wandb, "run", None) is not None:  # patched late: a run already exists
+            s.adopt(wandb.run)
+    except Exception as exc:
+        log.warn(f"injector off: wandb {getattr(wandb, '__version__', '?')} could not be patched "
+                 f"({type(exc).__name__}: {exc})")
+        return "inactive: patching failed"
+    log.debug("wandb_patched", wandb_version=getattr(wandb, "__version__", "?"))
+    return "active: wandb patched"

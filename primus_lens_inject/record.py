@@ -1,0 +1,151 @@
+"""The local record: one JSONL file per node and rank, written by a background thread.
+
+The training thread only appends a ready dict to a deque.  The writer thread wakes every
+``FLUSH_SECONDS``, encodes what is queued and appends it with one ``write`` to a file opened with
+``O_APPEND`` under an exclusive ``flock``, so lines from several processes sharing a file never
+interleave, and a row reaches the kernel (and survives SIGKILL of the process) well within a
+second.  ``flush`` drains synchronously from any thread, for finish, exit and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import json
+import os
+import tempfile
+import threading
+from typing import Any, Deque, Dict, Optional
+
+from . import log
+
+FILE_NAME = "wandb_metrics.jsonl"
+FLUSH_SECONDS = 0.2
+
+
+def default_root(environ: Optional[Dict[str, str]] = None) -> str:
+    """Beside wandb's own files: ``$WANDB_DIR/wandb/primus-lens`` or ``./wandb/primus-lens``."""
+    env = os.environ if environ is None else environ
+    base = env.get("WANDB_DIR") or os.getcwd()
+    return os.path.join(os.path.abspath(base), "wandb", "primus-lens")
+
+
+def fallback_root() -> str:
+    return os.path.join(tempfile.gettempdir(), f"primus-lens-{os.getuid()}")
+
+
+def record_path(root: str, node_rank: int, local_rank: int) -> str:
+    return os.path.join(root, f"node_{int(node_rank)}", f"rank_{int(local_rank)}", FILE_NAME)
+
+
+def encode(row: Dict[str, Any]) -> bytes:
+    try:
+        text = json.dumps(row, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:  # values are frozen first; this is a last resort
+        log.warn(f"record: a row could not be encoded ({exc}); its data is replaced")
+        row = dict(row, data={"_primus_lens_enabled": True, "_primus_lens_encode_error": str(exc)})
+        text = json.dumps(row, allow_nan=False, separators=(",", ":"), default=str)
+    return text.encode("ascii") + b"\n"
+
+
+def open_append(path: str) -> int:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+
+class RecordWriter:
+    """Appends rows to ``path``; if it cannot be opened, one warning and ``fallback`` is tried."""
+
+    def __init__(self, path: str, fallback: Optional[str] = None) -> None:
+        self.path = path
+        self.rows_written = 0
+        self._fd = -1
+        self._queue: Deque[Dict[str, Any]] = collections.deque()
+        self._lock = threading.Lock()  # one drainer at a time
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread: Optional[threading.Thread] = None
+        self._open(fallback)
+
+    @property
+    def is_open(self) -> bool:
+        return self._fd >= 0
+
+    def _open(self, fallback: Optional[str]) -> None:
+        for candidate in (self.path, fallback):
+            if not candidate:
+                continue
+            try:
+                self._fd = open_append(candidate)
+            except OSError as exc:
+                log.warn(f"cannot write the local record at {candidate} ({exc.strerror or exc})"
+                         + ("; trying " + fallback if fallback and candidate != fallback else ""))
+                continue
+            self.path = candidate
+            return
+        log.warn("local record disabled: no writable location; training continues")
+
+    def append(self, row: Dict[str, Any]) -> None:
+        self._queue.append(row)
+        if self._thread is None:
+            self._start()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None and self.is_open:
+                self._thread = threading.Thread(target=self._run, name="primus-lens-record",
+                                                daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            self._wake.wait(FLUSH_SECONDS)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Write everything queued so far; returns when it is in the file."""
+        if not self._queue:
+            return
+        with self._lock:
+            chunks = []
+            while self._queue:
+                chunks.append(encode(self._queue.popleft()))
+            if not chunks or self._fd < 0:
+                return
+            data = b"".join(chunks)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(self._fd, view):]
+                finally:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                self.rows_written += len(chunks)
+            except OSError as exc:
+                log.warn(f"writing the local record {self.path} failed ({exc}); rows are lost "
+                         "from the record only")
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self.flush()
+        if self._fd >= 0:
+            try:
+                os.fsync(self._fd)
+            except OSError:
+                pass
+
+    def abandon_after_fork(self) -> None:
+        """In a forked child: the queued rows are the parent's to write; drop them and the fd."""
+        self._queue = collections.deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = None
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1

@@ -1,0 +1,266 @@
+"""What the injector runs inside one process, from the first ``wandb.init`` to exit.
+
+The wrappers in ``patch`` call into the process's ``Session``: ``begin_log``/``end_log`` around
+every ``log`` call (the only work on the training thread: merge a cached snapshot, freeze the row,
+enqueue it), ``on_init`` and ``on_finish`` for the run's life.  Background parts (record writer,
+sampler, reporter) start lazily at the first run.  The session is replaced in a forked child so
+that nothing the parent owns (threads, locks, queued rows) is used or written twice, and it
+flushes at finish, at exit and on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import atexit
+import operator
+import os
+import signal
+import threading
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from . import log
+from .config import Config, get_config
+from .record import RecordWriter, default_root, fallback_root, record_path
+from .rows import Row, RunRows
+from .sampler import Sampler
+from .topology import Topology, get_topology
+from .values import freeze
+
+ENABLED_KEY = "_primus_lens_enabled"
+
+
+def run_id_of(run: Any) -> str:
+    try:
+        value = run.id
+    except Exception:
+        value = None
+    return value if isinstance(value, str) and value else f"unknown-{os.getpid()}-{id(run):x}"
+
+
+def starting_step_of(run: Any) -> int:
+    try:
+        value = run.starting_step
+    except Exception:
+        return 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _as_step(step: Any) -> Optional[int]:
+    """wandb's step as an int; ``ValueError`` for a value we cannot interpret."""
+    if step is None:
+        return None
+    try:
+        return operator.index(step)
+    except TypeError:
+        if isinstance(step, float) and step.is_integer():
+            return int(step)
+        raise ValueError(f"step {type(step).__name__}")
+
+
+class Session:
+    def __init__(self, config: Config, topology: Topology) -> None:
+        self.config = config
+        self.topology = topology
+        self.pid = os.getpid()
+        self.enabled = True
+        self.started = False
+        self.runs: Dict[int, Tuple[Any, RunRows]] = {}
+        self.record: Optional[RecordWriter] = None
+        self.sampler: Optional[Sampler] = None
+        self.rows_captured = 0
+        self._lock = threading.RLock()
+
+    # -- the training thread's path -------------------------------------------------------
+
+    def begin_log(self, args: tuple, kwargs: dict) -> Optional[tuple]:
+        """Inspect a ``log`` call; return (args, kwargs, data, step, commit) or None to pass."""
+        data = args[0] if args else kwargs.get("data")
+        if not isinstance(data, Mapping):
+            return None  # wandb raises TypeError itself; nothing to capture
+        step = args[1] if len(args) > 1 else kwargs.get("step")
+        commit = args[2] if len(args) > 2 else kwargs.get("commit")
+        sampler = self.sampler
+        if sampler is not None and sampler.snapshot:
+            data = {**sampler.snapshot, **data}  # a new dict: the user's keys win, theirs untouched
+            if args:
+                args = (data, *args[1:])
+            else:
+                kwargs = dict(kwargs, data=data)
+        return args, kwargs, data, step, commit
+
+    def end_log(self, run: Any, data: Mapping[str, Any], step: Any, commit: Any) -> None:
+        """wandb accepted the call: account for it and hand completed rows to the record."""
+        entry = self.runs.get(id(run))
+        rows = entry[1] if entry is not None else self.adopt(run)
+        try:
+            step = _as_step(step)
+        except ValueError as exc:
+            log.debug("log_not_captured", reason=str(exc))
+            return
+        done = rows.log(freeze(data), step, commit)
+        if done:
+            self._emit(rows.run_id, done)
+
+    def _emit(self, run_id: str, done: List[Row]) -> None:
+        record = self.record
+        for step, timestamp, data in done:
+            data[ENABLED_KEY] = True
+            self.rows_captured += 1
+            if record is not None:
+                record.append({"timestamp": timestamp, "step": step, "run_id": run_id,
+                               "data": data})
+
+    # -- run life ---------------------------------------------------------------------------
+
+    def adopt(self, run: Any) -> RunRows:
+        """Start tracking a run (at init, or at its first ``log`` if init was not seen)."""
+        with self._lock:
+            entry = self.runs.get(id(run))
+            if entry is not None:
+                return entry[1]
+            rows = RunRows(run_id_of(run), starting_step_of(run))
+            self.runs[id(run)] = (run, rows)
+        from .patch import patch_run
+
+        patch_run(run)
+        self.start()
+        log.debug("run_adopted", run_id=rows.run_id, start_step=rows.step,
+                  run_class=type(run).__name__)
+        return rows
+
+    def on_init(self, run: Any) -> None:
+        if run is not None:
+            self.adopt(run)
+
+    def on_finish(self, run: Any) -> None:
+        with self._lock:
+            entry = self.runs.pop(id(run), None)
+        if entry is not None:
+            self._emit(entry[1].run_id, entry[1].finish())
+        if self.record is not None:
+            self.record.flush()
+
+    # -- background parts -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background parts once per process, at the first run."""
+        with self._lock:
+            if self.started:
+                return
+            self.started = True
+            config, topo = self.config, self.topology
+            if config.save_local:
+                root = config.output_path or default_root()
+                self.record = RecordWriter(record_path(root, topo.node_rank, topo.local_rank),
+                                           fallback=record_path(fallback_root(), topo.node_rank,
+                                                                topo.local_rank))
+            if config.enhance_metrics:
+                from .hostmetrics import open_host_source
+
+                self.sampler = Sampler([open_host_source()], config.sample_interval)
+                self.sampler.start()
+            _install_exit_hooks()
+            log.debug("session_started", record=self.record.path if self.record else None,
+                      enhance=config.enhance_metrics, topology=topo.__dict__)
+
+    def flush(self) -> None:
+        """Write what is queued (committed rows); pending rows stay pending."""
+        if self.record is not None:
+            self.record.flush()
+
+    def shutdown(self) -> None:
+        """The process ends: commit every pending row, write everything, stop the threads."""
+        with self._lock:
+            entries = list(self.runs.values())
+            self.runs.clear()
+        for _run, rows in entries:
+            self._emit(rows.run_id, rows.finish())
+        if self.sampler is not None:
+            self.sampler.stop()
+        if self.record is not None:
+            self.record.close()
+
+    def fail(self, exc: BaseException) -> None:
+        """An internal error: the injector steps aside for the rest of this process."""
+        self.enabled = False
+        log.warn(f"injector off for this process after an internal error: "
+                 f"{type(exc).__name__}: {exc}", key="internal-error")
+
+    def forked(self) -> Session:
+        """The child's session after ``fork``: same runs and steps, nothing else inherited."""
+        child = Session(self.config, self.topology)
+        child.enabled = self.enabled
+        child.runs = {key: (run, rows.forked_copy()) for key, (run, rows) in self.runs.items()}
+        if self.record is not None:
+            self.record.abandon_after_fork()
+        return child
+
+
+_session: Optional[Session] = None
+_exit_hooks_installed = False
+_previous_sigterm: Any = None
+
+
+def current() -> Optional[Session]:
+    return _session
+
+
+def create() -> Session:
+    global _session
+    if _session is None:
+        _session = Session(get_config(), get_topology())
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+    return _session
+
+
+def _after_fork_in_child() -> None:
+    global _session
+    log.reset_after_fork()
+    if _session is not None:
+        _session = _session.forked()
+
+
+def _at_exit() -> None:
+    session = _session
+    if session is not None:
+        try:
+            session.shutdown()
+        except Exception as exc:
+            log.warn(f"flush at exit failed: {type(exc).__name__}: {exc}")
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    previous = _previous_sigterm
+    session = _session
+    if session is not None:
+        try:
+            if callable(previous):
+                session.flush()  # the program handles SIGTERM itself and may keep logging
+            else:
+                session.shutdown()
+        except Exception:
+            pass
+    if callable(previous):
+        previous(signum, frame)
+    elif previous != signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # die of SIGTERM, as without us
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _install_exit_hooks() -> None:
+    """After wandb.init: atexit then runs before wandb's own teardown (LIFO)."""
+    global _exit_hooks_installed, _previous_sigterm
+    if _exit_hooks_installed:
+        return
+    _exit_hooks_installed = True
+    atexit.register(_at_exit)
+    if threading.current_thread() is threading.main_thread():
+        try:
+            previous = signal.getsignal(signal.SIGTERM)
+            if previous is not _on_sigterm:
+                _previous_sigterm = previous
+                signal.signal(signal.SIGTERM, _on_sigterm)
+        except (ValueError, OSError) as exc:
+            log.debug("sigterm_not_hooked", error=str(exc))
+    else:
+        log.debug("sigterm_not_hooked", reason="wandb.init ran outside the main thread")

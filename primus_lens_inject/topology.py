@@ -1,0 +1,79 @@
+"""Where this process sits in a distributed job: node rank, global rank, local rank, world size.
+
+Launchers announce ranks under different names (torchrun, Kubeflow's PyTorchJob, Slurm, Open
+MPI); the first variable that holds a valid value wins.  Ranks become directory names of the
+local record, so a value is accepted only as a plain non-negative integer: ``"../x"``, ``"-1"``
+or ``"3.0"`` can never reach a path.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import List, Mapping, Optional, Sequence, Tuple
+
+NODE_RANK_VARS = ("NODE_RANK", "SLURM_NODEID", "PET_NODE_RANK", "GROUP_RANK")
+RANK_VARS = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+LOCAL_RANK_VARS = ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID")
+WORLD_SIZE_VARS = ("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+
+_MAX_RANK = 1 << 24  # no job has 16 million ranks; anything larger is garbage
+
+
+@dataclass(frozen=True)
+class Topology:
+    node_rank: int = 0
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    rank_source: str = ""  # the variable the global rank came from ("" = defaulted)
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.rank == 0
+
+
+def _first(env: Mapping[str, str], names: Sequence[str], low: int,
+           problems: List[Tuple[str, str]]) -> Tuple[Optional[int], str]:
+    for name in names:
+        raw = env.get(name)
+        if raw is None or raw.strip() == "":
+            continue
+        text = raw.strip()
+        if text.isdigit() and text.isascii() and low <= int(text) < _MAX_RANK:
+            return int(text), name
+        problems.append((name, raw))
+    return None, ""
+
+
+def detect(environ: Optional[Mapping[str, str]] = None) -> Tuple[Topology, List[Tuple[str, str]]]:
+    """Read the topology; also return (variable, raw value) for every value that was rejected."""
+    env = os.environ if environ is None else environ
+    problems: List[Tuple[str, str]] = []
+    node, _ = _first(env, NODE_RANK_VARS, 0, problems)
+    rank, rank_source = _first(env, RANK_VARS, 0, problems)
+    local, _ = _first(env, LOCAL_RANK_VARS, 0, problems)
+    world, _ = _first(env, WORLD_SIZE_VARS, 1, problems)
+    if local is None:
+        local = rank if rank is not None else 0
+    if rank is None:
+        rank = local if node in (None, 0) else 0
+    if world is None:
+        world = max(1, rank + 1)
+    return Topology(node or 0, rank, local, world, rank_source), problems
+
+
+_topology: Optional[Topology] = None
+
+
+def get_topology() -> Topology:
+    """The process's topology, read once; each rejected value gets one warning."""
+    global _topology
+    if _topology is None:
+        from . import log
+
+        _topology, problems = detect()
+        for name, raw in problems:
+            log.warn(f"ignoring {name}={raw[:40]!r}: not a valid rank; trying the next source")
+    return _topology
+

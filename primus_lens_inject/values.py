@@ -1,0 +1,127 @@
+"""Turning whatever a user passes to ``wandb.log`` into plain JSON values, on the training thread.
+
+A row is frozen right after wandb has taken it, so later in-place changes to a tensor or list do
+not change what was recorded, and the background writer only has to ``json.dumps`` primitives.
+The rules, all documented in the README:
+
+* ``bool``, ``int``, ``str``, ``None`` and finite ``float`` stay as they are;
+* non-finite floats become the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` (the protobuf
+  JSON convention), so every line is strict JSON yet a NaN stays distinguishable from a missing value;
+* numpy and torch scalars and one-element tensors/arrays become numbers (``.item()``; wandb has
+  already synchronised a device tensor by the time we look at it);
+* larger arrays and tensors, media objects (Image, Table, Histogram, ...) and unknown objects
+  become a small descriptor ``{"_type": ..., ...}``; ``repr`` is never called;
+* nested dicts are frozen recursively (wandb keeps them nested); lists and tuples up to
+  ``MAX_LIST`` items are kept, longer ones become a descriptor.
+
+Nothing here raises: a value whose inspection fails becomes ``{"_type": "unreadable"}``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Mapping
+
+MAX_LIST = 64
+MAX_DEPTH = 8
+MAX_STR = 65536
+
+_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
+_PLAIN = (bool, int, str, type(None))
+
+
+def _float(value: float) -> Any:
+    if value - value == 0.0:  # finite; cheaper than math.isfinite for the common case
+        return value
+    return _NON_FINITE.get(value, "NaN")
+
+
+def _class_name(value: Any) -> str:
+    cls = type(value)
+    module = getattr(cls, "__module__", "") or ""
+    return (module.split(".", 1)[0] + "." if module and module != "builtins" else "") + cls.__name__
+
+
+def _scalar_like(value: Any) -> Any:
+    """numpy/torch scalars and single-element arrays/tensors -> Python numbers, else a descriptor."""
+    shape = getattr(value, "shape", None)
+    size = getattr(value, "size", None)
+    if callable(size):  # torch.Tensor.size() is a method; numel() gives the count
+        numel = getattr(value, "numel", None)
+        size = numel() if callable(numel) else None
+    if size == 1 and callable(getattr(value, "item", None)):
+        return freeze_value(value.item(), MAX_DEPTH)
+    described: Dict[str, Any] = {"_type": _class_name(value)}
+    if shape is not None:
+        try:
+            described["shape"] = [int(n) for n in shape]
+        except (TypeError, ValueError):
+            pass
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None:
+        described["dtype"] = str(dtype)
+    return described
+
+
+def _media(value: Any) -> Dict[str, Any]:
+    """A wandb media or custom object: its kind, and its size where wandb keeps one cheaply."""
+    described: Dict[str, Any] = {"_type": _class_name(value)}
+    log_type = getattr(type(value), "_log_type", None)
+    if isinstance(log_type, str):
+        described["log_type"] = log_type
+    for attr, key in (("_width", "width"), ("_height", "height"), ("columns", "columns")):
+        got = getattr(value, attr, None)
+        if isinstance(got, int) and not isinstance(got, bool):
+            described[key] = got
+        elif key == "columns" and isinstance(got, (list, tuple)):
+            described[key] = len(got)
+    data = getattr(value, "data", None)
+    if isinstance(data, (list, tuple)):
+        described["rows"] = len(data)
+    return described
+
+
+def freeze_value(value: Any, depth: int = 0) -> Any:
+    cls = type(value)
+    if cls is float:
+        return _float(value)
+    if cls in _PLAIN:
+        if cls is str and len(value) > MAX_STR:
+            return {"_type": "str", "length": len(value)}
+        return value
+    try:
+        if isinstance(value, float):  # float subclasses, numpy.float64
+            return _float(float(value))
+        if isinstance(value, (bool, int)):  # int subclasses, IntEnum
+            return int(value)
+        if isinstance(value, str):
+            return str(value)[:MAX_STR]
+        if depth >= MAX_DEPTH:
+            return {"_type": "nested", "depth": depth}
+        if isinstance(value, Mapping):
+            return {str(k): freeze_value(v, depth + 1) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            if len(value) > MAX_LIST:
+                return {"_type": cls.__name__, "length": len(value)}
+            return [freeze_value(v, depth + 1) for v in value]
+        if isinstance(value, (bytes, bytearray)):
+            return {"_type": "bytes", "length": len(value)}
+        if hasattr(value, "dtype") and callable(getattr(value, "item", None)):
+            return _scalar_like(value)  # numpy scalar/array, torch tensor, jax array
+        return _media(value)
+    except Exception:
+        return {"_type": "unreadable", "class": _class_name(value)}
+
+
+def freeze(data: Mapping[str, Any]) -> Dict[str, Any]:
+    """A frozen copy of one ``wandb.log`` dict; the user's dict is only read."""
+    out: Dict[str, Any] = {}
+    for key, value in data.items():
+        cls = type(value)
+        if cls is float:
+            out[key] = value if value - value == 0.0 else _NON_FINITE.get(value, "NaN")
+        elif cls is int or cls is bool or value is None:
+            out[key] = value
+        else:
+            out[key] = freeze_value(value)
+    return out

@@ -1,0 +1,164 @@
+# -*- coding: utf-8 -*-
+"""primus-lens bootstrap: the only file of the injector that every Python process runs.
+
+It is found first on PYTHONPATH, so Python runs it instead of the image's own sitecustomize; it
+therefore runs that one too (``_chain``), exactly once, as if we were not there.  Otherwise it only
+registers a post-import hook for ``wandb``: nothing of the package is imported, no thread or
+socket is started until the program itself imports wandb.  Written for every CPython 3 (and
+parseable by 2.7): standard library only, no f-strings, and it never raises.
+"""
+
+import os
+import sys
+
+_SWITCH = "PRIMUS_LENS_WANDB_HOOK"
+_OFF = ("0", "false", "no", "off", "n", "f")
+_STATE = "_primus_lens_bootstrap"  # sys.modules key under which doctor finds this module
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+chained = None  # path of the sitecustomize run after us, for doctor
+status = "inactive"  # why the injector is (not) active in this process, for doctor
+
+
+def _say(message):
+    try:
+        sys.stderr.write("primus-lens: " + message + "\n")
+    except Exception:
+        pass
+
+
+class _Loader(object):
+    """Stands in for wandb's loader for one call: runs it, then fires the hook."""
+
+    def __init__(self, loader, hook):
+        self._loader = loader
+        self._hook = hook
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        # Give wandb its own loader back before its code runs (importlib.resources, pkgutil).
+        module.__loader__ = self._loader
+        if getattr(module, "__spec__", None) is not None:
+            module.__spec__.loader = self._loader
+        self._loader.exec_module(module)
+        self._hook.fire(module)
+
+
+class _PostImportHook(object):
+    """A meta-path finder that answers for one module name only and never changes what is found.
+
+    Every other import pays one string comparison.  For ``wandb`` it asks the remaining finders
+    for the real spec, wraps its loader, and after wandb's ``__init__`` has run calls back once.
+    """
+
+    _primus_lens = True
+
+    def __init__(self, name, callback):
+        self.name = name
+        self.callback = callback
+        self._busy = False
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name or self._busy:
+            return None
+        self._busy = True
+        try:
+            for finder in list(sys.meta_path):
+                find = getattr(finder, "find_spec", None)
+                if finder is self or find is None:
+                    continue
+                spec = find(fullname, path, target)
+                if spec is not None:
+                    if getattr(spec.loader, "exec_module", None) is not None:
+                        spec.loader = _Loader(spec.loader, self)
+                    return spec
+            return None
+        finally:
+            self._busy = False
+
+    def fire(self, module):
+        try:
+            sys.meta_path.remove(self)
+        except ValueError:
+            pass
+        try:
+            self.callback(module)
+        except Exception as exc:
+            _say("injector off: patching wandb failed (%s: %s)" % (type(exc).__name__, exc))
+
+
+def _patch_wandb(module):
+    global status
+    from primus_lens_inject import patch  # the package: beside us (image) or installed
+
+    status = patch.install(module)
+
+
+def _activate():
+    global status
+    if any(getattr(finder, "_primus_lens", False) for finder in sys.meta_path):
+        status = "inactive: another copy of the bootstrap is already active"
+        return
+    deps = os.path.join(_HERE, "deps")
+    if os.path.isdir(deps) and deps not in sys.path:
+        sys.path.append(deps)  # last: the application's own packages always win
+    status = "active: waiting for wandb"
+    hook = _PostImportHook("wandb", _patch_wandb)
+    wandb = sys.modules.get("wandb")
+    if wandb is not None:
+        hook.fire(wandb)
+    else:
+        sys.meta_path.insert(0, hook)
+
+
+def _chain():
+    """Run the sitecustomize that Python would have run without us: the next one on sys.path."""
+    global chained
+    import importlib.machinery
+    import importlib.util
+
+    entries = [os.path.abspath(entry or os.curdir) for entry in sys.path]
+    later = entries[entries.index(_HERE) + 1:] if _HERE in entries else entries
+    later = [entry for entry in later if entry != _HERE]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", later)
+    if spec is None or spec.loader is None:
+        return
+    chained = spec.origin
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["sitecustomize"] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # report it the way site.py does for a broken sitecustomize
+        if sys.flags.verbose:
+            sys.excepthook(*sys.exc_info())
+        else:
+            sys.stderr.write("Error in sitecustomize; set PYTHONVERBOSE for traceback:\n"
+                             "%s: %s\n" % (exc.__class__.__name__, exc))
+
+
+def _main():
+    global status
+    on = os.environ.get(_SWITCH, "").strip().lower() not in _OFF
+    if on and sys.version_info >= (3, 9):
+        try:
+            sys.modules[_STATE] = sys.modules[__name__]
+            _activate()
+        except Exception as exc:
+            status = "inactive: bootstrap failed"
+            for finder in list(sys.meta_path):
+                if getattr(finder, "_primus_lens", False):
+                    sys.meta_path.remove(finder)
+            _say("injector off: bootstrap failed (%s: %s)" % (type(exc).__name__, exc))
+    if __name__ == "sitecustomize" and sys.version_info >= (3, 4):
+        try:
+            _chain()
+        except Exception as exc:
+            _say("could not run the next sitecustomize (%s: %s)" % (type(exc).__name__, exc))
+
+
+_main()
