@@ -269,5 +269,5 @@ def get_config() -> Config:
 
         _config = Config.from_env()
         for problem in _config.problems:
-            log.warn(problem.message())
+            log.warn_inherited(problem.message())
     return _config

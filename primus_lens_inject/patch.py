@@ -47,9 +47,17 @@ def _mark(wrapper: Callable, original: Callable) -> Callable:
     return wrapper
 
 
-def _log_through(run: Any, call: Callable, args: tuple, kwargs: dict) -> Any:
-    """The body of every log wrapper: capture around the real call, never in its way."""
-    s = session.current()
+def _call(original: Callable, run: Any, method: bool, args: tuple, kwargs: dict) -> Any:
+    return original(run, *args, **kwargs) if method else original(*args, **kwargs)
+
+
+def _log_through(run: Any, original: Callable, method: bool, args: tuple, kwargs: dict) -> Any:
+    """The body of every log wrapper: capture around the real call, never in its way.
+
+    ``method`` says whether ``original`` is a class function (takes the run first) or an
+    instance attribute (already bound, or a plain lambda of an old disabled run).
+    """
+    s = session._session
     prepared = None
     if s is not None and s.enabled:
         try:
@@ -57,27 +65,29 @@ def _log_through(run: Any, call: Callable, args: tuple, kwargs: dict) -> Any:
         except Exception as exc:
             s.fail(exc)
     if prepared is None:
-        return call(*args, **kwargs)
-    args, kwargs, data, step, commit = prepared
-    result = call(*args, **kwargs)  # wandb's own errors propagate; then nothing is recorded
+        return _call(original, run, method, args, kwargs)
+    args, kwargs, frozen, step, commit = prepared
+    result = _call(original, run, method, args, kwargs)  # wandb's errors propagate, unrecorded
     try:
-        s.end_log(run, data, step, commit)
+        s.end_log(run, frozen, step, commit)
     except Exception as exc:
         s.fail(exc)
     return result
 
 
-def _finish_through(run: Any, call: Callable, args: tuple, kwargs: dict) -> Any:
-    s = session.current()
+def _finish_through(run: Any, original: Callable, method: bool, args: tuple, kwargs: dict) -> Any:
+    s = session._session
     if s is not None and s.enabled:
         try:
             s.on_finish(run)
         except Exception as exc:
             s.fail(exc)
-    return call(*args, **kwargs)
+    return _call(original, run, method, args, kwargs)
 
 
-_THROUGH = {"log": _log_through, "finish": _finish_through, "_finish": _finish_through}
+# ``__exit__`` too: old disabled runs end a ``with`` block without calling any finish.
+_THROUGH = {"log": _log_through, "finish": _finish_through, "_finish": _finish_through,
+            "__exit__": _finish_through}
 
 
 def wrap_method(cls: type, name: str) -> None:
@@ -88,7 +98,7 @@ def wrap_method(cls: type, name: str) -> None:
     through = _THROUGH[name]
 
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return through(self, functools.partial(original, self), args, kwargs)
+        return through(self, original, True, args, kwargs)
 
     setattr(cls, name, _mark(method, original))
 
@@ -97,32 +107,37 @@ def _wrap_instance(run: Any, name: str, original: Callable) -> Callable:
     through = _THROUGH[name]
 
     def method(*args: Any, **kwargs: Any) -> Any:
-        return through(run, original, args, kwargs)
+        return through(run, original, False, args, kwargs)
 
     return _mark(method, original)
 
 
 def patch_run(run: Any) -> None:
-    """Make sure this run's real ``log``/``finish`` (class or instance level) are wrapped."""
-    try:
-        instance = vars(run)
-    except TypeError:
-        instance = {}
+    """Make sure the ``log``/``finish`` this run really has (class or instance level) are wrapped.
+
+    Real runs resolve to the already wrapped ``Run`` methods; ``NoopRun`` (disabled mode, wandb
+    ≥ 0.28) overrides them on its class; older disabled runs carry plain functions on the
+    instance (0.17–0.25) or in a ``RunDisabled`` attribute store (0.12–0.15).
+    """
     wandb = sys.modules.get("wandb")
     for name in _THROUGH:
-        if name in instance:
-            original = instance[name]
-            if callable(original) and not is_wrapped(original):
-                wrapped = _wrap_instance(run, name, original)
-                setattr(run, name, wrapped)
-                if name == "log" and wandb is not None and getattr(wandb, "log", None) is original:
-                    wandb.log = wrapped
+        try:
+            current = getattr(run, name)
+        except Exception:
             continue
-        for klass in type(run).__mro__:
-            if name in klass.__dict__:
-                if not is_wrapped(klass.__dict__[name]):
+        func = getattr(current, "__func__", None)
+        if is_wrapped(func if func is not None else current) or not callable(current):
+            continue
+        if func is not None and getattr(current, "__self__", None) is run:
+            for klass in type(run).__mro__:
+                if klass.__dict__.get(name) is func:
                     wrap_method(klass, name)
-                break
+                    break
+        elif not isinstance(current, type(run)):  # RunDisabled answers any name with itself
+            wrapped = _wrap_instance(run, name, current)
+            setattr(run, name, wrapped)
+            if name == "log" and wandb is not None and getattr(wandb, "log", None) is current:
+                wandb.log = wrapped
     # wandb.log is a bound method made at init time; if it was bound before we wrapped the
     # class, it still points at the old function.
     bound = getattr(wandb, "log", None) if wandb is not None else None

@@ -42,10 +42,16 @@ class RunRows:
                 if step > self.step:
                     self._take(done)
                     self.step = step
-            self._pending.update(data)
-            self._pending_ts = time.time() if now is None else now
+            now = time.time() if now is None else now
             if commit is None:
                 commit = step is None
+            if commit and not self._pending:  # the common case: one call, one row
+                if data:
+                    done.append((self.step, now, data))
+                self.step += 1
+                return done
+            self._pending.update(data)
+            self._pending_ts = now
             if commit:
                 self._take(done)
                 self.step += 1

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from . import log
 from .config import Config, get_config
 from .record import RecordWriter, default_root, fallback_root, record_path
+from .reporter import Reporter
 from .rows import Row, RunRows
 from .sampler import Sampler
 from .topology import Topology, get_topology
@@ -66,15 +67,20 @@ class Session:
         self.runs: Dict[int, Tuple[Any, RunRows]] = {}
         self.record: Optional[RecordWriter] = None
         self.sampler: Optional[Sampler] = None
+        self.reporter: Optional[Reporter] = None
         self.rows_captured = 0
         self._lock = threading.RLock()
 
     # -- the training thread's path -------------------------------------------------------
 
     def begin_log(self, args: tuple, kwargs: dict) -> Optional[tuple]:
-        """Inspect a ``log`` call; return (args, kwargs, data, step, commit) or None to pass."""
+        """Inspect a ``log`` call; return (args, kwargs, frozen row, step, commit) or None.
+
+        The row is frozen before wandb sees it: some versions add ``_timestamp``/``_runtime``
+        to the dict they are given, and later in-place changes must not reach the record.
+        """
         data = args[0] if args else kwargs.get("data")
-        if not isinstance(data, Mapping):
+        if type(data) is not dict and not isinstance(data, Mapping):  # ABC check only if needed
             return None  # wandb raises TypeError itself; nothing to capture
         step = args[1] if len(args) > 1 else kwargs.get("step")
         commit = args[2] if len(args) > 2 else kwargs.get("commit")
@@ -85,18 +91,19 @@ class Session:
                 args = (data, *args[1:])
             else:
                 kwargs = dict(kwargs, data=data)
-        return args, kwargs, data, step, commit
+        return args, kwargs, freeze(data), step, commit
 
-    def end_log(self, run: Any, data: Mapping[str, Any], step: Any, commit: Any) -> None:
+    def end_log(self, run: Any, frozen: Dict[str, Any], step: Any, commit: Any) -> None:
         """wandb accepted the call: account for it and hand completed rows to the record."""
         entry = self.runs.get(id(run))
         rows = entry[1] if entry is not None else self.adopt(run)
-        try:
-            step = _as_step(step)
-        except ValueError as exc:
-            log.debug("log_not_captured", reason=str(exc))
-            return
-        done = rows.log(freeze(data), step, commit)
+        if step is not None:
+            try:
+                step = _as_step(step)
+            except ValueError as exc:
+                log.debug("log_not_captured", reason=str(exc))
+                return
+        done = rows.log(frozen, step, commit)
         if done:
             self._emit(rows.run_id, done)
 
@@ -123,6 +130,10 @@ class Session:
 
         patch_run(run)
         self.start()
+        if self.reporter is not None:
+            from .detection import RunFacts
+
+            self.reporter.add_run(RunFacts.from_run(run))
         log.debug("run_adopted", run_id=rows.run_id, start_step=rows.step,
                   run_class=type(run).__name__)
         return rows
@@ -136,8 +147,7 @@ class Session:
             entry = self.runs.pop(id(run), None)
         if entry is not None:
             self._emit(entry[1].run_id, entry[1].finish())
-        if self.record is not None:
-            self.record.flush()
+        self.flush()
 
     # -- background parts -------------------------------------------------------------------
 
@@ -148,24 +158,48 @@ class Session:
                 return
             self.started = True
             config, topo = self.config, self.topology
+            reporting = self._reporting_wanted()
             if config.save_local:
                 root = config.output_path or default_root()
                 self.record = RecordWriter(record_path(root, topo.node_rank, topo.local_rank),
                                            fallback=record_path(fallback_root(), topo.node_rank,
                                                                 topo.local_rank))
+            elif reporting:  # no record wanted, but the reporter delivers from a private spool
+                self.record = RecordWriter(record_path(os.path.join(fallback_root(), "spool"),
+                                                       topo.node_rank, topo.local_rank))
+            if reporting and self.record is not None and self.record.is_open:
+                self.reporter = Reporter(config, topo, self.record.path,
+                                         ephemeral=not config.save_local)
+                self.reporter.start()
             if config.enhance_metrics:
                 from .hostmetrics import open_host_source
 
-                self.sampler = Sampler([open_host_source()], config.sample_interval)
+                self.sampler = Sampler([open_host_source(), *_gpu_sources(config, topo)],
+                                       config.sample_interval)
                 self.sampler.start()
             _install_exit_hooks()
             log.debug("session_started", record=self.record.path if self.record else None,
                       enhance=config.enhance_metrics, topology=topo.__dict__)
 
+    def _reporting_wanted(self) -> bool:
+        config = self.config
+        if not config.api_reporting:
+            return False
+        if not config.has_identity:
+            log.debug("reporting_off", reason="no POD_NAME or WORKLOAD_UID: local record only")
+            return False
+        if config.report_ranks == "zero" and self.topology.rank != 0:
+            log.debug("reporting_off", reason=f"rank {self.topology.rank} (only rank 0 reports)")
+            return False
+        return True
+
     def flush(self) -> None:
-        """Write what is queued (committed rows); pending rows stay pending."""
+        """Write what is queued (committed rows) and wait, within the shutdown deadline, for
+        the server to acknowledge it; pending rows stay pending."""
         if self.record is not None:
             self.record.flush()
+        if self.reporter is not None:
+            self.reporter.flush(self.config.shutdown_timeout)
 
     def shutdown(self) -> None:
         """The process ends: commit every pending row, write everything, stop the threads."""
@@ -178,6 +212,8 @@ class Session:
             self.sampler.stop()
         if self.record is not None:
             self.record.close()
+        if self.reporter is not None:
+            self.reporter.close(self.config.shutdown_timeout)
 
     def fail(self, exc: BaseException) -> None:
         """An internal error: the injector steps aside for the rest of this process."""
@@ -192,7 +228,19 @@ class Session:
         child.runs = {key: (run, rows.forked_copy()) for key, (run, rows) in self.runs.items()}
         if self.record is not None:
             self.record.abandon_after_fork()
+        if self.reporter is not None:
+            self.reporter.abandon_after_fork()
         return child
+
+
+def _gpu_sources(config: Config, topology: Topology) -> List[Any]:
+    try:
+        from .gpu import open_gpu_sources
+
+        return list(open_gpu_sources(config, topology))
+    except Exception as exc:  # the GPU backends promise not to raise; this keeps the promise
+        log.warn(f"GPU metrics off: {type(exc).__name__}: {exc}")
+        return []
 
 
 _session: Optional[Session] = None

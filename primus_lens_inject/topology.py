@@ -74,6 +74,6 @@ def get_topology() -> Topology:
 
         _topology, problems = detect()
         for name, raw in problems:
-            log.warn(f"ignoring {name}={raw[:40]!r}: not a valid rank; trying the next source")
+            log.warn_inherited(f"ignoring {name}={raw[:40]!r}: not a valid rank; trying the next source")
     return _topology
 

@@ -119,20 +119,34 @@ def _activate():
 def _chain():
     """Run the sitecustomize that Python would have run without us: the next one on sys.path."""
     global chained
-    import importlib.machinery
-    import importlib.util
-
     entries = [os.path.abspath(entry or os.curdir) for entry in sys.path]
     later = entries[entries.index(_HERE) + 1:] if _HERE in entries else entries
     later = [entry for entry in later if entry != _HERE]
-    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", later)
-    if spec is None or spec.loader is None:
-        return
-    chained = spec.origin
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sitecustomize"] = module
     try:
-        spec.loader.exec_module(module)
+        if sys.version_info >= (3, 4):
+            import importlib.machinery
+            import importlib.util
+
+            spec = importlib.machinery.PathFinder.find_spec("sitecustomize", later)
+            if spec is None or spec.loader is None:
+                return
+            chained = spec.origin
+            module = importlib.util.module_from_spec(spec)
+            sys.modules["sitecustomize"] = module
+            spec.loader.exec_module(module)
+        else:  # Python 2.7 and 3.0-3.3: never our target, but never shadow the image's file
+            import imp
+
+            try:
+                found = imp.find_module("sitecustomize", later)
+            except ImportError:
+                return
+            chained = found[1]
+            try:
+                imp.load_module("sitecustomize", *found)
+            finally:
+                if found[0] is not None:
+                    found[0].close()
     except Exception as exc:  # report it the way site.py does for a broken sitecustomize
         if sys.flags.verbose:
             sys.excepthook(*sys.exc_info())
@@ -154,11 +168,8 @@ def _main():
                 if getattr(finder, "_primus_lens", False):
                     sys.meta_path.remove(finder)
             _say("injector off: bootstrap failed (%s: %s)" % (type(exc).__name__, exc))
-    if __name__ == "sitecustomize" and sys.version_info >= (3, 4):
-        try:
-            _chain()
-        except Exception as exc:
-            _say("could not run the next sitecustomize (%s: %s)" % (type(exc).__name__, exc))
+    if __name__ == "sitecustomize":
+        _chain()
 
 
 _main()

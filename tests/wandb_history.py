@@ -57,8 +57,11 @@ def history(run_dir: str) -> List[Dict[str, Any]]:
             continue
         row: Dict[str, Any] = {}
         for item in record.history.item:
-            key = item.key or "/".join(item.nested_key)
-            row[key] = json.loads(item.value_json)
+            path = list(item.nested_key) or [item.key]
+            target = row
+            for part in path[:-1]:  # nested dicts arrive one leaf per item
+                target = target.setdefault(part, {})
+            target[path[-1]] = json.loads(item.value_json)
         rows.append(row)
     return rows
 

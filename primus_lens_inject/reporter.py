@@ -1,0 +1,434 @@
+"""Delivering the local record and detection reports to the Lens telemetry-processor.
+
+Two daemon threads per process, started at the first ``wandb.init`` (never on the training
+thread, never at interpreter start), each with its own httpx client created in the thread:
+
+* the rows sender tails the record file from the acknowledged offset (``spool.Cursor``), merges
+  rows per step, and POSTs ``{base}/wandb/logs`` in batches of one run, in file order, one request
+  at a time, moving the cursor only when the server acknowledged.  Memory holds one batch however
+  long the server is away; a restarted process resumes from the cursor.
+* the detection sender builds one report per run off the training thread, keeps it as a file
+  beside the record until the server acknowledged it, and POSTs ``{base}/wandb/detection``; the
+  server answers slowly (it forwards synchronously), so it gets its own thread and timeout.
+
+Responses are classified as spec §9.6 says: retry with exponential backoff and jitter (5xx,
+timeouts, connection errors, ``no valid workload found``), drop and count (other 400s), stop
+(missing identity, 401, 404, redirects).  Each class is logged once, never per request.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import threading
+import time
+from typing import Any, Deque, Dict, List, Optional, Tuple
+
+from . import log, spool, wire
+from .config import Config
+from .topology import Topology
+
+READ_BYTES = 2 << 20
+BATCH_BYTES = 900 << 10  # encoded body stays under wire.MAX_BODY_BYTES with headroom
+BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
+DETECTION_DIR_SUFFIX = ".detections"
+DETECTION_RETRY_WINDOW = 30 * 60.0  # spec asks ≥ 10 min for "no valid workload found"
+OWNER_POLL = 2.0
+
+OK, RETRY, DROP, STOP = "ok", "retry", "drop", "stop"
+
+
+def classify(status: int, message: str) -> Tuple[str, str]:
+    """(action, reason) for a response; ``status`` 0 means no response (transport error)."""
+    if 200 <= status < 300:
+        return OK, ""
+    if status == 0:
+        return RETRY, message or "connection failed"
+    if status == 400:
+        if message == "no valid workload found":
+            return RETRY, "server does not know this pod yet (no valid workload found)"
+        if message == "either workload_uid or pod_name is required":
+            return STOP, "server requires pod_name or workload_uid"
+        return DROP, f"server rejected the request ({message or 'HTTP 400'})"
+    if status in (401, 403):
+        return STOP, f"server refused authentication (HTTP {status}); set PRIMUS_LENS_API_HEADERS"
+    if status in (404, 405) or 300 <= status < 400:
+        return STOP, f"wrong endpoint (HTTP {status}); check PRIMUS_LENS_API_BASE_URL"
+    if status in (408, 425, 429) or status >= 500:
+        return RETRY, f"server error (HTTP {status})"
+    return DROP, f"server rejected the request (HTTP {status})"
+
+
+def envelope_message(body: bytes) -> str:
+    """The server's ``meta.message``, or "" for anything that is not its envelope."""
+    try:
+        meta = json.loads(body).get("meta") or {}
+        message = meta.get("message")
+    except (ValueError, AttributeError):
+        return ""
+    return message if isinstance(message, str) else ""
+
+
+class Backoff:
+    """Full-jitter exponential backoff, so many pods that lost the server do not return at once."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        ceiling = min(BACKOFF_MAX, BACKOFF_MIN * (2 ** min(self.failures - 1, 10)))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class Stats:
+    """What doctor and the closing flush report; written beside the record as JSON."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.rows_sent = 0
+        self.detections_sent = 0
+        self.retries = 0
+        self.dropped: Dict[str, int] = collections.Counter()
+        self.last_error = ""
+        self.state = "starting"
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"requests": self.requests, "rows_sent": self.rows_sent,
+                "detections_sent": self.detections_sent, "retries": self.retries,
+                "dropped": dict(self.dropped), "last_error": self.last_error, "state": self.state}
+
+
+class Reporter:
+    def __init__(self, config: Config, topology: Topology, record_path: str,
+                 ephemeral: bool = False) -> None:
+        self.config = config
+        self.topology = topology
+        self.record_path = record_path
+        self.ephemeral = ephemeral  # a private spool (SAVE_LOCAL=false): removed once delivered
+        self.base_url = config.api_base_url.rstrip("/")
+        self.identity = wire.identity(config)
+        self.key_prefix = f"rank{topology.rank}/" if config.report_ranks == "all" else ""
+        self.stats = Stats()
+        self.detection_dir = spool.sibling(record_path, DETECTION_DIR_SUFFIX)
+        self._owner = spool.OwnerLock(record_path)
+        self._cursor: Optional[spool.Cursor] = None
+        self._facts: Deque[Any] = collections.deque()
+        self._wake_rows = threading.Event()
+        self._wake_detection = threading.Event()
+        self._progress = threading.Condition()
+        self._flush_to = 0  # a flush asks for everything up to this offset now
+        self._failed_during_flush = False
+        self._stop = False
+        self._stopped_reason = ""
+        self._threads: List[threading.Thread] = []
+        self._inventory: Optional[Dict[str, Any]] = None
+
+    # -- the session's side -----------------------------------------------------------------
+
+    def start(self) -> None:
+        for name, target in (("rows", self._rows_loop), ("detection", self._detection_loop)):
+            thread = threading.Thread(target=self._guard, args=(target,), daemon=True,
+                                      name=f"primus-lens-{name}")
+            thread.start()
+            self._threads.append(thread)
+
+    def add_run(self, facts: Any) -> None:
+        """A new run: its detection report is built and sent in the background."""
+        self._facts.append(facts)
+        self._wake_detection.set()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until the server acknowledged everything now in the record (True), or until
+        ``timeout``, or until a send fails while we wait: the data stays in the record."""
+        if self._stopped_reason or not self._threads:
+            return False
+        try:
+            target = os.path.getsize(self.record_path)
+        except OSError:
+            return True
+        deadline = time.monotonic() + timeout
+        with self._progress:
+            self._flush_to = max(self._flush_to, target)
+            self._failed_during_flush = False
+        self._wake_rows.set()
+        with self._progress:
+            while True:
+                if self._acked() >= target:
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0 or self._failed_during_flush or self._stopped_reason \
+                        or not self._owner.held:
+                    return False
+                self._progress.wait(min(left, 0.25))
+
+    def close(self, timeout: float) -> None:
+        delivered = self.flush(timeout)
+        self._stop = True
+        self._wake_rows.set()
+        self._wake_detection.set()
+        self._write_status()
+        if delivered and self.ephemeral and self._owner.held:
+            for path in (self.record_path, spool.sibling(self.record_path, spool.CURSOR_SUFFIX)):
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass
+        self._owner.release()
+
+    def abandon_after_fork(self) -> None:
+        """In a forked child: the threads are gone and the parent keeps sending this record."""
+        self._owner.release()
+        self._threads = []
+        self._stop = True
+
+    # -- threads ----------------------------------------------------------------------------
+
+    def _guard(self, target: Any) -> None:
+        try:
+            target()
+        except Exception as exc:  # never let a reporter bug reach training: stop reporting
+            self._stopped(f"internal error {type(exc).__name__}: {exc}")
+
+    def _stopped(self, reason: str) -> None:
+        self._stopped_reason = reason
+        self.stats.state = f"stopped: {reason}"
+        log.warn(f"reporting to {self.base_url} stopped: {reason}; rows stay in the local record",
+                 key="reporter-stopped")
+        with self._progress:
+            self._progress.notify_all()
+        self._write_status()
+
+    def _client(self, read_timeout: float) -> Any:
+        import ssl
+
+        import httpx
+
+        config = self.config
+        verify: Any = config.api_verify
+        if config.api_verify and config.api_ca_bundle:
+            verify = ssl.create_default_context(cafile=config.api_ca_bundle)
+        headers = {"Content-Type": "application/json", "User-Agent": "primus-lens-inject",
+                   **dict(config.api_headers)}
+        timeout = httpx.Timeout(read_timeout, connect=config.connect_timeout)
+        return httpx.Client(timeout=timeout, headers=headers, verify=verify,
+                            trust_env=config.api_use_proxy)
+
+    def _post(self, client: Any, endpoint: str, body: bytes) -> Tuple[str, str]:
+        try:
+            response = client.post(f"{self.base_url}/wandb/{endpoint}", content=body)
+            status, message = response.status_code, envelope_message(response.content)
+        except Exception as exc:  # httpx.TransportError and anything below it
+            status, message = 0, f"{type(exc).__name__}: {exc}"
+        self.stats.requests += 1
+        action, reason = classify(status, message)
+        if action != OK:
+            self.stats.last_error = reason
+            log.warn(f"reporting to {self.base_url}: {reason}; "
+                     + {RETRY: "retrying with backoff", DROP: "dropped (kept in the local record)",
+                        STOP: "stopping"}[action], key=f"reporter-{action}-{status}-{message[:40]}")
+        return action, reason
+
+    def _sleep(self, event: threading.Event, seconds: float) -> None:
+        event.wait(seconds)
+        event.clear()
+
+    def _acked(self) -> int:
+        return self._cursor.offset if self._cursor is not None else 0
+
+    def _own(self, event: threading.Event) -> bool:
+        """Only one process sends a record; the others wait for it to exit."""
+        while not self._stop:
+            if self._owner.try_acquire():
+                return True
+            self.stats.state = "waiting: another process sends this record"
+            self._sleep(event, OWNER_POLL)
+        return False
+
+    def _rows_loop(self) -> None:
+        if not self._own(self._wake_rows):
+            return
+        self._cursor = spool.Cursor(self.record_path)
+        client = self._client(self.config.read_timeout)
+        backoff = Backoff()
+        self.stats.state = "running"
+        while not self._stop and not self._stopped_reason:
+            lines = spool.read_lines(self.record_path, self._cursor.offset, READ_BYTES)
+            if not lines or not self._batch_due(lines):
+                with self._progress:
+                    self._progress.notify_all()
+                self._sleep(self._wake_rows, 0.2)
+                continue
+            run_id, entries, end, skipped = self._batch(lines)
+            for reason, count in skipped.items():
+                self.stats.dropped[reason] += count
+            if not entries:
+                self._cursor.advance(end)
+                continue
+            body = wire.encode(wire.logs_body(self.identity, run_id, entries, time.time()))
+            action, reason = self._post(client, "logs", body)
+            if action in (OK, DROP):
+                if action == OK:
+                    self.stats.rows_sent += len(entries)
+                else:
+                    self.stats.dropped[reason] += len(entries)
+                self._cursor.advance(end)
+                backoff.reset()
+                self._write_status()
+            elif action == STOP:
+                self._stopped(reason)
+            else:
+                self.stats.retries += 1
+                with self._progress:
+                    self._failed_during_flush = True
+                    self._progress.notify_all()
+                self._sleep(self._wake_rows, backoff.next_delay())
+        client.close()
+
+    def _batch_due(self, lines: List[Tuple[int, bytes]]) -> bool:
+        """Send now when a batch is full, a flush waits, or the oldest row waited long enough."""
+        if len(lines) >= self.config.batch_size or self._flush_to > self._cursor.offset:
+            return True
+        try:
+            oldest = json.loads(lines[0][1]).get("timestamp", 0)
+        except (ValueError, AttributeError):
+            return True
+        return not isinstance(oldest, (int, float)) \
+            or time.time() - oldest >= self.config.flush_interval
+
+    def _batch(self, lines: List[Tuple[int, bytes]]) -> Tuple[str, List[Dict[str, Any]], int,
+                                                               Dict[str, int]]:
+        """The next request: consecutive rows of one run, at most batch_size steps and
+        BATCH_BYTES; returns (run id, entries, end offset, skipped rows by reason)."""
+        run_id = ""
+        rows: List[Tuple[str, Dict[str, Any]]] = []
+        skipped: Dict[str, int] = collections.Counter()
+        end = self._cursor.offset
+        size = 0
+        for line_end, line in lines:
+            try:
+                row = json.loads(line)
+                row_run = row["run_id"]
+                entry, why = wire.log_entry(row["step"], row["timestamp"], row["data"],
+                                            self.key_prefix)
+            except (ValueError, KeyError, TypeError):
+                skipped["unreadable record line"] += 1
+                end = line_end
+                continue
+            if run_id and row_run != run_id:
+                break
+            if entry is not None:
+                if rows and (len(rows) >= self.config.batch_size or size + len(line) > BATCH_BYTES) \
+                        and not (rows[-1][0] == row_run and rows[-1][1]["step"] == entry["step"]):
+                    break
+                run_id = row_run
+                rows.append((row_run, entry))
+                size += len(line)
+            else:
+                skipped[f"row not sendable: {why}"] += 1
+            end = line_end
+        return run_id, [entry for _, entry in wire.merge_steps(rows)], end, skipped
+
+    def _detection_loop(self) -> None:
+        client = None
+        backoff = Backoff()
+        while not self._stop and not self._stopped_reason:
+            while self._facts:
+                try:
+                    self._store_detection(self._facts.popleft())
+                except Exception as exc:  # one odd run must not stop reporting
+                    self.stats.dropped["detection could not be built"] += 1
+                    log.warn(f"detection report not built: {type(exc).__name__}: {exc}",
+                             key="detection-build")
+            pending = self._pending_detections()
+            if not pending or (not self._owner.held and not self._owner.try_acquire()):
+                self._sleep(self._wake_detection, OWNER_POLL if pending else 30.0)
+                continue
+            if client is None:
+                client = self._client(self.config.detection_timeout)
+            path = pending[0]
+            action, reason = self._send_detection(client, path)
+            if action == RETRY:
+                self.stats.retries += 1
+                self._sleep(self._wake_detection, backoff.next_delay())
+            else:
+                backoff.reset()
+                if action == STOP:
+                    self._stopped(reason)
+        if client is not None:
+            client.close()
+
+    def _store_detection(self, facts: Any) -> None:
+        from .detection import build_report
+
+        if self._inventory is None:
+            self._inventory = _gpu_inventory(self.config, self.topology)
+        body = build_report(facts, self.config, self.topology, self._inventory or None)
+        os.makedirs(self.detection_dir, exist_ok=True)
+        run_id = str(body.get("evidence", {}).get("wandb", {}).get("id") or "run")
+        name = f"{time.time():.6f}-{os.getpid()}-{''.join(c for c in run_id if c.isalnum())}.json"
+        spool.write_atomic(os.path.join(self.detection_dir, name), json.dumps(body))
+
+    def _pending_detections(self) -> List[str]:
+        try:
+            names = sorted(n for n in os.listdir(self.detection_dir) if n.endswith(".json"))
+        except OSError:
+            return []
+        return [os.path.join(self.detection_dir, n) for n in names]
+
+    def _send_detection(self, client: Any, path: str) -> Tuple[str, str]:
+        try:
+            with open(path, "rb") as f:
+                body = json.loads(f.read())
+            age = time.time() - os.path.getmtime(path)
+        except (OSError, ValueError):
+            _remove(path)
+            return DROP, "unreadable detection file"
+        action, reason = self._post(client, "detection", wire.encode(body))
+        if action == RETRY and age > DETECTION_RETRY_WINDOW:
+            action, reason = DROP, "detection undeliverable for 30 minutes"
+        if action == OK:
+            self.stats.detections_sent += 1
+        elif action == DROP:
+            self.stats.dropped[f"detection: {reason}"] += 1
+        if action in (OK, DROP):
+            _remove(path)
+        return action, reason
+
+    def _write_status(self) -> None:
+        if not self._owner.held:
+            return
+        try:
+            size = os.path.getsize(self.record_path)
+        except OSError:
+            size = 0
+        status = {"pid": os.getpid(), "updated": time.time(), "endpoint": self.base_url,
+                  "identity": self.identity, "acked_offset": self._acked(),
+                  "backlog_bytes": max(0, size - self._acked()), **self.stats.as_dict()}
+        try:
+            spool.write_atomic(spool.sibling(self.record_path, spool.STATUS_SUFFIX),
+                               json.dumps(status, sort_keys=True))
+        except OSError:
+            pass
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _gpu_inventory(config: Config, topology: Topology) -> Dict[str, Any]:
+    try:
+        from .gpu import inventory
+
+        return inventory(config, topology)
+    except Exception as exc:
+        log.debug("gpu_inventory_unavailable", error=repr(exc))
+        return {}

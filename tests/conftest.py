@@ -1,0 +1,111 @@
+"""Shared test helpers: training scripts run as real subprocesses with only PYTHONPATH set.
+
+``PRIMUS_LENS_TEST_PYTHON`` picks the interpreter for those subprocesses; ``make test`` runs the
+``wandb_compat`` tests a second time with the virtualenv holding the oldest supported wandb.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BOOTSTRAP_DIR = ROOT / "sitecustomize"
+TRAIN_PYTHON = os.environ.get("PRIMUS_LENS_TEST_PYTHON") or sys.executable
+
+# Variables of the developer's shell that would change what a training subprocess does.
+_SCRUB_PREFIXES = ("PRIMUS_LENS_", "WANDB_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK",
+                   "SLURM_", "OMPI_", "PET_", "GROUP_RANK", "POD_", "WORKLOAD_UID", "CUDA_",
+                   "HIP_", "ROCR_", "PYTHON")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "wandb_compat: also run against the oldest supported wandb")
+
+
+def strict_json(line: str) -> dict:
+    """Parse like a strict consumer (jq, Go): NaN/Infinity tokens are errors."""
+    def reject(token: str) -> None:
+        raise ValueError(f"non-standard JSON token {token}")
+
+    return json.loads(line, parse_constant=reject)
+
+
+@dataclass
+class Training:
+    """One finished training subprocess and where it wrote."""
+
+    proc: subprocess.CompletedProcess
+    tmp: Path
+    output: Path
+
+    @property
+    def stderr(self) -> str:
+        return self.proc.stderr
+
+    def record(self, node: int = 0, rank: int = 0) -> List[dict]:
+        path = self.output / f"node_{node}" / f"rank_{rank}" / "wandb_metrics.jsonl"
+        if not path.exists():
+            return []
+        return [strict_json(line) for line in path.read_text().splitlines()]
+
+    def injector_lines(self) -> List[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("primus-lens:")]
+
+
+def training_env(tmp: Path, extra: Optional[Dict[str, str]] = None,
+                 bootstrap: bool = True) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB_PREFIXES)}
+    env.update({
+        "HOME": str(tmp / "home"),
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(tmp),
+        "WANDB_SILENT": "true",
+        "WANDB_DISABLE_GIT": "true",
+        "WANDB__DISABLE_STATS": "true",
+        "PRIMUS_LENS_WANDB_OUTPUT_PATH": str(tmp / "out"),
+        "PRIMUS_LENS_WANDB_API_REPORTING": "false",
+    })
+    (tmp / "home").mkdir(exist_ok=True)
+    if bootstrap:
+        env["PYTHONPATH"] = str(BOOTSTRAP_DIR)
+    env.update(extra or {})
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def run_training(tmp: Path, script: str, env: Optional[Dict[str, str]] = None,
+                 bootstrap: bool = True, timeout: float = 120, python: str = TRAIN_PYTHON,
+                 args: Optional[List[str]] = None) -> Training:
+    path = tmp / "train.py"
+    path.write_text(textwrap.dedent(script))
+    proc = subprocess.run([python, str(path), *(args or [])], cwd=tmp, capture_output=True,
+                          text=True, timeout=timeout, env=training_env(tmp, env, bootstrap))
+    return Training(proc, tmp, tmp / "out")
+
+
+@pytest.fixture
+def train(tmp_path: Path):
+    """``train(script, env=..., expect_rc=0)`` runs a script and checks its exit status."""
+    def runner(script: str, env: Optional[Dict[str, str]] = None, expect_rc: Optional[int] = 0,
+               **kwargs) -> Training:
+        result = run_training(tmp_path, script, env, **kwargs)
+        if expect_rc is not None:
+            assert result.proc.returncode == expect_rc, result.stderr[-4000:]
+        return result
+
+    return runner
+
+
+def wandb_version(python: str = TRAIN_PYTHON) -> tuple:
+    out = subprocess.run([python, "-c", "import wandb; print(wandb.__version__)"],
+                         capture_output=True, text=True, timeout=60,
+                         env={k: v for k, v in os.environ.items() if not k.startswith("PYTHON")})
+    return tuple(int(p) for p in out.stdout.strip().split(".")[:3])
