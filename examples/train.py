@@ -25,7 +25,7 @@ def main() -> None:
     x_eval = rng.normal(size=(512, 16))
     y_eval = x_eval @ true_w
     w = np.zeros(16)
-    config = {"lr": 0.05, "batch_size": 64, "model": "linear-16", "framework": "numpy"}
+    config = {"lr": 0.05, "batch_size": 64, "model": "linear-16"}
     run = wandb.init(project="primus-lens-demo", config=config, tags=["demo"])
     started = time.perf_counter()
     for step in range(args.steps):

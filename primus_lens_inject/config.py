@@ -141,7 +141,8 @@ VARIABLES: Tuple[Variable, ...] = (
     Variable("PRIMUS_LENS_WANDB_API_REPORTING", "api_reporting", parse_bool,
              "Send rows and the framework-detection report to the Lens telemetry-processor."),
     Variable("PRIMUS_LENS_API_BASE_URL", "api_base_url", _url,
-             "Base URL of the telemetry-processor; requests go to `{base}/wandb/logs|detection`."),
+             "Base URL of the telemetry-processor; requests go to `{base}/wandb/logs` and "
+             "`{base}/wandb/detection`."),
     Variable("PRIMUS_LENS_WANDB_BATCH_SIZE", "batch_size", _number(int, 1, 500),
              "Most steps sent in one request (the server has no cap; we keep requests ≤ 1 MiB)."),
     Variable("PRIMUS_LENS_WANDB_FLUSH_INTERVAL", "flush_interval", _number(float, 0.05, 300.0),
@@ -213,7 +214,7 @@ class Config:
     api_verify: bool = True
     api_ca_bundle: Optional[str] = None
     api_use_proxy: bool = False
-    shutdown_timeout: float = 10.0
+    shutdown_timeout: float = 5.0
     report_ranks: str = "zero"
     pod_name: str = ""
     pod_uid: str = ""
@@ -256,6 +257,23 @@ def variable_rows(config: Config) -> list:
             value = "<set, hidden>"
         rows.append((var.name, value, default, var.doc))
     return rows
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None or value in ((), ""):
+        return "unset"
+    return str(value)
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from ``VARIABLES`` (a test keeps it current)."""
+    defaults = Config()
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for var in VARIABLES:
+        rows.append(f"| `{var.name}` | `{_shown(getattr(defaults, var.field))}` | {var.doc} |")
+    return "\n".join(rows)
 
 
 _config: Optional[Config] = None

@@ -112,8 +112,32 @@ def _gpu_section(config: Config) -> Optional[Dict[str, Any]]:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
+def _reporting_section(config: Config, record_path: str) -> Dict[str, Any]:
+    from . import spool
+    from .reporter import probe
+    from .wire import identity
+
+    section: Dict[str, Any] = {
+        "enabled": config.api_reporting,
+        "endpoint": config.api_base_url,
+        "identity": identity(config) if config.has_identity else None,
+        "report_ranks": config.report_ranks,
+    }
+    if not config.has_identity:
+        section["note"] = "no POD_NAME or WORKLOAD_UID: nothing is sent, the record still works"
+    if config.api_reporting:
+        section["endpoint_check"] = probe(config)
+    try:
+        with open(spool.sibling(record_path, spool.STATUS_SUFFIX)) as f:
+            section["sender"] = json.load(f)
+    except (OSError, ValueError):
+        section["sender"] = None
+    return section
+
+
 def collect(config: Optional[Config] = None) -> Dict[str, Any]:
     config = config or Config.from_env()
+    record = _record_section(config)
     return {
         "python": {"executable": sys.executable, "version": sys.version.split()[0],
                    "implementation": sys.implementation.name},
@@ -124,8 +148,9 @@ def collect(config: Optional[Config] = None) -> Dict[str, Any]:
             for name, value, default, doc in variable_rows(config)
         ],
         "invalid_values": [p.message() for p in config.problems],
-        "record": _record_section(config),
+        "record": record,
         "gpu": _gpu_section(config),
+        "reporting": _reporting_section(config, record["path"]),
     }
 
 
@@ -153,6 +178,16 @@ def _print_text(report: Dict[str, Any]) -> None:
         print(f"INVALID: {name} is not a non-negative integer; the next source or 0 is used")
     if report.get("gpu") is not None:
         print("gpu: " + json.dumps(report["gpu"], default=str))
+    rep = report["reporting"]
+    print(f"reporting: {'on' if rep['enabled'] else 'off'} -> {rep['endpoint']}")
+    if rep.get("endpoint_check"):
+        print(f"  endpoint: {rep['endpoint_check']}")
+    print(f"  identity: {rep['identity'] or rep.get('note')}")
+    sender = rep.get("sender")
+    if sender:
+        print(f"  sender (pid {sender.get('pid')}): {sender.get('state')}; rows sent "
+              f"{sender.get('rows_sent')}, retries {sender.get('retries')}, dropped "
+              f"{sender.get('dropped')}, backlog {sender.get('backlog_bytes')} bytes")
     print("configuration:")
     for row in report["configuration"]:
         marker = "" if row["value"] == row["default"] else "   (set)"

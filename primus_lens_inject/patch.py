@@ -61,7 +61,7 @@ def _log_through(run: Any, original: Callable, method: bool, args: tuple, kwargs
     prepared = None
     if s is not None and s.enabled:
         try:
-            prepared = s.begin_log(args, kwargs)
+            prepared = s.begin_log(run, args, kwargs)
         except Exception as exc:
             s.fail(exc)
     if prepared is None:

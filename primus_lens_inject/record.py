@@ -21,6 +21,7 @@ from . import log
 
 FILE_NAME = "wandb_metrics.jsonl"
 FLUSH_SECONDS = 0.2
+MAX_QUEUED = 2000  # beyond this the logging thread writes itself: memory stays bounded
 
 
 def default_root(environ: Optional[Dict[str, str]] = None) -> str:
@@ -89,6 +90,8 @@ class RecordWriter:
         self._queue.append(row)
         if self._thread is None:
             self._start()
+        elif len(self._queue) > MAX_QUEUED:  # logging faster than the writer encodes
+            self.flush()
 
     def _start(self) -> None:
         with self._lock:

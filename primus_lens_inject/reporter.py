@@ -36,6 +36,8 @@ BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
 DETECTION_DIR_SUFFIX = ".detections"
 DETECTION_RETRY_WINDOW = 30 * 60.0  # spec asks ≥ 10 min for "no valid workload found"
 OWNER_POLL = 2.0
+FLUSH_RETRY = 0.5  # seconds between retries while finish/exit waits
+FLUSH_GIVE_UP = 5  # consecutive failures while a flush waits: the server is down, stop waiting
 
 OK, RETRY, DROP, STOP = "ok", "retry", "drop", "stop"
 
@@ -69,6 +71,23 @@ def envelope_message(body: bytes) -> str:
     except (ValueError, AttributeError):
         return ""
     return message if isinstance(message, str) else ""
+
+
+# Our threads import lazily (httpx, the detection module, importlib.metadata...).  A fork while
+# one of them is inside an import leaves that module's import lock held forever in the child,
+# which then deadlocks importing the same module.  Imports happen under this lock, and fork
+# waits for it (see ``hold_imports_across_fork``).
+IMPORTS = threading.Lock()
+
+
+def hold_imports_across_fork() -> None:
+    os.register_at_fork(before=IMPORTS.acquire, after_in_parent=IMPORTS.release,
+                        after_in_child=_new_imports_lock)
+
+
+def _new_imports_lock() -> None:
+    global IMPORTS
+    IMPORTS = threading.Lock()
 
 
 class Backoff:
@@ -123,7 +142,8 @@ class Reporter:
         self._wake_detection = threading.Event()
         self._progress = threading.Condition()
         self._flush_to = 0  # a flush asks for everything up to this offset now
-        self._failed_during_flush = False
+        self._flushing = False
+        self._flush_failures = 0  # consecutive failed sends while a flush waits
         self._stop = False
         self._stopped_reason = ""
         self._threads: List[threading.Thread] = []
@@ -144,34 +164,53 @@ class Reporter:
         self._wake_detection.set()
 
     def flush(self, timeout: float) -> bool:
-        """Wait until the server acknowledged everything now in the record (True), or until
-        ``timeout``, or until a send fails while we wait: the data stays in the record."""
+        """Wait until the server acknowledged every row now in the record and every pending
+        detection report (True), or until ``timeout``, or until sends keep failing (the server
+        is down: the data stays on disk for later).  Retries during a flush are quick."""
         if self._stopped_reason or not self._threads:
             return False
         try:
             target = os.path.getsize(self.record_path)
         except OSError:
-            return True
+            target = 0
         deadline = time.monotonic() + timeout
         with self._progress:
             self._flush_to = max(self._flush_to, target)
-            self._failed_during_flush = False
+            self._flushing = True
+            self._flush_failures = 0
         self._wake_rows.set()
+        self._wake_detection.set()
+        try:
+            with self._progress:
+                while True:
+                    if not self._facts and not self._owner.held:
+                        return False  # our reports are on disk; the owning process sends them
+                    if not self._facts and self._acked() >= target \
+                            and not self._pending_detections():
+                        return True
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self._flush_failures >= FLUSH_GIVE_UP or self._stopped_reason:
+                        return False
+                    self._progress.wait(min(left, 0.1))
+        finally:
+            self._flushing = False
+
+    def _failed(self, backoff: Backoff, event: threading.Event) -> None:
+        """A send failed and will be retried: wait the backoff (briefly while a flush waits)."""
+        self.stats.retries += 1
         with self._progress:
-            while True:
-                if self._acked() >= target:
-                    return True
-                left = deadline - time.monotonic()
-                if left <= 0 or self._failed_during_flush or self._stopped_reason \
-                        or not self._owner.held:
-                    return False
-                self._progress.wait(min(left, 0.25))
+            self._flush_failures += 1
+            self._progress.notify_all()
+        delay = backoff.next_delay()
+        self._sleep(event, min(delay, FLUSH_RETRY) if self._flushing else delay)
 
     def close(self, timeout: float) -> None:
         delivered = self.flush(timeout)
         self._stop = True
         self._wake_rows.set()
         self._wake_detection.set()
+        if not self._stopped_reason:
+            self.stats.state = "exited, all delivered" if delivered else "exited with a backlog"
         self._write_status()
         if delivered and self.ephemeral and self._owner.held:
             for path in (self.record_path, spool.sibling(self.record_path, spool.CURSOR_SUFFIX)):
@@ -205,19 +244,7 @@ class Reporter:
         self._write_status()
 
     def _client(self, read_timeout: float) -> Any:
-        import ssl
-
-        import httpx
-
-        config = self.config
-        verify: Any = config.api_verify
-        if config.api_verify and config.api_ca_bundle:
-            verify = ssl.create_default_context(cafile=config.api_ca_bundle)
-        headers = {"Content-Type": "application/json", "User-Agent": "primus-lens-inject",
-                   **dict(config.api_headers)}
-        timeout = httpx.Timeout(read_timeout, connect=config.connect_timeout)
-        return httpx.Client(timeout=timeout, headers=headers, verify=verify,
-                            trust_env=config.api_use_proxy)
+        return http_client(self.config, read_timeout)
 
     def _post(self, client: Any, endpoint: str, body: bytes) -> Tuple[str, str]:
         try:
@@ -229,9 +256,11 @@ class Reporter:
         action, reason = classify(status, message)
         if action != OK:
             self.stats.last_error = reason
+        if action in (RETRY, DROP):  # STOP says so once, in _stopped
             log.warn(f"reporting to {self.base_url}: {reason}; "
-                     + {RETRY: "retrying with backoff", DROP: "dropped (kept in the local record)",
-                        STOP: "stopping"}[action], key=f"reporter-{action}-{status}-{message[:40]}")
+                     + ("retrying with backoff" if action == RETRY else
+                        "dropped (kept in the local record)"),
+                     key=f"reporter-{action}-{status}-{message[:40]}")
         return action, reason
 
     def _sleep(self, event: threading.Event, seconds: float) -> None:
@@ -283,11 +312,7 @@ class Reporter:
             elif action == STOP:
                 self._stopped(reason)
             else:
-                self.stats.retries += 1
-                with self._progress:
-                    self._failed_during_flush = True
-                    self._progress.notify_all()
-                self._sleep(self._wake_rows, backoff.next_delay())
+                self._failed(backoff, self._wake_rows)
         client.close()
 
     def _batch_due(self, lines: List[Tuple[int, bytes]]) -> bool:
@@ -340,35 +365,40 @@ class Reporter:
         while not self._stop and not self._stopped_reason:
             while self._facts:
                 try:
-                    self._store_detection(self._facts.popleft())
+                    self._store_detection(self._facts[0])
                 except Exception as exc:  # one odd run must not stop reporting
                     self.stats.dropped["detection could not be built"] += 1
                     log.warn(f"detection report not built: {type(exc).__name__}: {exc}",
                              key="detection-build")
+                self._facts.popleft()  # only now: a flush waits until the report is on disk
+                with self._progress:
+                    self._progress.notify_all()
             pending = self._pending_detections()
             if not pending or (not self._owner.held and not self._owner.try_acquire()):
-                self._sleep(self._wake_detection, OWNER_POLL if pending else 30.0)
+                self._sleep(self._wake_detection, OWNER_POLL)  # other processes may add reports
                 continue
             if client is None:
                 client = self._client(self.config.detection_timeout)
             path = pending[0]
             action, reason = self._send_detection(client, path)
             if action == RETRY:
-                self.stats.retries += 1
-                self._sleep(self._wake_detection, backoff.next_delay())
+                self._failed(backoff, self._wake_detection)
             else:
                 backoff.reset()
+                with self._progress:
+                    self._progress.notify_all()
                 if action == STOP:
                     self._stopped(reason)
         if client is not None:
             client.close()
 
     def _store_detection(self, facts: Any) -> None:
-        from .detection import build_report
+        with IMPORTS:  # building imports lazily (package metadata, GPU libraries)
+            from .detection import build_report
 
-        if self._inventory is None:
-            self._inventory = _gpu_inventory(self.config, self.topology)
-        body = build_report(facts, self.config, self.topology, self._inventory or None)
+            if self._inventory is None:
+                self._inventory = _gpu_inventory(self.config, self.topology)
+            body = build_report(facts, self.config, self.topology, self._inventory or None)
         os.makedirs(self.detection_dir, exist_ok=True)
         run_id = str(body.get("evidence", {}).get("wandb", {}).get("id") or "run")
         name = f"{time.time():.6f}-{os.getpid()}-{''.join(c for c in run_id if c.isalnum())}.json"
@@ -415,6 +445,39 @@ class Reporter:
                                json.dumps(status, sort_keys=True))
         except OSError:
             pass
+
+
+def http_client(config: Config, read_timeout: float) -> Any:
+    """An httpx client configured as documented (timeouts, headers, TLS, proxy behaviour)."""
+    with IMPORTS:  # importing httpx and building its SSL context load modules lazily
+        import ssl
+
+        import httpx
+
+        verify: Any = config.api_verify
+        if config.api_verify and config.api_ca_bundle:
+            verify = ssl.create_default_context(cafile=config.api_ca_bundle)
+        headers = {"Content-Type": "application/json", "User-Agent": "primus-lens-inject",
+                   **dict(config.api_headers)}
+        timeout = httpx.Timeout(read_timeout, connect=config.connect_timeout)
+        client = httpx.Client(timeout=timeout, headers=headers, verify=verify,
+                              trust_env=config.api_use_proxy)
+        client.build_request("POST", f"{config.api_base_url}/wandb/logs", content=b"{}")  # warm
+        return client
+
+
+def probe(config: Config) -> str:
+    """Does the endpoint answer like the telemetry-processor? (for doctor; sends nothing stored:
+    an empty body is refused before anything is written)."""
+    try:
+        with http_client(config, min(config.read_timeout, 10.0)) as client:
+            response = client.post(f"{config.api_base_url.rstrip('/')}/wandb/logs", content=b"{}")
+    except Exception as exc:
+        return f"not reachable: {type(exc).__name__}: {exc}"
+    message = envelope_message(response.content)
+    if response.status_code == 400 and message:
+        return f"answers (HTTP 400 {message!r} to an empty probe, as the telemetry-processor does)"
+    return f"answers HTTP {response.status_code}, but not like the telemetry-processor"
 
 
 def _remove(path: str) -> None:

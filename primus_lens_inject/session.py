@@ -69,29 +69,41 @@ class Session:
         self.sampler: Optional[Sampler] = None
         self.reporter: Optional[Reporter] = None
         self.rows_captured = 0
+        self._sent_snapshot: Dict[int, Dict[str, Any]] = {}  # run -> last sample given to wandb
         self._lock = threading.RLock()
 
     # -- the training thread's path -------------------------------------------------------
 
-    def begin_log(self, args: tuple, kwargs: dict) -> Optional[tuple]:
+    def begin_log(self, run: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
         """Inspect a ``log`` call; return (args, kwargs, frozen row, step, commit) or None.
 
         The row is frozen before wandb sees it: some versions add ``_timestamp``/``_runtime``
         to the dict they are given, and later in-place changes must not reach the record.
+
+        With enrichment on, the record gets the latest sample on every row, and wandb gets it
+        on the run's first row after each new sample (so once per sample interval at most):
+        wandb's cost grows with every key of every row, and repeating an unchanged sample on
+        thousands of rows per second would cost training time and tell nothing new.
         """
         data = args[0] if args else kwargs.get("data")
         if type(data) is not dict and not isinstance(data, Mapping):  # ABC check only if needed
             return None  # wandb raises TypeError itself; nothing to capture
         step = args[1] if len(args) > 1 else kwargs.get("step")
         commit = args[2] if len(args) > 2 else kwargs.get("commit")
+        frozen = freeze(data)
         sampler = self.sampler
-        if sampler is not None and sampler.snapshot:
-            data = {**sampler.snapshot, **data}  # a new dict: the user's keys win, theirs untouched
-            if args:
-                args = (data, *args[1:])
-            else:
-                kwargs = dict(kwargs, data=data)
-        return args, kwargs, freeze(data), step, commit
+        if sampler is not None:
+            snapshot = sampler.snapshot
+            if snapshot:
+                frozen = {**snapshot, **frozen}  # the user's keys win
+                if self._sent_snapshot.get(id(run)) is not snapshot:
+                    self._sent_snapshot[id(run)] = snapshot
+                    data = {**snapshot, **data}  # a new dict: the user's stays untouched
+                    if args:
+                        args = (data, *args[1:])
+                    else:
+                        kwargs = dict(kwargs, data=data)
+        return args, kwargs, frozen, step, commit
 
     def end_log(self, run: Any, frozen: Dict[str, Any], step: Any, commit: Any) -> None:
         """wandb accepted the call: account for it and hand completed rows to the record."""
@@ -145,6 +157,7 @@ class Session:
     def on_finish(self, run: Any) -> None:
         with self._lock:
             entry = self.runs.pop(id(run), None)
+            self._sent_snapshot.pop(id(run), None)
         if entry is not None:
             self._emit(entry[1].run_id, entry[1].finish())
         self.flush()
@@ -258,6 +271,9 @@ def create() -> Session:
         _session = Session(get_config(), get_topology())
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=_after_fork_in_child)
+            from .reporter import hold_imports_across_fork
+
+            hold_imports_across_fork()
     return _session
 
 
