@@ -589,6 +589,7 @@ class _Handler(BaseHTTPRequestHandler):
     """HTTP/1.1 with keep-alive, every method routed to the receiver (gin answers any method)."""
 
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out back to back, like Go's server
     server: _Server
 
     def setup(self) -> None:

@@ -148,6 +148,7 @@ class Reporter:
         self._stopped_reason = ""
         self._threads: List[threading.Thread] = []
         self._inventory: Optional[Dict[str, Any]] = None
+        self._status_written = 0.0
 
     # -- the session's side -----------------------------------------------------------------
 
@@ -286,29 +287,35 @@ class Reporter:
         client = self._client(self.config.read_timeout)
         backoff = Backoff()
         self.stats.state = "running"
+        lines: List[Tuple[int, bytes]] = []  # read ahead, not yet acknowledged (≤ READ_BYTES)
         while not self._stop and not self._stopped_reason:
-            lines = spool.read_lines(self.record_path, self._cursor.offset, READ_BYTES)
+            if len(lines) < self.config.batch_size:
+                lines += spool.read_lines(self.record_path,
+                                          lines[-1][0] if lines else self._cursor.offset,
+                                          READ_BYTES)
             if not lines or not self._batch_due(lines):
                 with self._progress:
                     self._progress.notify_all()
                 self._sleep(self._wake_rows, 0.2)
                 continue
-            run_id, entries, end, skipped = self._batch(lines)
+            run_id, entries, used, skipped = self._batch(lines)
+            end = lines[used - 1][0]
             for reason, count in skipped.items():
                 self.stats.dropped[reason] += count
-            if not entries:
-                self._cursor.advance(end)
-                continue
-            body = wire.encode(wire.logs_body(self.identity, run_id, entries, time.time()))
-            action, reason = self._post(client, "logs", body)
+            if entries:
+                body = wire.encode(wire.logs_body(self.identity, run_id, entries, time.time()))
+                action, reason = self._post(client, "logs", body)
+            else:
+                action, reason = OK, ""
             if action in (OK, DROP):
                 if action == OK:
                     self.stats.rows_sent += len(entries)
                 else:
                     self.stats.dropped[reason] += len(entries)
                 self._cursor.advance(end)
+                del lines[:used]
                 backoff.reset()
-                self._write_status()
+                self._write_status(every=1.0)
             elif action == STOP:
                 self._stopped(reason)
             else:
@@ -329,13 +336,12 @@ class Reporter:
     def _batch(self, lines: List[Tuple[int, bytes]]) -> Tuple[str, List[Dict[str, Any]], int,
                                                                Dict[str, int]]:
         """The next request: consecutive rows of one run, at most batch_size steps and
-        BATCH_BYTES; returns (run id, entries, end offset, skipped rows by reason)."""
+        BATCH_BYTES; returns (run id, entries, lines used, skipped rows by reason)."""
         run_id = ""
         rows: List[Tuple[str, Dict[str, Any]]] = []
         skipped: Dict[str, int] = collections.Counter()
-        end = self._cursor.offset
-        size = 0
-        for line_end, line in lines:
+        used = size = 0
+        for _end, line in lines:
             try:
                 row = json.loads(line)
                 row_run = row["run_id"]
@@ -343,7 +349,7 @@ class Reporter:
                                             self.key_prefix)
             except (ValueError, KeyError, TypeError):
                 skipped["unreadable record line"] += 1
-                end = line_end
+                used += 1
                 continue
             if run_id and row_run != run_id:
                 break
@@ -356,8 +362,8 @@ class Reporter:
                 size += len(line)
             else:
                 skipped[f"row not sendable: {why}"] += 1
-            end = line_end
-        return run_id, [entry for _, entry in wire.merge_steps(rows)], end, skipped
+            used += 1
+        return run_id, [entry for _, entry in wire.merge_steps(rows)], used, skipped
 
     def _detection_loop(self) -> None:
         client = None
@@ -430,9 +436,12 @@ class Reporter:
             _remove(path)
         return action, reason
 
-    def _write_status(self) -> None:
-        if not self._owner.held:
+    def _write_status(self, every: float = 0.0) -> None:
+        """Counters beside the record, for doctor; at most once per ``every`` seconds."""
+        now = time.monotonic()
+        if not self._owner.held or now - self._status_written < every:
             return
+        self._status_written = now
         try:
             size = os.path.getsize(self.record_path)
         except OSError:

@@ -125,8 +125,7 @@ class Session:
             data[ENABLED_KEY] = True
             self.rows_captured += 1
             if record is not None:
-                record.append({"timestamp": timestamp, "step": step, "run_id": run_id,
-                               "data": data})
+                record.append((run_id, step, timestamp, data))
 
     # -- run life ---------------------------------------------------------------------------
 

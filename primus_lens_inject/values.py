@@ -19,8 +19,13 @@ Nothing here raises: a value whose inspection fails becomes ``{"_type": "unreada
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Dict, Mapping
+
+# Strict JSON for the record and the wire: a NaN token here would be a bug, so it raises.  One
+# instance: ``json.dumps`` with non-default options builds a new encoder on every call.
+STRICT_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
 MAX_LIST = 64
 MAX_DEPTH = 8

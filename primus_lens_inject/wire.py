@@ -10,9 +10,10 @@ lists and media descriptors are left out; nested dicts are flattened to ``"outer
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from .values import STRICT_JSON
 
 # Keys the server writes or hides in a training_performance row (spec §8.1).
 RESERVED_KEYS = frozenset(("source", "run_id", "step", "created_at", "updated_at", "history",
@@ -91,7 +92,7 @@ def logs_body(ident: Dict[str, str], run_id: str, entries: List[Dict[str, Any]],
 
 def encode(body: Dict[str, Any]) -> bytes:
     """Strict JSON: ``allow_nan=False`` so a bug can never put a NaN token on the wire."""
-    return json.dumps(body, allow_nan=False, separators=(",", ":")).encode("ascii")
+    return STRICT_JSON.encode(body).encode("ascii")
 
 
 def merge_steps(rows: Iterable[Tuple[str, Dict[str, Any]]]) -> List[Tuple[str, Dict[str, Any]]]:

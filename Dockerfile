@@ -1,0 +1,50 @@
+# primus-lens-inject images.
+#
+#   injector (default target): the read-only tree /opt/primus-lens (bootstrap, package, private
+#       dependencies in deps/), run as non-root. It is the webhook's init-container image (the
+#       tree is copied into the pod) and runs the webhook server itself.
+#   training-base: BASE_IMAGE (your training image) with the tree baked in and PYTHONPATH set.
+#
+# The build installs the injector's dependencies from wheels in build/wheels (`make image-wheels`
+# downloads them), so it needs no registry access beyond the base images:
+#   make image-wheels && buildah bud --isolation=chroot -t primus-lens-inject .      (or docker build)
+#   docker build --target training-base --build-arg BASE_IMAGE=rocm/pytorch:<tag> -t my-base .
+
+ARG PYTHON_IMAGE=python:3.12-slim-bookworm
+ARG BASE_IMAGE=python:3.12-slim-bookworm
+
+# -- tree: everything under /opt/primus-lens, world-readable, owned by root -----------------------
+FROM ${PYTHON_IMAGE} AS tree
+# Only pure-Python and abi3 wheels are in the wheelhouse: the tree must work for every CPython
+# 3.9+ of a training image, not just the one that builds it. Removed: console scripts, and the
+# top-level example.py that nvidia-ml-py ships (an `import example` must never find it).
+COPY build/wheels/ /tmp/wheels/
+RUN python3 -m pip install --no-cache-dir --no-compile --disable-pip-version-check --no-index \
+        --only-binary=:all: --find-links /tmp/wheels --target /opt/primus-lens/deps \
+        --requirement /tmp/wheels/requirements.txt \
+ && rm -rf /opt/primus-lens/deps/bin /opt/primus-lens/deps/example.py /tmp/wheels
+COPY sitecustomize/sitecustomize.py /opt/primus-lens/sitecustomize.py
+COPY primus_lens_inject/ /opt/primus-lens/primus_lens_inject/
+# The package as pip lays it out, bootstrap included (primus_lens_inject._bootstrap), so
+# `python -m primus_lens_inject run|doctor` work from the tree as well.
+COPY sitecustomize/__init__.py sitecustomize/sitecustomize.py /opt/primus-lens/primus_lens_inject/_bootstrap/
+RUN chmod -R u=rwX,go=rX /opt/primus-lens
+
+# -- training-base: FROM your training image, tree baked in ----------------------------------------
+FROM ${BASE_IMAGE} AS training-base
+COPY --from=tree /opt/primus-lens /opt/primus-lens
+# Our directory first; the base image's own PYTHONPATH (if any) is kept after it.
+ENV PYTHONPATH=/opt/primus-lens${PYTHONPATH:+:${PYTHONPATH}}
+
+# -- injector: init-container payload and webhook server -------------------------------------------
+FROM ${PYTHON_IMAGE} AS injector
+LABEL org.opencontainers.image.title="primus-lens-inject" \
+      org.opencontainers.image.description="wandb capture for Primus Lens: injector tree and admission webhook" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=tree /opt/primus-lens /opt/primus-lens
+ENV PYTHONPATH=/opt/primus-lens \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+USER 65532:65532
+ENTRYPOINT ["python3", "-m", "primus_lens_inject"]
+CMD ["--help"]
