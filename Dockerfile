@@ -28,11 +28,17 @@ COPY primus_lens_inject/ /opt/primus-lens/primus_lens_inject/
 # The package as pip lays it out, bootstrap included (primus_lens_inject._bootstrap), so
 # `python -m primus_lens_inject run|doctor` work from the tree as well.
 COPY sitecustomize/__init__.py sitecustomize/sitecustomize.py /opt/primus-lens/primus_lens_inject/_bootstrap/
-RUN chmod -R u=rwX,go=rX /opt/primus-lens
+# Bytecode for this image's Python: the tree is read-only where it runs, so a process could never
+# cache it there (other Python versions compile in memory, as before).
+RUN python3 -m compileall -q /opt/primus-lens \
+ && chmod -R u=rwX,go=rX /opt/primus-lens
 
 # -- training-base: FROM your training image, tree baked in ----------------------------------------
 FROM ${BASE_IMAGE} AS training-base
 COPY --from=tree /opt/primus-lens /opt/primus-lens
+# Bytecode for the training image's own python3 too (best effort: an image without one, or one
+# whose USER cannot write here, keeps compiling in memory).
+RUN python3 -m compileall -q /opt/primus-lens || true
 # Our directory first; the base image's own PYTHONPATH (if any) is kept after it.
 ENV PYTHONPATH=/opt/primus-lens${PYTHONPATH:+:${PYTHONPATH}}
 

@@ -46,10 +46,10 @@ test: lint install-old $(TEST_PREREQS)
 	PRIMUS_LENS_TEST_PYTHON=$(abspath $(OLD_PY)) $(PY) -m pytest -m wandb_compat -p no:cacheprovider
 
 bench: install
-	cd bench && ../$(PY) startup.py
-	cd bench && ../$(PY) log_overhead.py
-	cd bench && ../$(PY) sampler_cost.py
-	cd bench && ../$(PY) reporter_throughput.py
+	$(PY) bench/startup.py
+	$(PY) bench/log_overhead.py
+	$(PY) bench/sampler_cost.py
+	$(PY) bench/reporter_throughput.py
 	$(MAKE) bench-webhook
 
 clean:

@@ -20,8 +20,9 @@ PYTHON = sys.executable
 
 
 def child_env(tmp: str, bootstrap: bool, extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    # PYTHONDONTWRITEBYTECODE too: an installed package has its .pyc files, measure that case
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PRIMUS_LENS_", "WANDB_", "PYTHONPATH"))}
+           if not k.startswith(("PRIMUS_LENS_", "WANDB_", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE"))}
     env.update({"WANDB_MODE": "offline", "WANDB_DIR": tmp, "WANDB_SILENT": "true",
                 "WANDB__DISABLE_STATS": "true", "HOME": tmp,
                 "PRIMUS_LENS_WANDB_OUTPUT_PATH": os.path.join(tmp, "out"),

@@ -66,10 +66,10 @@ def _log_through(run: Any, original: Callable, method: bool, args: tuple, kwargs
             s.fail(exc)
     if prepared is None:
         return _call(original, run, method, args, kwargs)
-    args, kwargs, frozen, step, commit = prepared
+    args, kwargs, captured, step, commit = prepared
     result = _call(original, run, method, args, kwargs)  # wandb's errors propagate, unrecorded
     try:
-        s.end_log(run, frozen, step, commit)
+        s.end_log(run, captured, step, commit)
     except Exception as exc:
         s.fail(exc)
     return result

@@ -1,26 +1,31 @@
 """The local record: one JSONL file per node and rank, written by a background thread.
 
-The training thread only appends a ready dict to a deque.  The writer thread wakes every
-``FLUSH_SECONDS``, encodes what is queued and appends it with one ``write`` to a file opened with
-``O_APPEND`` under an exclusive ``flock``, so lines from several processes sharing a file never
-interleave, and a row reaches the kernel (and survives SIGKILL of the process) well within a
-second.  ``flush`` drains synchronously from any thread, for finish, exit and SIGTERM.
+The training thread only appends one tuple per ``log`` call to a deque (the frozen values, the
+step and commit arguments, the time, the system sample of that moment).  The writer thread wakes
+every ``FLUSH_SECONDS``, merges each call's sample into its values, replays the calls through each
+run's ``RunRows`` (wandb's step rules), encodes the rows, and appends them with one ``write`` to a file opened
+with ``O_APPEND`` under an exclusive ``flock``: lines of several processes sharing a file never
+interleave, and a row reaches the kernel (and survives SIGKILL) well within a second.  Keeping
+that work off the training thread matters more than its size suggests: right after a wandb call
+every cache is cold, and each line of our code touched there costs several times its warm price.
+``flush`` drains synchronously from any thread, for finish, exit and SIGTERM.
 """
 
 from __future__ import annotations
 
 import collections
 import fcntl
-import json
 import os
 import tempfile
 import threading
 from typing import Any, Deque, Dict, Optional, Tuple
 
 from . import log
-from .values import STRICT_JSON
+from .rows import RunRows
+from .values import STRICT_JSON, freeze
 
 FILE_NAME = "wandb_metrics.jsonl"
+ENABLED_KEY = "_primus_lens_enabled"  # in every row of the record, never sent to wandb
 FLUSH_SECONDS = 0.5  # a row reaches the kernel within this (the promise is: within 1 s)
 MAX_QUEUED = 2000  # beyond this the logging thread writes itself: memory stays bounded
 
@@ -40,20 +45,21 @@ def record_path(root: str, node_rank: int, local_rank: int) -> str:
     return os.path.join(root, f"node_{int(node_rank)}", f"rank_{int(local_rank)}", FILE_NAME)
 
 
-Row = Tuple[str, int, float, Dict[str, Any]]  # run id, step, timestamp, frozen data
+# A queued call: (run's rows, frozen data or None for "the run finished", step, commit, time,
+# the system sample current at the call, to merge in).
+Call = Tuple[RunRows, Optional[Dict[str, Any]], Optional[int], Any, float, Dict[str, Any]]
 
 
-def encode(row: Row) -> bytes:
-    """One line: ``{"timestamp", "step", "run_id", "data"}`` (the dict is built here, on the
-    writer thread, not on the training thread)."""
-    run_id, step, timestamp, data = row
+def encode(run_id: str, step: int, timestamp: float, data: Dict[str, Any]) -> bytes:
+    """One line: ``{"timestamp", "step", "run_id", "data"}``, ``data`` marked as ours.  Rows of
+    plain values arrive unfrozen (a NaN still a float): those get their strict-JSON spelling."""
+    data[ENABLED_KEY] = True
     line = {"timestamp": timestamp, "step": step, "run_id": run_id, "data": data}
     try:
         text = STRICT_JSON.encode(line)
-    except (TypeError, ValueError) as exc:  # values are frozen first; this is a last resort
-        log.warn(f"record: a row could not be encoded ({exc}); its data is replaced")
-        line["data"] = {"_primus_lens_enabled": True, "_primus_lens_encode_error": str(exc)}
-        text = json.dumps(line, allow_nan=False, separators=(",", ":"), default=str)
+    except ValueError:  # a non-finite float
+        line["data"] = freeze(data)
+        text = STRICT_JSON.encode(line)
     return text.encode("ascii") + b"\n"
 
 
@@ -69,7 +75,7 @@ class RecordWriter:
         self.path = path
         self.rows_written = 0
         self._fd = -1
-        self._queue: Deque[Row] = collections.deque()
+        self._queue: Deque[Call] = collections.deque()
         self._lock = threading.Lock()  # one drainer at a time
         self._wake = threading.Event()
         self._stop = False
@@ -94,8 +100,9 @@ class RecordWriter:
             return
         log.warn("local record disabled: no writable location; training continues")
 
-    def append(self, row: Row) -> None:
-        self._queue.append(row)
+    def append(self, call: Call) -> None:
+        """Queue one ``log`` call (or, with data None, the end of a run); training thread."""
+        self._queue.append(call)
         if self._thread is None:
             self._start()
         elif len(self._queue) > MAX_QUEUED:  # logging faster than the writer encodes
@@ -121,7 +128,13 @@ class RecordWriter:
         with self._lock:
             chunks = []
             while self._queue:
-                chunks.append(encode(self._queue.popleft()))
+                rows, data, step, commit, timestamp, sample = self._queue.popleft()
+                if data is None:
+                    done = rows.finish()
+                else:  # the user's keys win over the system figures
+                    done = rows.log({**sample, **data} if sample else data, step, commit, timestamp)
+                for row_step, row_time, row in done:
+                    chunks.append(encode(rows.run_id, row_step, row_time, row))
             if not chunks or self._fd < 0:
                 return
             data = b"".join(chunks)

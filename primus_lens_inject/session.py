@@ -15,18 +15,19 @@ import operator
 import os
 import signal
 import threading
+import time
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from . import log
 from .config import Config, get_config
 from .record import RecordWriter, default_root, fallback_root, record_path
 from .reporter import Reporter
-from .rows import Row, RunRows
+from .rows import RunRows
 from .sampler import Sampler
 from .topology import Topology, get_topology
-from .values import freeze
+from .values import PLAIN_TYPES, freeze
 
-ENABLED_KEY = "_primus_lens_enabled"
+_NO_SAMPLE: Dict[str, Any] = {}
 
 
 def run_id_of(run: Any) -> str:
@@ -68,7 +69,6 @@ class Session:
         self.record: Optional[RecordWriter] = None
         self.sampler: Optional[Sampler] = None
         self.reporter: Optional[Reporter] = None
-        self.rows_captured = 0
         self._sent_snapshot: Dict[int, Dict[str, Any]] = {}  # run -> last sample given to wandb
         self._lock = threading.RLock()
 
@@ -80,52 +80,46 @@ class Session:
         The row is frozen before wandb sees it: some versions add ``_timestamp``/``_runtime``
         to the dict they are given, and later in-place changes must not reach the record.
 
-        With enrichment on, the record gets the latest sample on every row, and wandb gets it
-        on the run's first row after each new sample (so once per sample interval at most):
-        wandb's cost grows with every key of every row, and repeating an unchanged sample on
-        thousands of rows per second would cost training time and tell nothing new.
+        With enrichment on, the writer merges the latest sample into every row of the record,
+        and wandb gets it on the run's first row after each new sample (so once per sample
+        interval at most): wandb's cost grows with every key of every row, and repeating an
+        unchanged sample on thousands of rows per second would cost training time and tell
+        nothing new.
         """
         data = args[0] if args else kwargs.get("data")
         if type(data) is not dict and not isinstance(data, Mapping):  # ABC check only if needed
             return None  # wandb raises TypeError itself; nothing to capture
         step = args[1] if len(args) > 1 else kwargs.get("step")
         commit = args[2] if len(args) > 2 else kwargs.get("commit")
-        frozen = freeze(data)
+        # Plain values (the usual row of numbers) cannot change after the call: a C-level copy
+        # keeps them, and the writer thread does the rest; anything else is frozen right here.
+        frozen = dict(data) if set(map(type, data.values())) <= PLAIN_TYPES else freeze(data)
         sampler = self.sampler
-        if sampler is not None:
-            snapshot = sampler.snapshot
-            if snapshot:
-                frozen = {**snapshot, **frozen}  # the user's keys win
-                if self._sent_snapshot.get(id(run)) is not snapshot:
-                    self._sent_snapshot[id(run)] = snapshot
-                    data = {**snapshot, **data}  # a new dict: the user's stays untouched
-                    if args:
-                        args = (data, *args[1:])
-                    else:
-                        kwargs = dict(kwargs, data=data)
-        return args, kwargs, frozen, step, commit
+        snapshot = sampler.snapshot if sampler is not None else _NO_SAMPLE
+        if snapshot and self._sent_snapshot.get(id(run)) is not snapshot:
+            self._sent_snapshot[id(run)] = snapshot
+            data = {**snapshot, **data}  # a new dict: the user's stays untouched
+            if args:
+                args = (data, *args[1:])
+            else:
+                kwargs = dict(kwargs, data=data)
+        return args, kwargs, (frozen, snapshot), step, commit
 
-    def end_log(self, run: Any, frozen: Dict[str, Any], step: Any, commit: Any) -> None:
-        """wandb accepted the call: account for it and hand completed rows to the record."""
+    def end_log(self, run: Any, captured: Tuple[Dict[str, Any], Dict[str, Any]], step: Any,
+                commit: Any) -> None:
+        """wandb accepted the call: queue it for the writer thread, which makes the rows."""
         entry = self.runs.get(id(run))
         rows = entry[1] if entry is not None else self.adopt(run)
+        record = self.record
+        if record is None or rows.closed:  # a disabled-mode run still "logs" after finish
+            return
         if step is not None:
             try:
                 step = _as_step(step)
             except ValueError as exc:
                 log.debug("log_not_captured", reason=str(exc))
                 return
-        done = rows.log(frozen, step, commit)
-        if done:
-            self._emit(rows.run_id, done)
-
-    def _emit(self, run_id: str, done: List[Row]) -> None:
-        record = self.record
-        for step, timestamp, data in done:
-            data[ENABLED_KEY] = True
-            self.rows_captured += 1
-            if record is not None:
-                record.append((run_id, step, timestamp, data))
+        record.append((rows, captured[0], step, commit, time.time(), captured[1]))
 
     # -- run life ---------------------------------------------------------------------------
 
@@ -155,10 +149,12 @@ class Session:
 
     def on_finish(self, run: Any) -> None:
         with self._lock:
-            entry = self.runs.pop(id(run), None)
+            entry = self.runs.get(id(run))
             self._sent_snapshot.pop(id(run), None)
-        if entry is not None:
-            self._emit(entry[1].run_id, entry[1].finish())
+        if entry is not None and not entry[1].closed:
+            entry[1].closed = True
+            if self.record is not None:
+                self.record.append((entry[1], None, None, None, 0.0, _NO_SAMPLE))
         self.flush()
 
     # -- background parts -------------------------------------------------------------------
@@ -216,10 +212,11 @@ class Session:
     def shutdown(self) -> None:
         """The process ends: commit every pending row, write everything, stop the threads."""
         with self._lock:
-            entries = list(self.runs.values())
-            self.runs.clear()
-        for _run, rows in entries:
-            self._emit(rows.run_id, rows.finish())
+            open_rows = [rows for _run, rows in self.runs.values() if not rows.closed]
+        if self.record is not None:
+            for rows in open_rows:
+                rows.closed = True
+                self.record.append((rows, None, None, None, 0.0, _NO_SAMPLE))
         if self.sampler is not None:
             self.sampler.stop()
         if self.record is not None:

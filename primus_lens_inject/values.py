@@ -33,6 +33,9 @@ MAX_STR = 65536
 
 _NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 _PLAIN = (bool, int, str, type(None))
+# Values a row may keep unfrozen on the training thread: immutable, small, already JSON but for
+# NaN/Infinity (which the writer spells out).  Strings are left out: a huge one must be capped.
+PLAIN_TYPES = frozenset((float, int, bool, type(None)))
 
 
 def _float(value: float) -> Any:

@@ -200,9 +200,11 @@ files = [os.path.join(d, f) for d, _, fs in os.walk(tree) for f in fs]
 print(json.dumps({
     "uid": os.getuid(),
     "top": sorted(os.listdir(tree)),
-    "deps": sorted(n for n in os.listdir(tree + "/deps") if not n.endswith(".dist-info")),
+    "deps": sorted(n for n in os.listdir(tree + "/deps")
+                   if not n.endswith(".dist-info") and n != "__pycache__"),
     "so": [f for f in files if f.endswith(".so")],
     "pyc": [f for f in files if f.endswith(".pyc")],
+    "tag": sys.implementation.cache_tag,
     "unreadable": [f for f in files if not os.stat(f).st_mode & 0o004],
     "writable": [f for f in files if os.access(f, os.W_OK) or os.stat(f).st_mode & 0o022],
     "imports": {m.__name__: m.__file__ for m in (httpx, psutil, pynvml, h11)},
@@ -210,11 +212,14 @@ print(json.dumps({
 }))""", extra=["--entrypoint", "python3"])
     tree = json.loads(listing)
     assert tree["uid"] == 65532
-    assert tree["top"] == ["deps", "primus_lens_inject", "sitecustomize.py"]
+    assert tree["top"] == ["__pycache__", "deps", "primus_lens_inject", "sitecustomize.py"]
     assert tree["deps"] == ["amdsmi", "anyio", "certifi", "exceptiongroup", "h11", "httpcore",
                             "httpx", "idna", "psutil", "pynvml.py", "typing_extensions.py"]
     assert tree["so"] and all(".abi3." in path for path in tree["so"]), tree["so"]
-    assert tree["pyc"] == [] and tree["unreadable"] == [] and tree["writable"] == []
+    # bytecode for the image's own Python only (the tree is read-only where it runs)
+    assert f"/opt/primus-lens/__pycache__/sitecustomize.{tree['tag']}.pyc" in tree["pyc"]
+    assert all(f".{tree['tag']}." in path for path in tree["pyc"])
+    assert tree["unreadable"] == [] and tree["writable"] == []
     assert all(path.startswith("/opt/primus-lens/deps/") for path in tree["imports"].values())
     assert tree["deps_last"]
 
