@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from _common import child_env, median, report, run_child, scratch
+from log_overhead import ACROSS
 
 SINK = r"""
 import sys
@@ -115,24 +116,9 @@ def live(url: str, tmp: str, rate: int, seconds: float) -> None:
           f"{status['backlog_bytes']} bytes, state '{status['state']}'")
 
 
-LOG = """
-import statistics, time, wandb
-run = wandb.init(project="bench", mode="disabled")
-row = {{f"train/metric_{{k}}": 0.5 for k in range({keys})}}
-for _ in range(500):
-    run.log(row)
-samples = []
-for _ in range({calls}):
-    t0 = time.perf_counter_ns()
-    run.log(row)
-    samples.append(time.perf_counter_ns() - t0)
-run.finish()
-print(statistics.median(samples) / 1000.0)
-"""
-
-
 def log_cost(url: str, tmp: str, calls: int, repeats: int) -> None:
-    code = LOG.format(keys=KEYS, calls=calls)
+    row = "{" + ", ".join(f'"train/metric_{k}": 0.5' for k in range(KEYS)) + "}"
+    code = ACROSS.format(mode="disabled", row=row, calls=calls)
     off = {"PRIMUS_LENS_WANDB_API_REPORTING": "false"}
     on = {"PRIMUS_LENS_WANDB_API_REPORTING": "true", "PRIMUS_LENS_API_BASE_URL": url,
           "POD_NAME": "bench-0"}

@@ -63,6 +63,14 @@ def encode(run_id: str, step: int, timestamp: float, data: Dict[str, Any]) -> by
     return text.encode("ascii") + b"\n"
 
 
+def close_quietly(fd: int) -> None:
+    """Close a descriptor we own; closing can only fail for one that is gone already."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 def open_append(path: str) -> int:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -73,7 +81,6 @@ class RecordWriter:
 
     def __init__(self, path: str, fallback: Optional[str] = None) -> None:
         self.path = path
-        self.rows_written = 0
         self._fd = -1
         self._queue: Deque[Call] = collections.deque()
         self._lock = threading.Lock()  # one drainer at a time
@@ -146,7 +153,6 @@ class RecordWriter:
                         view = view[os.write(self._fd, view):]
                 finally:
                     fcntl.flock(self._fd, fcntl.LOCK_UN)
-                self.rows_written += len(chunks)
             except OSError as exc:
                 log.warn(f"writing the local record {self.path} failed ({exc}); rows are lost "
                          "from the record only")
@@ -168,8 +174,5 @@ class RecordWriter:
         self._wake = threading.Event()
         self._thread = None
         if self._fd >= 0:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
+            close_quietly(self._fd)
             self._fd = -1

@@ -31,7 +31,7 @@ from .config import Config
 from .topology import Topology
 
 READ_BYTES = 2 << 20
-BATCH_BYTES = 900 << 10  # encoded body stays under wire.MAX_BODY_BYTES with headroom
+BATCH_BYTES = 900 << 10  # record bytes per request: the encoded body stays under 1 MiB
 BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
 DETECTION_DIR_SUFFIX = ".detections"
 DETECTION_RETRY_WINDOW = 30 * 60.0  # spec asks ≥ 10 min for "no valid workload found"
@@ -184,7 +184,7 @@ class Reporter:
         try:
             with self._progress:
                 while True:
-                    if not self._facts and not self._owner.held:
+                    if not self._facts and not self._owner.try_acquire():
                         return False  # our reports are on disk; the owning process sends them
                     if not self._facts and self._acked() >= target \
                             and not self._pending_detections():

@@ -1,8 +1,8 @@
 """What the injector runs inside one process, from the first ``wandb.init`` to exit.
 
 The wrappers in ``patch`` call into the process's ``Session``: ``begin_log``/``end_log`` around
-every ``log`` call (the only work on the training thread: merge a cached snapshot, freeze the row,
-enqueue it), ``on_init`` and ``on_finish`` for the run's life.  Background parts (record writer,
+every ``log`` call (the only work on the training thread: copy or freeze the row, queue it for the
+record writer), ``on_init`` and ``on_finish`` for the run's life.  Background parts (record writer,
 sampler, reporter) start lazily at the first run.  The session is replaced in a forked child so
 that nothing the parent owns (threads, locks, queued rows) is used or written twice, and it
 flushes at finish, at exit and on SIGTERM.
@@ -62,7 +62,6 @@ class Session:
     def __init__(self, config: Config, topology: Topology) -> None:
         self.config = config
         self.topology = topology
-        self.pid = os.getpid()
         self.enabled = True
         self.started = False
         self.runs: Dict[int, Tuple[Any, RunRows]] = {}

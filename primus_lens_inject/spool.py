@@ -16,6 +16,8 @@ import json
 import os
 from typing import List, Optional, Tuple
 
+from .record import close_quietly
+
 CURSOR_SUFFIX = ".cursor"
 LOCK_SUFFIX = ".lock"
 STATUS_SUFFIX = ".status.json"
@@ -129,8 +131,5 @@ class OwnerLock:
         """Close our descriptor.  In a forked child this leaves the parent's lock in place:
         an ``flock`` lives as long as any duplicate of the descriptor is open."""
         if self._fd >= 0:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
+            close_quietly(self._fd)
             self._fd = -1

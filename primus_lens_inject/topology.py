@@ -28,10 +28,6 @@ class Topology:
     world_size: int = 1
     rank_source: str = ""  # the variable the global rank came from ("" = defaulted)
 
-    @property
-    def is_global_zero(self) -> bool:
-        return self.rank == 0
-
 
 def _first(env: Mapping[str, str], names: Sequence[str], low: int,
            problems: List[Tuple[str, str]]) -> Tuple[Optional[int], str]:

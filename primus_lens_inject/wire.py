@@ -20,7 +20,6 @@ RESERVED_KEYS = frozenset(("source", "run_id", "step", "created_at", "updated_at
                            "iteration", "target_iteration"))
 RENAME_PREFIX = "wandb/"
 MAX_STEP = 2_147_483_647  # the server stores int32 iterations; larger values wrap
-MAX_BODY_BYTES = 1 << 20
 _MAX_FLOAT = 1.7976931348623157e308
 
 

@@ -101,9 +101,10 @@ def _patch_wandb(module):
 
 def _activate():
     global status
-    if any(getattr(finder, "_primus_lens", False) for finder in sys.meta_path):
+    if _STATE in sys.modules:  # the .pth route, or a baked and a mounted copy on PYTHONPATH
         status = "inactive: another copy of the bootstrap is already active"
         return
+    sys.modules[_STATE] = sys.modules[__name__]
     deps = os.path.join(_HERE, "deps")
     if os.path.isdir(deps) and deps not in sys.path:
         sys.path.append(deps)  # last: the application's own packages always win
@@ -160,10 +161,10 @@ def _main():
     on = os.environ.get(_SWITCH, "").strip().lower() not in _OFF
     if on and sys.version_info >= (3, 9):
         try:
-            sys.modules[_STATE] = sys.modules[__name__]
             _activate()
         except Exception as exc:
             status = "inactive: bootstrap failed"
+            sys.modules.pop(_STATE, None)
             for finder in list(sys.meta_path):
                 if getattr(finder, "_primus_lens", False):
                     sys.meta_path.remove(finder)

@@ -107,9 +107,13 @@ def test_two_copies_of_the_bootstrap_activate_once(tmp_path):
         run.log({"x": 1})
         run.finish()
         print(os.environ["IMAGE_SC"], len(hooks), wandb_run.Run.log.__wrapped__.__name__)
+        state = sys.modules["_primus_lens_bootstrap"]
+        print(state.__file__, state.status, sep="|")
     """, env={"PYTHONPATH": os.pathsep.join([str(copy), str(BOOTSTRAP_DIR), str(image)])})
     assert result.proc.returncode == 0, result.stderr
-    assert result.proc.stdout.split() == ["x", "0", "log"]
+    first, second = result.proc.stdout.splitlines()
+    assert first.split() == ["x", "0", "log"]
+    assert second == f"{copy / 'sitecustomize.py'}|active: wandb patched"
     assert len(result.record()) == 1
 
 
