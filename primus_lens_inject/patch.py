@@ -15,6 +15,7 @@ unchanged when the injector is off, and no exception of ours reaches the caller.
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from typing import Any, Callable, Tuple
 
@@ -25,12 +26,13 @@ _MARK = "_primus_lens_wrapped"
 
 
 def wandb_version(module: Any) -> Tuple[int, ...]:
+    """(major, minor, patch) from ``__version__``; "0.31.0rc1" is (0, 31, 0)."""
     parts = []
     for piece in str(getattr(module, "__version__", "0")).split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit()) if piece[:1].isdigit() else ""
-        if not digits:
+        digits = re.match(r"\d+", piece)
+        if digits is None:
             break
-        parts.append(int(digits))
+        parts.append(int(digits.group()))
     return tuple(parts)
 
 
