@@ -100,16 +100,11 @@ def _writable(directory: str) -> bool:
         return False
 
 
-def _gpu_section(config: Config) -> Optional[Dict[str, Any]]:
-    try:
-        from .gpu import describe
-        from .topology import detect
-    except ImportError:
-        return None
-    try:
-        return describe(config, detect()[0])
-    except Exception as exc:
-        return {"error": f"{type(exc).__name__}: {exc}"}
+def _gpu_section(config: Config) -> Dict[str, Any]:
+    from .gpu import describe  # never raises: a failure is reported in its "error" key
+    from .topology import detect
+
+    return describe(config, detect()[0])
 
 
 def _reporting_section(config: Config, record_path: str) -> Dict[str, Any]:
@@ -176,8 +171,7 @@ def _print_text(report: Dict[str, Any]) -> None:
         print(f"INVALID: {problem}")
     for name in record["invalid_rank_variables"]:
         print(f"INVALID: {name} is not a non-negative integer; the next source or 0 is used")
-    if report.get("gpu") is not None:
-        print("gpu: " + json.dumps(report["gpu"], default=str))
+    print("gpu: " + json.dumps(report["gpu"], default=str))
     rep = report["reporting"]
     print(f"reporting: {'on' if rep['enabled'] else 'off'} -> {rep['endpoint']}")
     if rep.get("endpoint_check"):

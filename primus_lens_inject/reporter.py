@@ -401,10 +401,11 @@ class Reporter:
     def _store_detection(self, facts: Any) -> None:
         with IMPORTS:  # building imports lazily (package metadata, GPU libraries)
             from .detection import build_report
+            from .gpu import inventory  # never raises; no vendor and no devices without a GPU
 
             if self._inventory is None:
-                self._inventory = _gpu_inventory(self.config, self.topology)
-            body = build_report(facts, self.config, self.topology, self._inventory or None)
+                self._inventory = inventory(self.config, self.topology)
+            body = build_report(facts, self.config, self.topology, self._inventory)
         os.makedirs(self.detection_dir, exist_ok=True)
         run_id = str(body.get("evidence", {}).get("wandb", {}).get("id") or "run")
         name = f"{time.time():.6f}-{os.getpid()}-{''.join(c for c in run_id if c.isalnum())}.json"
@@ -494,13 +495,3 @@ def _remove(path: str) -> None:
         os.remove(path)
     except OSError:
         pass
-
-
-def _gpu_inventory(config: Config, topology: Topology) -> Dict[str, Any]:
-    try:
-        from .gpu import inventory
-
-        return inventory(config, topology)
-    except Exception as exc:
-        log.debug("gpu_inventory_unavailable", error=repr(exc))
-        return {}

@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from . import log
 from .config import Config, get_config
@@ -179,9 +179,10 @@ class Session:
                                          ephemeral=not config.save_local)
                 self.reporter.start()
             if config.enhance_metrics:
+                from .gpu import open_gpu_sources  # never raises; [] without a GPU
                 from .hostmetrics import open_host_source
 
-                self.sampler = Sampler([open_host_source(), *_gpu_sources(config, topo)],
+                self.sampler = Sampler([open_host_source(), *open_gpu_sources(config, topo)],
                                        config.sample_interval)
                 self.sampler.start()
             _install_exit_hooks()
@@ -239,16 +240,6 @@ class Session:
         if self.reporter is not None:
             self.reporter.abandon_after_fork()
         return child
-
-
-def _gpu_sources(config: Config, topology: Topology) -> List[Any]:
-    try:
-        from .gpu import open_gpu_sources
-
-        return list(open_gpu_sources(config, topology))
-    except Exception as exc:  # the GPU backends promise not to raise; this keeps the promise
-        log.warn(f"GPU metrics off: {type(exc).__name__}: {exc}")
-        return []
 
 
 _session: Optional[Session] = None
