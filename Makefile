@@ -1,6 +1,7 @@
 # primus-lens-inject — everything a user or CI needs, from a fresh checkout.
 #   make demo   run examples/train.py under the injector, reporting to the built-in receiver
-#   make test   lint + the whole suite (newest wandb, then wandb 0.12.21 in its own virtualenv)
+#   make test   lint + the whole suite against the wheel built from this checkout (newest wandb),
+#               then the wandb_compat and layouts tests against the image layout (wandb 0.12.21)
 #   make bench  the benchmarks in bench/ (baseline, patched, ratio; medians)
 
 PYTHON     ?= python3
@@ -20,7 +21,7 @@ TEST_PREREQS :=
 .DEFAULT_GOAL := demo
 
 install: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) -e ".[test]"
 	@# torch only from a local CPU wheel (never a multi-GB download); tensor tests skip without it
@@ -30,7 +31,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install-old: $(OLD_VENV)/.installed
-$(OLD_VENV)/.installed: pyproject.toml
+$(OLD_VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(OLD_VENV)
 	$(OLD_PY) -m pip install $(PIP_FLAGS) -e . "wandb==$(OLD_WANDB)" "numpy<2" "protobuf<4"
 	touch $@
@@ -39,11 +40,15 @@ demo: install
 	$(PY) examples/demo.py
 
 lint: install
-	$(PY) -m ruff check primus_lens_inject sitecustomize tests bench examples
+	$(PY) -m ruff check primus_lens_inject sitecustomize tests bench examples setup.py
 
+# The .venvs' editable installs serve the unit tests only: every training subprocess runs the
+# injector as users get it, built afresh from the working tree by tests/installs.py (the wheel in
+# a new virtualenv; the Dockerfile's tree), with the .venv's wandb and other dependencies.
 test: lint install-old $(TEST_PREREQS)
-	$(PY) -m pytest
-	PRIMUS_LENS_TEST_PYTHON=$(abspath $(OLD_PY)) $(PY) -m pytest -m wandb_compat -p no:cacheprovider
+	PRIMUS_LENS_TEST_INSTALL=wheel $(PY) -m pytest
+	PRIMUS_LENS_TEST_INSTALL=image PRIMUS_LENS_TEST_PYTHON=$(abspath $(OLD_PY)) \
+	  $(PY) -m pytest -m "wandb_compat or layouts" -p no:cacheprovider
 
 bench: install
 	$(PY) bench/startup.py
@@ -53,4 +58,4 @@ bench: install
 	$(MAKE) bench-webhook
 
 clean:
-	rm -rf $(VENV) $(OLD_VENV) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(OLD_VENV) .pytest_cache .ruff_cache build dist *.egg-info

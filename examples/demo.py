@@ -77,11 +77,28 @@ def main() -> int:
             hints = detection["data"].get("hints", {})
             print(f"  detection from {detection['pod']}: wrapper {hints.get('wrapper_frameworks')},"
                   f" base {hints.get('base_frameworks')}, confidence {hints.get('confidence')}")
-        print(f"\nexplore: jq . {record} | less;   primus-lens doctor")
+        print(f"\nexplore: jq . {record} | less")
+        cli = _command_path(Path(sys.executable).parent / "primus-lens")
+        commands = [(f"{cli} doctor", "is the injector active in this shell, and if not, why"),
+                    (f"{cli} run -- {cli} doctor", "the same under the injector, as the training ran")]
+        width = max(len(command) for command, _ in commands)
+        for command, meaning in commands:
+            print(f"         {command:<{width}}   # {meaning}")
         return 0 if len(arrived) == len(lines) else 1
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def _command_path(path: Path) -> str:
+    """How to type ``path`` in this shell (``.venv/bin/primus-lens`` under make): the command
+    is not on PATH unless the virtualenv is activated."""
+    if not path.exists():
+        return f"{sys.executable} -m primus_lens_inject"
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 if __name__ == "__main__":

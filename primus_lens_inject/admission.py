@@ -7,6 +7,11 @@ a pod it already produced yields an empty patch: a second admission, a reinvocat
 webhook, or a replayed request changes nothing, while a container that another webhook added in
 between is still injected.  Anything unexpected about a pod results in *no* patch; the caller
 admits the pod unchanged, because a telemetry injector must never stop a training job.
+
+Every patch must also be one the API server accepts and that leaves a working pod: names that the
+pod already uses for a volume or a container are never reused (ours get a numbered suffix), a
+missing ``metadata`` or list is created rather than indexed, and the annotations we write are
+bounded so they cannot push the pod over the API server's size limit for annotations.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from .config import VARIABLES
 PREFIX = "primus-lens.amd.com/"
 INJECT_KEY = PREFIX + "inject"  # label "enabled" opts in (webhook selectors); annotation "false" opts out
 CONTAINERS_KEY = PREFIX + "containers"  # annotation: comma-separated container names (default: all)
+SAFE_MAIN_CONTAINER_KEY = "primus-safe.main.container"  # SaFE's annotation naming the main container
 IMAGE_PYTHONPATH_KEY = PREFIX + "image-pythonpath"  # annotation: the image's own ENV PYTHONPATH
 WORKLOAD_UID_KEY = PREFIX + "workload-uid"  # annotation: the Lens workload UID, if an operator knows it
 INJECTED_KEY = PREFIX + "injected"  # written: the containers that carry the injector
@@ -33,6 +39,9 @@ DOWNWARD_API = (("POD_NAME", "metadata.name"), ("POD_UID", "metadata.uid"),
                 ("POD_NAMESPACE", "metadata.namespace"), ("NODE_NAME", "spec.nodeName"))
 INIT_TARGET = "/mnt/primus-lens"  # where the init container sees the emptyDir
 REVIEW_API_VERSION = "admission.k8s.io/v1"
+MAX_ANNOTATION_VALUE = 1024  # our annotations stay far below the API server's 256 KiB for all of them
+MAX_WARNING = 256  # the API server may truncate a longer warning
+MAX_WARNINGS = 10  # ... and ignores them beyond 4 KiB in all
 
 _OUR_ENV_NAME = re.compile(r"^PRIMUS_LENS_[A-Z0-9_]+$")
 _UID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -75,6 +84,9 @@ class Settings:
     env: Tuple[Tuple[str, str], ...] = ()  # reporting configuration, added where not set
     downward_api: bool = True
     workload_uid_from_annotation: bool = True
+    # Without a containers annotation, a pod annotated with this key gets only the container it
+    # names (SaFE marks its training container so); "" turns the rule off.
+    main_container_annotation: str = SAFE_MAIN_CONTAINER_KEY
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Settings:
@@ -85,7 +97,8 @@ class Settings:
                 "initContainerName": "init_container_name", "initResources": "init_resources",
                 "initSecurityContext": "init_security_context", "env": "env",
                 "downwardAPI": "downward_api",
-                "workloadUidFromAnnotation": "workload_uid_from_annotation"}
+                "workloadUidFromAnnotation": "workload_uid_from_annotation",
+                "mainContainerAnnotation": "main_container_annotation"}
         if not isinstance(data, Mapping):
             raise SettingsError("the configuration must be a JSON object")
         unknown = sorted(set(data) - set(keys))
@@ -101,6 +114,8 @@ class Settings:
         for name in ("downward_api", "workload_uid_from_annotation"):
             if name in values and not isinstance(values[name], bool):
                 raise SettingsError(f"{name} must be true or false")
+        if not isinstance(values.get("main_container_annotation", ""), str):
+            raise SettingsError("main_container_annotation must be a string (\"\" turns it off)")
         for name in ("init_resources", "init_security_context"):
             if name in values and not isinstance(values[name], Mapping):
                 raise SettingsError(f"{name} must be an object")
@@ -199,6 +214,15 @@ def _list(value: Any, what: str) -> List[Any]:
     return value
 
 
+@dataclass(frozen=True)
+class _Names:
+    """What our volume and init container are called in this pod, and whether they exist yet."""
+
+    volume: str
+    init: str
+    present: bool  # an earlier admission already added both
+
+
 def decide(pod: Any, settings: Settings) -> Decision:
     """Compute the patch that gives ``pod`` the injector, or say why it gets none."""
     if not isinstance(pod, dict):
@@ -214,9 +238,9 @@ def decide(pod: Any, settings: Settings) -> Decision:
     if _dict(spec.get("os"), "spec.os").get("name") == "windows":
         return Decision("a Windows pod")
 
-    selected, unknown = _selection(annotations, containers)
-    decision = Decision("", skipped={name: f"named in {CONTAINERS_KEY} but not in the pod"
-                                     for name in unknown})
+    names = _our_names(spec, settings)
+    selected, missing = _selection(annotations, containers, settings)
+    decision = Decision("", skipped=missing)
     carrying: List[str] = []
     for index, container in enumerate(containers):
         name = container.get("name")
@@ -224,20 +248,20 @@ def decide(pod: Any, settings: Settings) -> Decision:
             raise MalformedPod(f"spec.containers[{index}] has no name")
         if name not in selected:
             continue
-        state = _container_state(container, settings)
+        state = _container_state(container, names, settings)
         if state == "injected":
             carrying.append(name)
         elif state:
             decision.skipped[name] = state
         else:
-            decision.patch.extend(_container_patch(index, container, annotations, settings))
+            decision.patch.extend(_container_patch(index, container, annotations, names, settings))
             decision.injected.append(name)
             carrying.append(name)
 
-    if decision.injected:
-        decision.patch[:0] = _pod_patch(spec, settings)
+    if decision.injected and not names.present:
+        decision.patch[:0] = _pod_patch(spec, names, settings)
     if carrying or decision.skipped:
-        decision.patch.extend(_annotation_patch(metadata, annotations, carrying, decision.skipped))
+        decision.patch.extend(_annotation_patch(pod, carrying, decision.skipped))
     if decision.injected:
         decision.summary = "injected"
     elif carrying:
@@ -247,23 +271,70 @@ def decide(pod: Any, settings: Settings) -> Decision:
     return decision
 
 
-def _selection(annotations: Mapping[str, Any],
-               containers: List[Dict[str, Any]]) -> Tuple[set, List[str]]:
-    """The containers to inject (all, or those the annotation names), and names not found."""
+def _selection(annotations: Mapping[str, Any], containers: List[Dict[str, Any]],
+               settings: Settings) -> Tuple[set, Dict[str, str]]:
+    """The containers to inject, and why names that select containers found none.
+
+    Our containers annotation wins; without it, the main-container annotation (SaFE's) names the
+    one container to inject; without either, every container is injected.
+    """
     names = {c.get("name") for c in containers}
+    source = CONTAINERS_KEY
     wanted = {part.strip() for part in str(annotations.get(CONTAINERS_KEY, "")).split(",")}
     wanted.discard("")
+    if not wanted and settings.main_container_annotation:
+        source = settings.main_container_annotation
+        main = str(annotations.get(source, "")).strip()
+        wanted = {main} if main else set()
     if not wanted:
-        return names, []
-    return wanted & names, sorted(wanted - names)
+        return names, {}
+    return wanted & names, {name: f"named in {source} but not in the pod"
+                            for name in sorted(wanted - names)}
 
 
-def _container_state(container: Dict[str, Any], settings: Settings) -> str:
+def _our_names(spec: Dict[str, Any], settings: Settings) -> _Names:
+    """Find what an earlier admission added, or pick names that nothing in the pod uses yet.
+
+    Ours is recognised by what it does (an init container running our copy command into an
+    emptyDir mounted at our target), not by its name: a user's volume or container may carry the
+    configured name, and reusing it would make the API server refuse the pod (a duplicate
+    container name) or make our init container write into the user's volume.
+    """
+    volumes = {v.get("name"): v for v in _list(spec.get("volumes"), "spec.volumes")}
+    inits = _list(spec.get("initContainers"), "spec.initContainers")
+    command = settings.init_container["command"]
+    for init in inits:
+        if init.get("command") != command:
+            continue
+        for mount in _list(init.get("volumeMounts"), "initContainers[].volumeMounts"):
+            volume = volumes.get(mount.get("name"))
+            if mount.get("mountPath") == INIT_TARGET and isinstance(volume, dict) and (
+                    "emptyDir" in volume):
+                return _Names(mount["name"], str(init.get("name")), True)
+    taken = {c.get("name") for key in ("initContainers", "containers", "ephemeralContainers")
+             for c in _list(spec.get(key), f"spec.{key}")}
+    return _Names(_free_name(settings.volume_name, set(volumes)),
+                  _free_name(settings.init_container_name, taken), False)
+
+
+def _free_name(base: str, taken: set) -> str:
+    """``base``, or ``base-2``, ``base-3``... (still a DNS label): the first one not in ``taken``."""
+    candidate, number = base, 1
+    while candidate in taken:  # ends: ``taken`` is finite
+        number += 1
+        suffix = f"-{number}"
+        candidate = base[:63 - len(suffix)].rstrip("-") + suffix
+    return candidate
+
+
+def _container_state(container: Dict[str, Any], names: _Names, settings: Settings) -> str:
     """"injected", "" (to inject) or the reason the container is left alone."""
     mounts = _list(container.get("volumeMounts"), "volumeMounts")
-    if any(m.get("name") == settings.volume_name for m in mounts):
+    if names.present and any(m.get("name") == names.volume for m in mounts):
         return "injected"
-    if any(str(m.get("mountPath", "")).rstrip("/") == settings.mount_dir for m in mounts):
+    devices = _list(container.get("volumeDevices"), "volumeDevices")  # the same path is refused
+    if any(str(m.get("mountPath", "")).rstrip("/") == settings.mount_dir for m in mounts) or any(
+            str(d.get("devicePath", "")).rstrip("/") == settings.mount_dir for d in devices):
         return f"something else is mounted at {settings.mount_dir}"
     python_path = _last_env(container, "PYTHONPATH")
     if python_path is not None and "valueFrom" in python_path[1]:
@@ -287,7 +358,7 @@ def _image_python_path(annotations: Mapping[str, Any], container: str) -> str:
 
 
 def _container_patch(index: int, container: Dict[str, Any], annotations: Mapping[str, Any],
-                     settings: Settings) -> List[Dict[str, Any]]:
+                     names: _Names, settings: Settings) -> List[Dict[str, Any]]:
     base = f"/spec/containers/{index}"
     ops: List[Dict[str, Any]] = []
     env = _list(container.get("env"), "env")
@@ -297,7 +368,7 @@ def _container_patch(index: int, container: Dict[str, Any], annotations: Mapping
     python_path = _last_env(container, "PYTHONPATH")
     if python_path is not None:
         position, entry = python_path
-        current = str(entry.get("value", ""))
+        current = str(entry.get("value") or "")
         if settings.mount_dir not in current.split(":"):
             value = settings.mount_dir + (":" + current if current else "")
             ops.append({"op": "add", "path": f"{base}/env/{position}/value",
@@ -332,49 +403,55 @@ def _container_patch(index: int, container: Dict[str, Any], annotations: Mapping
     else:
         ops.extend({"op": "add", "path": f"{base}/env/-", "value": entry}
                    for entry in added)
-    mount = {"name": settings.volume_name, "mountPath": settings.mount_dir, "readOnly": True}
-    if container.get("volumeMounts") is None:
-        ops.append({"op": "add", "path": f"{base}/volumeMounts", "value": [mount]})
-    else:
-        ops.append({"op": "add", "path": f"{base}/volumeMounts/-", "value": mount})
+    mount = {"name": names.volume, "mountPath": settings.mount_dir, "readOnly": True}
+    ops.append(_append(container, base, "volumeMounts", mount))
     return ops
 
 
-def _pod_patch(spec: Dict[str, Any], settings: Settings) -> List[Dict[str, Any]]:
-    ops: List[Dict[str, Any]] = []
-    volumes = _list(spec.get("volumes"), "spec.volumes")
-    if not any(v.get("name") == settings.volume_name for v in volumes):
-        volume = {"name": settings.volume_name,
-                  "emptyDir": {"sizeLimit": settings.volume_size_limit}}
-        if spec.get("volumes") is None:
-            ops.append({"op": "add", "path": "/spec/volumes", "value": [volume]})
-        else:
-            ops.append({"op": "add", "path": "/spec/volumes/-", "value": volume})
-    inits = _list(spec.get("initContainers"), "spec.initContainers")
-    if not any(c.get("name") == settings.init_container_name for c in inits):
-        if spec.get("initContainers") is None:
-            ops.append({"op": "add", "path": "/spec/initContainers",
-                        "value": [settings.init_container]})
-        else:
-            ops.append({"op": "add", "path": "/spec/initContainers/-",
-                        "value": settings.init_container})
-    return ops
+def _pod_patch(spec: Dict[str, Any], names: _Names,
+               settings: Settings) -> List[Dict[str, Any]]:
+    """The volume and the init container, under the names ``_our_names`` found free."""
+    volume = {"name": names.volume, "emptyDir": {"sizeLimit": settings.volume_size_limit}}
+    init = settings.init_container
+    if (names.init, names.volume) != (settings.init_container_name, settings.volume_name):
+        init = {**init, "name": names.init,
+                "volumeMounts": [{"name": names.volume, "mountPath": INIT_TARGET}]}
+    return [_append(spec, "/spec", "volumes", volume),
+            _append(spec, "/spec", "initContainers", init)]
 
 
-def _annotation_patch(metadata: Dict[str, Any], annotations: Dict[str, Any], carrying: List[str],
+def _append(parent: Dict[str, Any], path: str, key: str, item: Any) -> Dict[str, Any]:
+    """Add ``item`` to the list ``parent[key]``, creating the list when it is missing or null."""
+    if parent.get(key) is None:
+        return {"op": "add", "path": f"{path}/{key}", "value": [item]}
+    return {"op": "add", "path": f"{path}/{key}/-", "value": item}
+
+
+def _annotation_patch(pod: Dict[str, Any], carrying: List[str],
                       skipped: Dict[str, str]) -> List[Dict[str, Any]]:
+    metadata = pod.get("metadata")
+    annotations = (metadata or {}).get("annotations") or {}
     wanted = {}
     if carrying:
-        wanted[INJECTED_KEY] = ",".join(sorted(carrying))
+        wanted[INJECTED_KEY] = _bounded(",".join(sorted(carrying)), MAX_ANNOTATION_VALUE)
     if skipped:
-        wanted[SKIPPED_KEY] = "; ".join(f"{name}: {why}" for name, why in sorted(skipped.items()))
+        wanted[SKIPPED_KEY] = _bounded(
+            "; ".join(f"{name}: {why}" for name, why in sorted(skipped.items())),
+            MAX_ANNOTATION_VALUE)
     changes = {key: value for key, value in wanted.items() if annotations.get(key) != value}
     if not changes:
         return []
+    if metadata is None:  # absent or null: the API server fills it in, the patch must create it
+        return [{"op": "add", "path": "/metadata", "value": {"annotations": changes}}]
     if metadata.get("annotations") is None:
         return [{"op": "add", "path": "/metadata/annotations", "value": changes}]
     return [{"op": "add", "path": "/metadata/annotations/" + escape(key), "value": value}
             for key, value in sorted(changes.items())]
+
+
+def _bounded(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, visibly."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # -- AdmissionReview in and out -------------------------------------------------------------------
@@ -399,7 +476,7 @@ def review(body: bytes, settings: Settings) -> Tuple[Dict[str, Any], Outcome]:
     """Answer one AdmissionReview.  Always ``allowed``; raises ``BadReview`` only without a uid."""
     try:
         document = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to parse
         raise BadReview(f"the body is not JSON ({exc})")
     request = document.get("request") if isinstance(document, dict) else None
     uid = request.get("uid") if isinstance(request, dict) else None
@@ -426,14 +503,24 @@ def review(body: bytes, settings: Settings) -> Tuple[Dict[str, Any], Outcome]:
                 response["patch"] = base64.b64encode(
                     json.dumps(decision.patch, separators=(",", ":")).encode()).decode("ascii")
             if decision.skipped:
-                response["warnings"] = [f"primus-lens: container {name} not injected: {why}"
-                                        for name, why in sorted(decision.skipped.items())]
+                response["warnings"] = _warnings(decision.skipped)
     except Exception as exc:  # never block a pod: admit it as it is and say why in the log
         outcome.decision = "admitted unchanged after an error"
         outcome.error = f"{type(exc).__name__}: {exc}"
         response = {"uid": uid, "allowed": True}
     return ({"apiVersion": REVIEW_API_VERSION, "kind": "AdmissionReview", "response": response},
             outcome)
+
+
+def _warnings(skipped: Dict[str, str]) -> List[str]:
+    """One warning per container left alone, shown by kubectl; a few at most, each short."""
+    lines = [_bounded(f"primus-lens: container {name} not injected: {why}", MAX_WARNING)
+             for name, why in sorted(skipped.items())]
+    if len(lines) <= MAX_WARNINGS:
+        return lines
+    rest = len(lines) - MAX_WARNINGS + 1
+    return [*lines[:MAX_WARNINGS - 1],
+            f"primus-lens: {rest} more containers not injected (annotation {SKIPPED_KEY})"]
 
 
 def _pod_label(request: Dict[str, Any], pod: Any) -> str:

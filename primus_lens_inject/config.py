@@ -14,13 +14,22 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping, Optional, Tuple
 
-# Where a stock Primus Lens install serves the telemetry-processor (spec §1.1): Service
-# "primus-lens-telemetry-processor" in namespace "primus-lens", port 8989, route group /v1.
-DEFAULT_API_BASE_URL = "http://primus-lens-telemetry-processor.primus-lens.svc.cluster.local:8989/v1"
+# Where the wandb routes are served, by installation (docs/reporting.md says why these):
+# lens: a stock Primus Lens install (spec §1.1): Service "primus-lens-telemetry-processor" in
+#   namespace "primus-lens", port 8989, route group /v1.
+# robust: its successor on SaFE clusters, the primus-robust add-on, whose always-installed API
+#   service (with the wandb training analyzer enabled) is robust-analyzer:8085 under /api/v1.
+API_PRESETS = {
+    "lens": "http://primus-lens-telemetry-processor.primus-lens.svc.cluster.local:8989/v1",
+    "robust": "http://robust-analyzer.primus-robust.svc:8085/api/v1",
+}
+DEFAULT_API_PRESET = "lens"
+DEFAULT_API_BASE_URL = API_PRESETS[DEFAULT_API_PRESET]
 
 GPU_BACKENDS = ("auto", "amdsmi", "sysfs", "nvml", "none")
 GPU_SCOPES = ("process", "node")
-REPORT_RANKS = ("zero", "all")
+REPORT_RANKS = ("owner", "zero", "all")  # or a list of global ranks, e.g. "0,8"
+EVIDENCE_LEVELS = ("standard", "minimal", "off")
 
 _TRUE = frozenset(("1", "true", "yes", "on", "y", "t"))
 _FALSE = frozenset(("0", "false", "no", "off", "n", "f"))
@@ -107,6 +116,17 @@ def _headers(raw: str) -> Tuple[Tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _report_ranks(raw: str) -> str:
+    """owner | zero | all, or global ranks separated by commas (kept as "0,8", sorted)."""
+    value = raw.strip().lower()
+    if value in REPORT_RANKS:
+        return value
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() and part.isascii() for part in parts):
+        raise InvalidValue("expected owner, zero, all or a list of global ranks such as 0,8")
+    return ",".join(str(rank) for rank in sorted({int(part) for part in parts}))
+
+
 @dataclass(frozen=True)
 class Variable:
     """One environment variable: the field it sets, how it is parsed, and what it means."""
@@ -140,9 +160,13 @@ VARIABLES: Tuple[Variable, ...] = (
              "Where sysfs is mounted, for the amdgpu fallback (chroots, tests)."),
     Variable("PRIMUS_LENS_WANDB_API_REPORTING", "api_reporting", parse_bool,
              "Send rows and the framework-detection report to the Lens telemetry-processor."),
+    Variable("PRIMUS_LENS_API_PRESET", "api_preset", _choice(tuple(API_PRESETS)),
+             "Where the server is: lens (Primus Lens's telemetry-processor, "
+             "`primus-lens-telemetry-processor.primus-lens:8989/v1`) or robust (SaFE's "
+             "primus-robust add-on, `robust-analyzer.primus-robust:8085/api/v1`)."),
     Variable("PRIMUS_LENS_API_BASE_URL", "api_base_url", _url,
-             "Base URL of the telemetry-processor; requests go to `{base}/wandb/logs` and "
-             "`{base}/wandb/detection`."),
+             "Base URL of the telemetry-processor, overriding the preset's; requests go to "
+             "`{base}/wandb/logs` and `{base}/wandb/detection`."),
     Variable("PRIMUS_LENS_WANDB_BATCH_SIZE", "batch_size", _number(int, 1, 500),
              "Most steps sent in one request (the server has no cap; we keep requests ≤ 1 MiB)."),
     Variable("PRIMUS_LENS_WANDB_FLUSH_INTERVAL", "flush_interval", _number(float, 0.05, 300.0),
@@ -165,9 +189,14 @@ VARIABLES: Tuple[Variable, ...] = (
     Variable("PRIMUS_LENS_SHUTDOWN_TIMEOUT", "shutdown_timeout", _number(float, 0.0, 600.0),
              "Most seconds spent flushing at finish, exit or SIGTERM before giving up (data stays "
              "in the record and is sent by the next process that uses it)."),
-    Variable("PRIMUS_LENS_REPORT_RANKS", "report_ranks", _choice(REPORT_RANKS),
-             "Which processes send rows and detection: zero (global rank 0) or all (every rank; "
-             "keys are prefixed `rankN/`)."),
+    Variable("PRIMUS_LENS_REPORT_RANKS", "report_ranks", _report_ranks,
+             "Which processes send rows and detection: owner (every process that owns a wandb "
+             "run), zero (global rank 0), all (every owner, keys always prefixed with its "
+             "`rankN/` label) or a list of global ranks (`0,8`); see docs/reporting.md."),
+    Variable("PRIMUS_LENS_EVIDENCE", "evidence", _choice(EVIDENCE_LEVELS),
+             "What the detection report carries: standard (allow-listed evidence), minimal "
+             "(framework names and versions only) or off (framework names only, no evidence); "
+             "see docs/detection.md."),
     Variable("POD_NAME", "pod_name", _text, "Pod name (downward API): the server's identity key."),
     Variable("POD_UID", "pod_uid", _text, "Pod UID (downward API), sent alongside the name."),
     Variable("POD_NAMESPACE", "pod_namespace", _text, "Pod namespace (downward API)."),
@@ -204,6 +233,7 @@ class Config:
     gpu_scope: str = "process"
     sysfs_root: str = "/sys"
     api_reporting: bool = True
+    api_preset: str = DEFAULT_API_PRESET
     api_base_url: str = DEFAULT_API_BASE_URL
     batch_size: int = 100
     flush_interval: float = 1.0
@@ -215,7 +245,8 @@ class Config:
     api_ca_bundle: Optional[str] = None
     api_use_proxy: bool = False
     shutdown_timeout: float = 5.0
-    report_ranks: str = "zero"
+    report_ranks: str = "owner"
+    evidence: str = "standard"
     pod_name: str = ""
     pod_uid: str = ""
     pod_namespace: str = ""
@@ -236,6 +267,7 @@ class Config:
                 values[var.field] = var.parse(raw)
             except InvalidValue as exc:
                 problems.append(Problem(var.name, "<hidden>" if var.secret else raw, str(exc)))
+        values.setdefault("api_base_url", API_PRESETS[values.get("api_preset", DEFAULT_API_PRESET)])
         return cls(problems=tuple(problems), **values)
 
     @property
@@ -289,3 +321,14 @@ def get_config() -> Config:
         for problem in _config.problems:
             log.warn_inherited(problem.message())
     return _config
+
+
+def endpoint_hint(config: Config, problem: str) -> str:
+    """What to say, once, when the endpoint answers 404 or its host name does not resolve: the
+    URL that was tried, where it came from, and the presets there are."""
+    source = "PRIMUS_LENS_API_BASE_URL" if config.api_base_url != API_PRESETS.get(
+        config.api_preset) else f"preset {config.api_preset}"
+    presets = "; ".join(f"{name}: {url}" for name, url in API_PRESETS.items())
+    return (f"NO TELEMETRY ENDPOINT: {config.api_base_url} ({source}) {problem}. Presets "
+            f"(PRIMUS_LENS_API_PRESET): {presets}; or set PRIMUS_LENS_API_BASE_URL to your "
+            "server's base URL")

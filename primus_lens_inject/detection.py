@@ -10,8 +10,10 @@ and shelled out to ``rocm-smi``/``nvidia-smi`` inside ``wandb.init``, reported "
 "in use", sent empty environment values (which the server takes as a match) and the whole config
 unredacted (research/upstream-exporter.md, defects 10-21).  Here a framework is "in use" only if
 its module is already in ``sys.modules``; facts come from module attributes, package metadata,
-the environment and the GPU module's inventory; nothing is imported, called or spawned; every
-string that leaves goes through ``redact``.  The rules are documented in docs/detection.md.
+the environment and the GPU module's inventory; nothing is imported, called or spawned.  What
+leaves is chosen by allow-list (``redact``): framework variables only, values of expected shapes
+only, the config's safe scalars only, labels redacted; ``PRIMUS_LENS_EVIDENCE`` can cut it down
+to framework names and versions, or names only.  The rules are documented in docs/detection.md.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from . import redact
+from . import bounds, credentials, redact
 from .config import Config
 from .topology import Topology
 
@@ -32,19 +34,19 @@ SOURCE = "wandb"
 TYPE = "framework_detection_raw"
 VERSION = "1.0"
 
-# Section bounds.  Worst case: config 256 KiB + environment 64 KiB + tags 16 KiB + build 16 KiB +
-# three 1 KiB identifiers + a few KiB of fixed-shape fields, far below the 1 MiB per request we
-# allow ourselves (spec §9.8).
-CONFIG_LIMITS = redact.Limits(max_str=4096, max_items=1000, max_depth=32, max_nodes=20000,
+# Section bounds.  Worst case: config 256 KiB + environment 64 KiB + tags 16 KiB + four 1 KiB
+# labels + eight build values of at most 256 characters + a few KiB of fixed-shape fields, far
+# below the 1 MiB per request we allow ourselves (spec §9.8).
+CONFIG_LIMITS = redact.Limits(max_str=256, max_items=1000, max_depth=32, max_nodes=20000,
                               max_bytes=256 * 1024)
-ENV_LIMITS = redact.Limits(max_str=1024, max_items=128, max_depth=1, max_nodes=256,
+ENV_LIMITS = redact.Limits(max_str=128, max_items=128, max_depth=1, max_nodes=256,
                            max_bytes=64 * 1024)
-TAG_LIMITS = redact.Limits(max_str=256, max_items=64, max_depth=1, max_nodes=128,
-                           max_bytes=16 * 1024)
-BUILD_LIMITS = redact.Limits(max_str=1024, max_items=16, max_depth=1, max_nodes=32,
-                             max_bytes=16 * 1024)
-NAME_LIMITS = redact.Limits(max_str=256, max_items=1, max_depth=1, max_nodes=1, max_bytes=1024)
+MAX_TAGS, TAGS_BYTES = 64, 16 * 1024
+MAX_LABEL, LABEL_BYTES = 256, 1024
 MAX_INDICATORS = 16
+
+# PRIMUS_LENS_EVIDENCE levels; with the third, "off", the report carries hints only.
+STANDARD, MINIMAL = "standard", "minimal"
 
 WRAPPER = "wrapper"
 BASE = "base"
@@ -414,6 +416,7 @@ ENV_NAMES = frozenset((
 ))
 ENV_PREFIXES = ("PRIMUS_", "MEGATRON_", "DEEPSPEED_")
 ENV_EXCLUDED_PREFIXES = ("PRIMUS_LENS_",)  # our own settings (API headers among them)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 def _env_items(env: Mapping[str, str]) -> List[Tuple[str, str]]:
@@ -423,13 +426,18 @@ def _env_items(env: Mapping[str, str]) -> List[Tuple[str, str]]:
         return [(name, env.get(name, "")) for name in sorted(ENV_NAMES)]
 
 
+def _env_name(name: Any) -> bool:
+    return (isinstance(name, str) and (name in ENV_NAMES or name.startswith(ENV_PREFIXES))
+            and not name.startswith(ENV_EXCLUDED_PREFIXES) and _ENV_NAME.fullmatch(name) is not None
+            and not credentials.looks_random(name))
+
+
 def _environment(env: Mapping[str, str]) -> Dict[str, str]:
     """Allow-listed variables with non-empty values (the server matches on key presence, so an
-    empty value would be a false claim), sorted, redacted and bounded."""
+    empty value would be a false claim), sorted and bounded; a value of an unexpected shape, or
+    under a secret-looking name, is ``WITHHELD`` with its name kept."""
     picked = sorted((k, v) for k, v in _env_items(env)
-                    if isinstance(k, str) and isinstance(v, str) and v.strip()
-                    and (k in ENV_NAMES or k.startswith(ENV_PREFIXES))
-                    and not k.startswith(ENV_EXCLUDED_PREFIXES))
+                    if _env_name(k) and isinstance(v, str) and v.strip())
     return redact.sanitize(dict(picked), ENV_LIMITS)
 
 
@@ -453,9 +461,19 @@ def _first_env(env: Mapping[str, str], names: Sequence[str]) -> str:
     return ""
 
 
+_COMMIT = re.compile(r"[0-9a-fA-F]{7,64}")
+
+
+def _build_value(key: str, value: str) -> str:
+    """Allow-listed like any evidence; a commit hash is random-looking by nature and kept."""
+    if key == "git_commit" and _COMMIT.fullmatch(value):
+        return value
+    return redact.evidence_text(value)
+
+
 def _build(env: Mapping[str, str]) -> Dict[str, str]:
     found = {key: _first_env(env, names) for key, names in _BUILD_VARS}
-    return redact.sanitize({k: v for k, v in found.items() if v}, BUILD_LIMITS)
+    return {k: _build_value(k, v) for k, v in found.items() if v}
 
 
 def _system(topology: Topology) -> Dict[str, Any]:
@@ -533,7 +551,9 @@ def _devices(gpu_inventory: Any) -> List[Tuple[str, Optional[int]]]:
 
 
 def _env_version(env: Mapping[str, str], name: str) -> Optional[str]:
-    return _version_text(_first_env(env, (name,)))
+    """A version from the environment, unless it looks like something else (a key, a token)."""
+    version = _version_text(_first_env(env, (name,)))
+    return version if version and redact.safe_text(version) else None
 
 
 def _hardware(devices: Sequence[Tuple[str, Optional[int]]], env: Mapping[str, str]) -> Dict[str, Any]:
@@ -545,11 +565,11 @@ def _hardware(devices: Sequence[Tuple[str, Optional[int]]], env: Mapping[str, st
         name, memory = devices[0]
         out["gpu_count"] = len(devices)
         if name:
-            out["gpu_name"] = redact.sanitize(name, NAME_LIMITS)
+            out["gpu_name"] = _label(name)
             arch = arch or gpu_arch(name) or ""
         if memory:
             out["gpu_memory_gb"] = round(memory / 2**30, 1)
-    if _ARCH_TEXT.fullmatch(arch):
+    if _ARCH_TEXT.fullmatch(arch) and redact.safe_text(arch):
         out["gpu_arch"] = arch
     cuda, hip = _torch_versions()
     rocm = _env_version(env, "ROCM_VERSION") or hip
@@ -585,8 +605,20 @@ def _software(env: Mapping[str, str]) -> Dict[str, Any]:
 # --- the body ----------------------------------------------------------------------------------------
 
 
+def _label(text: str) -> str:
+    """A run's project, name or id, or a GPU name: free text, redacted and bounded."""
+    return bounds.fit(redact.label(text, MAX_LABEL), LABEL_BYTES)
+
+
+def _tag_list(tags: Sequence[str]) -> List[str]:
+    labels = [redact.label(tag, MAX_LABEL) for tag in tags[:MAX_TAGS]]
+    if len(tags) > MAX_TAGS:
+        labels.append(bounds.items_dropped(len(tags) - MAX_TAGS, len(tags)))
+    return bounds.fit(labels, TAGS_BYTES)
+
+
 def _wandb_config(config: Mapping[str, Any]) -> Dict[str, Any]:
-    """The config as sent: redacted and bounded, without empty detection keys.
+    """The config as sent: allow-listed and bounded, without empty detection keys.
 
     ai-advisor matches ``framework``, ``base_framework``, ``trainer`` and ``*_config`` on key
     presence, and an empty ``framework`` even stops its later rules, so empty ones are left out.
@@ -612,13 +644,15 @@ def build_report(facts: RunFacts, config: Config, topology: Topology,
     """The ``POST wandb/detection`` body for one run (spec §4, §10.1), on a background thread.
 
     ``environ`` defaults to ``os.environ``.  Reads ``sys.modules`` without importing anything.
+    Hints are computed from the allow-listed evidence even where ``config.evidence`` leaves that
+    evidence out, so they never say more than the evidence could have.
     """
     env = os.environ if environ is None else environ
     wandb_config = _wandb_config(facts.config)
     env_evidence = _environment(env)
     imported = {fw.name: module for fw in WRAPPERS + BASES for module in [_imported(fw)] if module}
     in_use = [fw for fw in WRAPPERS + BASES if _in_use(fw, imported)]
-    project = redact.sanitize(facts.project, NAME_LIMITS)
+    project = _label(facts.project)
     hint = hints(_import_signals(imported) + _env_signals(env_evidence)
                  + _config_signals(wandb_config) + _project_signals(project))
     wrapper_evidence = {fw.name: _evidence_entry(fw, imported[fw.name])
@@ -626,21 +660,24 @@ def build_report(facts: RunFacts, config: Config, topology: Topology,
     if PRIMUS.name in wrapper_evidence and hint["base_frameworks"]:
         wrapper_evidence[PRIMUS.name]["base_framework"] = hint["base_frameworks"][0]
     devices = _devices(gpu_inventory)
-    evidence: Dict[str, Any] = {
-        "wandb": {"project": project, "name": redact.sanitize(facts.name, NAME_LIMITS),
-                  "id": redact.sanitize(facts.id, NAME_LIMITS), "config": wandb_config,
-                  "tags": redact.sanitize(list(facts.tags), TAG_LIMITS)},
-        "environment": env_evidence,
-        "pytorch": _pytorch(len(devices)),
-        "wrapper_frameworks": wrapper_evidence,
-        "base_frameworks": {fw.name: _evidence_entry(fw, imported[fw.name])
-                            for fw in in_use if fw.layer == BASE},
-        "system": _system(topology),
-    }
-    for key, section in (("hardware", _hardware(devices, env)), ("software", _software(env)),
-                         ("build", _build(env))):
-        if section:
-            evidence[key] = section
+    evidence: Dict[str, Any] = {}
+    if config.evidence == STANDARD:
+        evidence.update(
+            wandb={"project": project, "name": _label(facts.name), "id": _label(facts.id),
+                   "config": wandb_config, "tags": _tag_list(facts.tags)},
+            environment=env_evidence)
+    if config.evidence in (STANDARD, MINIMAL):
+        evidence.update(
+            pytorch=_pytorch(len(devices)), wrapper_frameworks=wrapper_evidence,
+            base_frameworks={fw.name: _evidence_entry(fw, imported[fw.name])
+                             for fw in in_use if fw.layer == BASE})
+    if config.evidence == STANDARD:
+        evidence["system"] = _system(topology)
+        optional = (("hardware", _hardware(devices, env)), ("software", _software(env)),
+                    ("build", _build(env)))
+    else:
+        optional = (("software", _software(env)),) if config.evidence == MINIMAL else ()
+    evidence.update((key, section) for key, section in optional if section)
     body: Dict[str, Any] = {"source": SOURCE, "type": TYPE, "version": VERSION}
     for key, value in (("workload_uid", config.workload_uid), ("pod_uid", config.pod_uid),
                        ("pod_name", config.pod_name), ("namespace", config.pod_namespace)):

@@ -17,9 +17,13 @@ whole request, so the receiver decodes with the same rules:
   was; a key given twice is decoded again *into* the value the first one produced, so scalars
   take the last value while structs and maps merge and slices are overwritten element by element.
 
-Differences that remain: nesting deeper than Python's recursion limit (about 900 levels) is
-rejected here but accepted by Go up to 10 000 levels, and when a key repeats three or more times
-Go may reuse slice elements left beyond a shorter intermediate slice, which is not modelled.
+* depth: Go's scanner refuses a document nested deeper than 10 000 arrays and objects with
+  "exceeded max depth"; here the limit is ``MAX_DEPTH`` (500), so that parsing, decoding and
+  storing a body stay far inside Python's recursion limit on every supported version.
+
+Differences that remain: bodies nested 501 to 10 000 levels deep are refused here and accepted by
+Go, and when a key repeats three or more times Go may reuse slice elements left beyond a shorter
+intermediate slice, which is not modelled.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+MAX_DEPTH = 500  # arrays and objects nested in one another, counted as Go's scanner counts them
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _INT_LITERAL = re.compile(r"-?(?:0|[1-9][0-9]*)")
@@ -188,7 +193,7 @@ def parse(body: bytes) -> Any:
         value, _end = _PARSER.raw_decode(text, start)
     except GoDecodeError:
         raise
-    except RecursionError:
+    except RecursionError:  # far deeper than MAX_DEPTH: the parser ran out of stack first
         raise GoDecodeError("exceeded max depth") from None
     except ValueError as exc:  # json.JSONDecodeError: the same bodies Go's scanner refuses
         raise GoDecodeError(f"syntax error: {exc}") from None
@@ -200,8 +205,33 @@ def decode_body(body: bytes, go_type: Struct) -> Dict[str, Any]:
     return decode(parse(body), go_type, zero(go_type))
 
 
-def decode(node: Any, go_type: GoType, current: Any) -> Any:
-    """Decode the parsed ``node`` into a Go value of ``go_type`` that currently holds ``current``."""
+def _deeper(node: Any, depth: int) -> int:
+    """The depth of ``node``'s children; refuses ``node`` itself if it is a container too deep.
+
+    ``depth`` counts the containers enclosing ``node``; every decoding step passes it on, so
+    the check costs nothing beyond an integer per value.
+    """
+    if depth >= MAX_DEPTH and isinstance(node, (_Object, list)):
+        raise GoDecodeError("exceeded max depth")
+    return depth + 1
+
+
+def _check_depth(node: Any, depth: int) -> None:
+    """Depth check for a value that decoding skips (an unknown struct key); iterative, because
+    nothing else walks it."""
+    pending = [(node, depth)]
+    while pending:
+        node, depth = pending.pop()
+        inner = _deeper(node, depth)
+        if isinstance(node, _Object):
+            pending.extend((value, inner) for _, value in node.pairs)
+        elif isinstance(node, list):
+            pending.extend((value, inner) for value in node)
+
+
+def decode(node: Any, go_type: GoType, current: Any, depth: int = 0) -> Any:
+    """Decode the parsed ``node`` into a Go value of ``go_type`` that currently holds ``current``;
+    ``depth``: the number of arrays and objects around ``node``."""
     if node is None:
         nils = go_type is ANY or isinstance(go_type, (Map, Slice, Pointer))
         return None if nils else current
@@ -214,15 +244,15 @@ def decode(node: Any, go_type: GoType, current: Any) -> Any:
     if go_type is BOOL and isinstance(node, bool):
         return node
     if go_type is ANY:
-        return _interface(node)
+        return _interface(node, depth)
     if isinstance(go_type, Pointer):
-        return decode(node, go_type.elem, zero(go_type.elem) if current is None else current)
+        return decode(node, go_type.elem, zero(go_type.elem) if current is None else current, depth)
     if isinstance(go_type, Struct) and isinstance(node, _Object):
-        return _struct(node, go_type, current)
+        return _struct(node, go_type, current, _deeper(node, depth))
     if isinstance(go_type, Map) and isinstance(node, _Object):
-        return _map(node, go_type, current)
+        return _map(node, go_type, current, _deeper(node, depth))
     if isinstance(go_type, Slice) and isinstance(node, list):
-        return _slice(node, go_type, current)
+        return _slice(node, go_type, current, _deeper(node, depth))
     raise GoDecodeError(f"cannot unmarshal {_json_kind(node)} into Go value of type {go_type!r}")
 
 
@@ -248,55 +278,69 @@ def _int64(number: _Number) -> int:
     raise GoDecodeError(f"cannot unmarshal number {text} into Go value of type int64")
 
 
-def _interface(node: Any) -> Any:
-    """``interface{}``: objects become maps (last key wins), numbers float64, strings as above."""
+def _interface(node: Any, depth: int) -> Any:
+    """``interface{}``: objects become maps (last key wins), numbers float64, strings as above.
+
+    Plain loops, no comprehensions: on Python < 3.12 a comprehension is one more frame per level.
+    """
     if isinstance(node, _Number):
         return _float64(node)
     if isinstance(node, str):
         return go_string(node)
     if isinstance(node, _Object):
+        inner = _deeper(node, depth)
         out = {}
         for key, value in node.pairs:
             try:
-                out[go_string(key)] = _interface(value)
+                out[go_string(key)] = _interface(value, inner)
             except GoDecodeError as exc:
                 raise exc.within(f"[{key!r}]") from None
         return out
     if isinstance(node, list):
-        return [_interface(item) for item in node]
+        inner = _deeper(node, depth)
+        items = []
+        for index, item in enumerate(node):
+            try:
+                items.append(_interface(item, inner))
+            except GoDecodeError as exc:
+                raise exc.within(f"[{index}]") from None
+        return items
     return node  # bool
 
 
-def _struct(node: _Object, go_type: Struct, current: Dict[str, Any]) -> Dict[str, Any]:
+def _struct(node: _Object, go_type: Struct, current: Dict[str, Any], depth: int) -> Dict[str, Any]:
     out = dict(current)
     for key, value in node.pairs:
         field = go_type.field_for(go_string(key))
-        if field is None:
-            continue  # unknown key: Go skips the value without converting any number in it
+        if field is None:  # unknown key: Go skips the value without converting any number in it
+            _check_depth(value, depth)
+            continue
         try:
-            out[field] = decode(value, go_type.fields[field], out[field])
+            out[field] = decode(value, go_type.fields[field], out[field], depth)
         except GoDecodeError as exc:
             raise exc.within(f".{field}") from None
     return out
 
 
-def _map(node: _Object, go_type: Map, current: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+def _map(node: _Object, go_type: Map, current: Optional[Dict[str, Any]],
+         depth: int) -> Dict[str, Any]:
     out = {} if current is None else dict(current)  # Go reuses an existing map, keeping its keys
     for key, value in node.pairs:
         try:
-            out[go_string(key)] = decode(value, go_type.elem, zero(go_type.elem))
+            out[go_string(key)] = decode(value, go_type.elem, zero(go_type.elem), depth)
         except GoDecodeError as exc:
             raise exc.within(f"[{key!r}]") from None
     return out
 
 
-def _slice(node: List[Any], go_type: Slice, current: Optional[List[Any]]) -> List[Any]:
+def _slice(node: List[Any], go_type: Slice, current: Optional[List[Any]],
+           depth: int) -> List[Any]:
     existing = current or []
     out = []
     for index, value in enumerate(node):
         into = existing[index] if index < len(existing) else zero(go_type.elem)
         try:
-            out.append(decode(value, go_type.elem, into))
+            out.append(decode(value, go_type.elem, into, depth))
         except GoDecodeError as exc:
             raise exc.within(f"[{index}]") from None
     return out

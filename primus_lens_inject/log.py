@@ -3,6 +3,10 @@
 Training logs are read by people hunting for their own errors, so the injector stays quiet: a
 warning is printed once however often its cause repeats, and debug lines (one JSON object each,
 for machines) appear only with ``PRIMUS_LENS_WANDB_DEBUG=true``.
+
+Logs are collected and kept by the cluster, so no line may carry a secret: every line passes
+``credentials.scrub`` (our own API headers and base URL password by exact match, then the
+credential rules), and a line that cannot be checked is not printed at all.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import threading
 import zlib
 from typing import Any, Set
 
+from . import credentials
+
 PREFIX = "primus-lens: "
 
 _lock = threading.Lock()
@@ -21,6 +27,10 @@ _said: Set[str] = set()
 
 
 def _write(line: str) -> None:
+    try:
+        line = credentials.scrub(line)
+    except Exception:
+        line = "(a message was left out: it could not be checked for secrets)"
     try:
         sys.stderr.write(PREFIX + line + "\n")
         sys.stderr.flush()

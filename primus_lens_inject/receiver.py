@@ -24,6 +24,7 @@ import inspect
 import json
 import math
 import random
+import re
 import select
 import signal
 import socket
@@ -48,12 +49,14 @@ from typing import (
 )
 from urllib.parse import parse_qsl
 
-from . import godecode
+from . import godecode, httpbody
 from .godecode import ANY, BOOL, FLOAT64, INT64, STRING, GoDecodeError, Map, Pointer, Slice, Struct
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8989
 CONTROL_PREFIX = "/v1/_receiver/"
+MAX_BODY = 16 << 20  # larger bodies get 413; the client keeps its requests under 1 MiB
+MAX_TRAILER_LINES = 100
 READY_LINE = "primus-lens receiver listening on {url}"
 
 # --------------------------------------------------------------------------------------------
@@ -574,6 +577,26 @@ class _Connections:
                 _shutdown(conn)
 
 
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?\n")  # Go: at most 16 digits
+
+
+class _Refused(Exception):
+    """The request's framing is refused with ``response``; ``unread``: bytes it may still send."""
+
+    def __init__(self, response: _Response, unread: int = 0) -> None:
+        super().__init__(response.note)
+        self.response = response
+        self.unread = unread
+
+
+class _ClientGone(Exception):
+    """The client closed its end before the body was complete."""
+
+
+def _too_large() -> _Response:
+    return _plain(413, f"request body larger than {MAX_BODY} bytes")
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -584,11 +607,20 @@ class _Server(ThreadingHTTPServer):
         self.connections = _Connections()
         super().__init__(address, _Handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that resets its connection is routine; anything else gets one line, not
+        socketserver's traceback."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, ConnectionError):
+            print(f"primus-lens receive: connection from {client_address[0]}: "
+                  f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
 
 class _Handler(BaseHTTPRequestHandler):
     """HTTP/1.1 with keep-alive, every method routed to the receiver (gin answers any method)."""
 
     protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.1"  # a garbage request line still gets a status line
     disable_nagle_algorithm = True  # headers and body go out back to back, like Go's server
     server: _Server
 
@@ -620,11 +652,21 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve_one(self) -> None:
         try:
             body = self._read_body()
-        except ValueError:
-            self.close_connection = True  # the framing is broken: the stream cannot be trusted
-            self._send(_plain(400, "400 Bad Request"))
+        except _Refused as refused:  # the framing is broken: the stream cannot be trusted
+            self.close_connection = True
+            self._send(refused.response)
+            httpbody.discard(self.connection, self.rfile, refused.unread)
             return
-        response = self.server.receiver.handle(self.command, self.path, body, self._client_gone)
+        except _ClientGone:
+            self.close_connection = True  # nobody is left to answer
+            return
+        try:
+            response = self.server.receiver.handle(self.command, self.path, body, self._client_gone)
+        except Exception as exc:  # a bug of ours; gin's recovery answers 500 the same way
+            print(f"primus-lens receive: internal error on {self.command} {self.path}: "
+                  f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            self.close_connection = True
+            response = _plain(500, "500 Internal Server Error")
         if self.server.connections.closing:
             self.close_connection = True
         if response.send:
@@ -633,23 +675,55 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+        """The body, as Go's server frames it; ``_Refused`` and ``_ClientGone`` otherwise."""
+        encodings = self.headers.get_all("Transfer-Encoding") or []
+        if encodings:
+            if [e.strip().lower() for e in encodings] != ["chunked"]:
+                raise _Refused(_plain(501, "unsupported transfer encoding"))  # Go's answer
             return self._read_chunked()
-        length = int(self.headers.get("Content-Length") or 0)
-        if length < 0:
-            raise ValueError("negative Content-Length")
-        return self.rfile.read(length)
+        lengths = {httpbody.content_length(value)
+                   for value in self.headers.get_all("Content-Length") or []}
+        if not lengths:
+            return b""
+        length = lengths.pop()
+        if lengths or length is None:
+            raise _Refused(_plain(400, "400 Bad Request"))
+        if length > MAX_BODY:
+            raise _Refused(_too_large(), unread=length)
+        return self._read_exactly(length)
+
+    def _read_exactly(self, size: int) -> bytes:
+        data = self.rfile.read(size)
+        if len(data) < size:
+            raise _ClientGone()
+        return data
 
     def _read_chunked(self) -> bytes:
-        chunks = []
+        chunks: List[bytes] = []
+        total = 0
         while True:
-            size = int(self.rfile.readline(1024).split(b";", 1)[0], 16)  # ValueError if not hex
+            match = _CHUNK_SIZE.fullmatch(self._read_line())
+            if match is None:
+                raise _Refused(_plain(400, "400 Bad Request"))
+            size = int(match.group(1), 16)
             if size == 0:
-                while self.rfile.readline(65536).strip():
-                    pass  # trailers
+                break
+            total += size
+            if total > MAX_BODY:
+                raise _Refused(_too_large(), unread=httpbody.DRAIN_LIMIT)
+            chunks.append(self._read_exactly(size))
+            if self._read_exactly(2) != b"\r\n":
+                raise _Refused(_plain(400, "400 Bad Request"))
+        for _ in range(MAX_TRAILER_LINES + 1):  # the trailers, then the empty line
+            if self._read_line() in (b"\r\n", b"\n"):
                 return b"".join(chunks)
-            chunks.append(self.rfile.read(size))
-            self.rfile.readline(16)  # the CRLF after the chunk
+        raise _Refused(_plain(400, "400 Bad Request"))
+
+    def _read_line(self) -> bytes:
+        line = self.rfile.readline(1024)
+        if not line:
+            raise _ClientGone()
+        return line
 
     def _client_gone(self) -> bool:
         """True when the client closed its end (it gave up waiting): readable with nothing to read."""
@@ -906,7 +980,7 @@ class Receiver:
                 if not isinstance(settings, dict):
                     raise ValueError("the body must be a JSON object of fault settings")
                 self._faults.set(Faults.from_mapping(settings))
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 return _control_json(400, {"error": str(exc)})
             return _control_json(200, self.faults)
         if method == "POST" and name == "reset":

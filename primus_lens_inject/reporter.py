@@ -13,7 +13,10 @@ thread, never at interpreter start), each with its own httpx client created in t
 
 Responses are classified as spec §9.6 says: retry with exponential backoff and jitter (5xx,
 timeouts, connection errors, ``no valid workload found``), drop and count (other 400s), stop
-(missing identity, 401, 404, redirects).  Each class is logged once, never per request.
+(missing identity, 401, 404, redirects).  Each class is logged once, never per request.  A 2xx
+acknowledges only when its body is the server's own envelope (``{"meta": {"code": 2000, ...}}``):
+an HTML page from an ingress default backend or an auth proxy is retried like a 5xx.  Both
+threads run under ``guard``: a failure is said once and the loop starts again where it was.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ import collections
 import json
 import os
 import random
+import shutil
+import socket
 import threading
 import time
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
-from . import log, spool, wire
-from .config import Config
+from . import credentials, guard, log, owner, spool, wire
+from .config import Config, endpoint_hint
 from .topology import Topology
 
 READ_BYTES = 2 << 20
@@ -42,9 +47,13 @@ FLUSH_GIVE_UP = 5  # consecutive failures while a flush waits: the server is dow
 OK, RETRY, DROP, STOP = "ok", "retry", "drop", "stop"
 
 
-def classify(status: int, message: str) -> Tuple[str, str]:
-    """(action, reason) for a response; ``status`` 0 means no response (transport error)."""
+def classify(status: int, message: str, enveloped: bool = True) -> Tuple[str, str]:
+    """(action, reason) for a response; ``status`` 0 means no response (transport error);
+    ``enveloped``: the body is the server's success envelope (see ``acknowledges``)."""
     if 200 <= status < 300:
+        if not enveloped:
+            return RETRY, (f"HTTP {status} whose body is not the telemetry-processor's answer "
+                           "(a proxy or another service answers at this address?)")
         return OK, ""
     if status == 0:
         return RETRY, message or "connection failed"
@@ -61,6 +70,17 @@ def classify(status: int, message: str) -> Tuple[str, str]:
     if status in (408, 425, 429) or status >= 500:
         return RETRY, f"server error (HTTP {status})"
     return DROP, f"server rejected the request (HTTP {status})"
+
+
+def acknowledges(status: int, body: bytes) -> bool:
+    """Whether a 2xx ``body`` is the server's envelope saying OK: ``meta.code`` 2000 (or the
+    HTTP status itself) and a string ``meta.message``."""
+    try:
+        meta = json.loads(body)["meta"]
+        code, message = meta["code"], meta["message"]
+    except (ValueError, KeyError, TypeError, IndexError):
+        return False
+    return isinstance(message, str) and type(code) is int and code in (2000, status)
 
 
 def envelope_message(body: bytes) -> str:
@@ -125,16 +145,19 @@ class Stats:
 
 class Reporter:
     def __init__(self, config: Config, topology: Topology, record_path: str,
-                 ephemeral: bool = False) -> None:
+                 ephemeral: str = "") -> None:
         self.config = config
         self.topology = topology
         self.record_path = record_path
-        self.ephemeral = ephemeral  # a private spool (SAVE_LOCAL=false): removed once delivered
+        self.ephemeral = ephemeral  # this process's private spool (SAVE_LOCAL=false), if any:
+        # the directory is removed once everything in it is delivered
         self.base_url = config.api_base_url.rstrip("/")
         self.identity = wire.identity(config)
-        self.key_prefix = f"rank{topology.rank}/" if config.report_ranks == "all" else ""
+        self.writers = owner.Writers(record_path)  # each line is sent under its writer's name
+        self.untagged = owner.legacy_writer(config, topology)
         self.stats = Stats()
-        self.detection_dir = spool.sibling(record_path, DETECTION_DIR_SUFFIX)
+        self.detection_dir = spool.sibling(record_path, DETECTION_DIR_SUFFIX)  # or its fallback
+        self._detection_dir_checked = False
         self._owner = spool.OwnerLock(record_path)
         self._cursor: Optional[spool.Cursor] = None
         self._facts: Deque[Any] = collections.deque()
@@ -154,10 +177,7 @@ class Reporter:
 
     def start(self) -> None:
         for name, target in (("rows", self._rows_loop), ("detection", self._detection_loop)):
-            thread = threading.Thread(target=self._guard, args=(target,), daemon=True,
-                                      name=f"primus-lens-{name}")
-            thread.start()
-            self._threads.append(thread)
+            self._threads.append(guard.start_thread(name, target))
 
     def add_run(self, facts: Any) -> None:
         """A new run: its detection report is built and sent in the background."""
@@ -212,13 +232,11 @@ class Reporter:
         self._wake_detection.set()
         if not self._stopped_reason:
             self.stats.state = "exited, all delivered" if delivered else "exited with a backlog"
+        if self._cursor is not None:
+            self._cursor.save()
         self._write_status()
         if delivered and self.ephemeral and self._owner.held:
-            for path in (self.record_path, spool.sibling(self.record_path, spool.CURSOR_SUFFIX)):
-                try:
-                    os.remove(path)
-                except OSError:
-                    pass
+            shutil.rmtree(self.ephemeral, ignore_errors=True)
         self._owner.release()
 
     def abandon_after_fork(self) -> None:
@@ -228,12 +246,6 @@ class Reporter:
         self._stop = True
 
     # -- threads ----------------------------------------------------------------------------
-
-    def _guard(self, target: Any) -> None:
-        try:
-            target()
-        except Exception as exc:  # never let a reporter bug reach training: stop reporting
-            self._stopped(f"internal error {type(exc).__name__}: {exc}")
 
     def _stopped(self, reason: str) -> None:
         self._stopped_reason = reason
@@ -250,18 +262,24 @@ class Reporter:
     def _post(self, client: Any, endpoint: str, body: bytes) -> Tuple[str, str]:
         try:
             response = client.post(f"{self.base_url}/wandb/{endpoint}", content=body)
-            status, message = response.status_code, envelope_message(response.content)
+            status, content = response.status_code, response.content
+            message = envelope_message(content)
+            enveloped = not 200 <= status < 300 or acknowledges(status, content)
         except Exception as exc:  # httpx.TransportError and anything below it
-            status, message = 0, f"{type(exc).__name__}: {exc}"
+            status, message, enveloped = 0, f"{type(exc).__name__}: {exc}", True
+            if _unresolved(exc):
+                log.warn(endpoint_hint(self.config, "does not resolve"), key="endpoint-hint")
+        if status == 404:
+            log.warn(endpoint_hint(self.config, "answers HTTP 404"), key="endpoint-hint")
         self.stats.requests += 1
-        action, reason = classify(status, message)
+        action, reason = classify(status, message, enveloped)
         if action != OK:
             self.stats.last_error = reason
         if action in (RETRY, DROP):  # STOP says so once, in _stopped
             log.warn(f"reporting to {self.base_url}: {reason}; "
                      + ("retrying with backoff" if action == RETRY else
                         "dropped (kept in the local record)"),
-                     key=f"reporter-{action}-{status}-{message[:40]}")
+                     key=f"reporter-{action}-{status}-{message[:40]}-{enveloped}")
         return action, reason
 
     def _sleep(self, event: threading.Event, seconds: float) -> None:
@@ -283,44 +301,59 @@ class Reporter:
     def _rows_loop(self) -> None:
         if not self._own(self._wake_rows):
             return
-        self._cursor = spool.Cursor(self.record_path)
+        if self._cursor is None:  # a restarted loop keeps its position
+            self._cursor = spool.Cursor(self.record_path)
         client = self._client(self.config.read_timeout)
+        try:
+            self._send_rows(client, self._cursor)
+        finally:
+            client.close()
+
+    def _send_rows(self, client: Any, cursor: spool.Cursor) -> None:
+        """Batches from the record, in file order; the cursor moves once every request of a
+        batch (more than one only for a batch over ``wire.MAX_BODY``) is acknowledged."""
         backoff = Backoff()
         self.stats.state = "running"
         lines: List[Tuple[int, bytes]] = []  # read ahead, not yet acknowledged (≤ READ_BYTES)
+        bodies: List[bytes] = []  # requests of the current batch not acknowledged yet
+        used = rows = 0
+        dropped_as = ""  # a request of the current batch was refused: its rows count as dropped
         while not self._stop and not self._stopped_reason:
-            if len(lines) < self.config.batch_size:
-                lines += spool.read_lines(self.record_path,
-                                          lines[-1][0] if lines else self._cursor.offset,
-                                          READ_BYTES)
-            if not lines or not self._batch_due(lines):
-                with self._progress:
-                    self._progress.notify_all()
-                self._sleep(self._wake_rows, 0.2)
-                continue
-            run_id, entries, used, skipped = self._batch(lines)
-            end = lines[used - 1][0]
-            for reason, count in skipped.items():
-                self.stats.dropped[reason] += count
-            if entries:
-                body = wire.encode(wire.logs_body(self.identity, run_id, entries, time.time()))
-                action, reason = self._post(client, "logs", body)
-            else:
-                action, reason = OK, ""
+            if not bodies:
+                if len(lines) < self.config.batch_size:
+                    lines += spool.read_lines(self.record_path,
+                                              lines[-1][0] if lines else cursor.offset,
+                                              READ_BYTES)
+                if not lines or not self._batch_due(lines):
+                    cursor.save()  # a save that failed (disk full) is retried while idle
+                    with self._progress:
+                        self._progress.notify_all()
+                    self._sleep(self._wake_rows, 0.2)
+                    continue
+                writer, run_id, entries, used, skipped = self._batch(lines)
+                for reason, count in skipped.items():
+                    self.stats.dropped[reason] += count
+                rows, dropped_as = len(entries), ""
+                if entries:
+                    bodies = wire.logs_bodies(writer.identity, run_id, entries, time.time())
+            action, reason = self._post(client, "logs", bodies[0]) if bodies else (OK, "")
             if action in (OK, DROP):
-                if action == OK:
-                    self.stats.rows_sent += len(entries)
-                else:
-                    self.stats.dropped[reason] += len(entries)
-                self._cursor.advance(end)
-                del lines[:used]
+                del bodies[:1]
+                dropped_as = reason if action == DROP else dropped_as
                 backoff.reset()
+                if bodies:
+                    continue
+                if dropped_as:
+                    self.stats.dropped[dropped_as] += rows
+                else:
+                    self.stats.rows_sent += rows
+                cursor.advance(lines[used - 1][0])
+                del lines[:used]
                 self._write_status(every=1.0)
             elif action == STOP:
                 self._stopped(reason)
             else:
                 self._failed(backoff, self._wake_rows)
-        client.close()
 
     def _batch_due(self, lines: List[Tuple[int, bytes]]) -> bool:
         """Send now when a batch is full, a flush waits, or the oldest row waited long enough."""
@@ -333,10 +366,13 @@ class Reporter:
         return not isinstance(oldest, (int, float)) \
             or time.time() - oldest >= self.config.flush_interval
 
-    def _batch(self, lines: List[Tuple[int, bytes]]) -> Tuple[str, List[Dict[str, Any]], int,
+    def _batch(self, lines: List[Tuple[int, bytes]]) -> Tuple[owner.Writer, str,
+                                                               List[Dict[str, Any]], int,
                                                                Dict[str, int]]:
-        """The next request: consecutive rows of one run, at most batch_size steps and
-        BATCH_BYTES; returns (run id, entries, lines used, skipped rows by reason)."""
+        """The next request: consecutive rows of one writer and run, at most batch_size steps
+        and BATCH_BYTES; returns (writer, run id, entries, lines used, skipped rows by reason).
+        Rows of a writer that does not report (another rank sharing the file) are passed over."""
+        writer = self.untagged
         run_id = ""
         rows: List[Tuple[str, Dict[str, Any]]] = []
         skipped: Dict[str, int] = collections.Counter()
@@ -344,26 +380,32 @@ class Reporter:
         for _end, line in lines:
             try:
                 row = json.loads(line)
-                row_run = row["run_id"]
+                row_run, tag = row["run_id"], row.get("who") or ""
+                row_writer = self.writers.get(tag) if tag else self.untagged
+                if row_writer is None or not row_writer.report:  # its writer does not report
+                    if row_writer is None:
+                        skipped["record line of an unknown writer"] += 1
+                    used += 1
+                    continue
                 entry, why = wire.log_entry(row["step"], row["timestamp"], row["data"],
-                                            self.key_prefix)
-            except (ValueError, KeyError, TypeError):
+                                            row_writer.key_prefix)
+            except (ValueError, KeyError, TypeError, AttributeError):
                 skipped["unreadable record line"] += 1
                 used += 1
                 continue
-            if run_id and row_run != run_id:
+            if run_id and (row_run != run_id or row_writer is not writer):
                 break
             if entry is not None:
                 if rows and (len(rows) >= self.config.batch_size or size + len(line) > BATCH_BYTES) \
                         and not (rows[-1][0] == row_run and rows[-1][1]["step"] == entry["step"]):
                     break
-                run_id = row_run
+                writer, run_id = row_writer, row_run
                 rows.append((row_run, entry))
                 size += len(line)
             else:
                 skipped[f"row not sendable: {why}"] += 1
             used += 1
-        return run_id, [entry for _, entry in wire.merge_steps(rows)], used, skipped
+        return writer, run_id, [entry for _, entry in wire.merge_steps(rows)], used, skipped
 
     def _detection_loop(self) -> None:
         client = None
@@ -372,6 +414,10 @@ class Reporter:
             while self._facts:
                 try:
                     self._store_detection(self._facts[0])
+                except OSError as exc:  # a full disk: keep the run's facts and try again
+                    log.warn(f"detection report not stored in {self.detection_dir} "
+                             f"({exc.strerror or exc}); retrying", key="detection-store")
+                    break
                 except Exception as exc:  # one odd run must not stop reporting
                     self.stats.dropped["detection could not be built"] += 1
                     log.warn(f"detection report not built: {type(exc).__name__}: {exc}",
@@ -406,6 +452,11 @@ class Reporter:
             if self._inventory is None:
                 self._inventory = inventory(self.config, self.topology)
             body = build_report(facts, self.config, self.topology, self._inventory)
+        if not self._detection_dir_checked:  # a file in its place, a read-only volume
+            self.detection_dir = spool.usable_dir(
+                self.detection_dir, spool.fallback(self.record_path, DETECTION_DIR_SUFFIX),
+                "detection reports")
+            self._detection_dir_checked = True
         os.makedirs(self.detection_dir, exist_ok=True)
         run_id = str(body.get("evidence", {}).get("wandb", {}).get("id") or "run")
         name = f"{time.time():.6f}-{os.getpid()}-{''.join(c for c in run_id if c.isalnum())}.json"
@@ -426,7 +477,7 @@ class Reporter:
         except (OSError, ValueError):
             _remove(path)
             return DROP, "unreadable detection file"
-        action, reason = self._post(client, "detection", wire.encode(body))
+        action, reason = self._post(client, "detection", wire.encode(wire.storable_body(body)))
         if action == RETRY and age > DETECTION_RETRY_WINDOW:
             action, reason = DROP, "detection undeliverable for 30 minutes"
         if action == OK:
@@ -450,11 +501,13 @@ class Reporter:
         status = {"pid": os.getpid(), "updated": time.time(), "endpoint": self.base_url,
                   "identity": self.identity, "acked_offset": self._acked(),
                   "backlog_bytes": max(0, size - self._acked()), **self.stats.as_dict()}
+        path = spool.sibling(self.record_path, spool.STATUS_SUFFIX)
         try:
-            spool.write_atomic(spool.sibling(self.record_path, spool.STATUS_SUFFIX),
-                               json.dumps(status, sort_keys=True))
-        except OSError:
-            pass
+            spool.write_atomic(path, json.dumps(credentials.scrub_tree(status), sort_keys=True))
+        except OSError as exc:
+            log.warn(f"cannot write the reporting status {path} ({exc.strerror or exc}); "
+                     "primus-lens doctor will not show it, reporting continues",
+                     key="status-unwritable")
 
 
 def http_client(config: Config, read_timeout: float) -> Any:
@@ -488,6 +541,17 @@ def probe(config: Config) -> str:
     if response.status_code == 400 and message:
         return f"answers (HTTP 400 {message!r} to an empty probe, as the telemetry-processor does)"
     return f"answers HTTP {response.status_code}, but not like the telemetry-processor"
+
+
+def _unresolved(exc: BaseException) -> bool:
+    """The server's host name does not resolve (httpx wraps the resolver's ``gaierror``)."""
+    seen = 0
+    cause: Optional[BaseException] = exc
+    while cause is not None and seen < 8:
+        if isinstance(cause, socket.gaierror):
+            return True
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    return False
 
 
 def _remove(path: str) -> None:

@@ -25,6 +25,7 @@ class RunRows:
         self.finished = False  # the writer made the last row
         self.closed = False  # the run ended (set on the training thread; later calls are ignored)
         self.dropped = 0  # calls wandb itself discards (step below the current step)
+        self.who = ""  # the writer's tag in every record line (``owner.Writer.tag``)
         self._pending: Dict[str, Any] = {}
         self._pending_ts = 0.0
 
@@ -74,4 +75,5 @@ class RunRows:
         copy = RunRows(self.run_id, self.step)
         copy.finished = self.finished
         copy.closed = self.closed
+        copy.who = self.who
         return copy

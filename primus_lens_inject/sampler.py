@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Dict, List, Optional
 
-from . import log
+from . import guard, log
 
 FIRST_SAMPLE_WAIT = 1.0  # seconds start() waits for the first snapshot
 STOP_WAIT = 2.0  # seconds stop() waits for the thread to finish its round
@@ -45,8 +45,8 @@ class Sampler:
     def start(self) -> None:
         if self._thread is not None or not self.sources:
             return
-        self._thread = threading.Thread(target=self._run, name="primus-lens-sampler", daemon=True)
-        self._thread.start()
+        self._thread = guard.start_thread("sampler", self._run, restart=False)  # its sources
+        # are closed when it ends: a failure is said once, not restarted
         self._first.wait(self.first_sample_wait)
 
     def _run(self) -> None:

@@ -5,7 +5,15 @@ every ``log`` call (the only work on the training thread: copy or freeze the row
 record writer), ``on_init`` and ``on_finish`` for the run's life.  Background parts (record writer,
 sampler, reporter) start lazily at the first run.  The session is replaced in a forked child so
 that nothing the parent owns (threads, locks, queued rows) is used or written twice, and it
-flushes at finish, at exit and on SIGTERM.
+flushes at finish, at exit, on SIGTERM and when a multiprocessing child ends through ``os._exit``.
+
+A process end gets one budget, ``PRIMUS_LENS_SHUTDOWN_TIMEOUT``, shared by every flush it
+triggers (``Run.finish`` runs ``Run._finish``, exit follows finish, a SIGTERM handler may finish
+too): the first sets the deadline, the others wait only for what is left of it.  The waiting
+thread never does the work itself: writing is the record writer's, sending the reporter's, and a
+flush from a signal handler (or from a ``finish`` that a program's own handler calls) runs on a
+hand-off thread that the caller waits for by polling, so it can take no lock that the code it
+interrupted may hold.
 """
 
 from __future__ import annotations
@@ -14,11 +22,12 @@ import atexit
 import operator
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from . import log
+from . import guard, log, owner
 from .config import Config, get_config
 from .record import RecordWriter, default_root, fallback_root, record_path
 from .reporter import Reporter
@@ -28,6 +37,8 @@ from .topology import Topology, get_topology
 from .values import PLAIN_TYPES, freeze
 
 _NO_SAMPLE: Dict[str, Any] = {}
+RECORD_FLOOR = 1.0  # seconds a writer that keeps up may take at a process end even when the
+# budget is spent (normally milliseconds): the record is the source of truth
 
 
 def run_id_of(run: Any) -> str:
@@ -70,6 +81,9 @@ class Session:
         self.reporter: Optional[Reporter] = None
         self._sent_snapshot: Dict[int, Dict[str, Any]] = {}  # run -> last sample given to wandb
         self._lock = threading.RLock()
+        self._deadline: Optional[float] = None  # the current process end's, once one began
+        self._closing = False  # shutdown began (exit, SIGTERM, a child's finalizer) ...
+        self._closed = False  # ... and ended
 
     # -- the training thread's path -------------------------------------------------------
 
@@ -128,13 +142,16 @@ class Session:
             entry = self.runs.get(id(run))
             if entry is not None:
                 return entry[1]
-            rows = RunRows(run_id_of(run), starting_step_of(run))
+            self.start()  # first: the run's writer is registered beside the record before
+            rows = RunRows(run_id_of(run), starting_step_of(run))  # any line names it
+            writer = self._writer_of(run)
+            rows.who = writer.tag
             self.runs[id(run)] = (run, rows)
+            self._deadline = None  # a new run: its end gets a whole shutdown budget
         from .patch import patch_run
 
         patch_run(run)
-        self.start()
-        if self.reporter is not None:
+        if self.reporter is not None and writer.report:
             from .detection import RunFacts
 
             self.reporter.add_run(RunFacts.from_run(run))
@@ -150,10 +167,11 @@ class Session:
         with self._lock:
             entry = self.runs.get(id(run))
             self._sent_snapshot.pop(id(run), None)
-        if entry is not None and not entry[1].closed:
-            entry[1].closed = True
-            if self.record is not None:
-                self.record.append((entry[1], None, None, None, 0.0, _NO_SAMPLE))
+        if entry is None or entry[1].closed:
+            return  # ``finish`` runs ``_finish``, a ``with`` block may finish twice: one flush
+        entry[1].closed = True
+        if self.record is not None:
+            self.record.append((entry[1], None, None, None, 0.0, _NO_SAMPLE))
         self.flush()
 
     # -- background parts -------------------------------------------------------------------
@@ -166,17 +184,19 @@ class Session:
             self.started = True
             config, topo = self.config, self.topology
             reporting = self._reporting_wanted()
+            private = ""
             if config.save_local:
                 root = config.output_path or default_root()
-                self.record = RecordWriter(record_path(root, topo.node_rank, topo.local_rank),
-                                           fallback=record_path(fallback_root(), topo.node_rank,
+                self.record = RecordWriter(record_path(root, topo.node, topo.local_rank),
+                                           fallback=record_path(fallback_root(), topo.node,
                                                                 topo.local_rank))
-            elif reporting:  # no record wanted, but the reporter delivers from a private spool
-                self.record = RecordWriter(record_path(os.path.join(fallback_root(), "spool"),
-                                                       topo.node_rank, topo.local_rank))
+            elif reporting:  # no record wanted: the reporter delivers from a spool of this
+                # process alone (never shared, so no other process can remove rows from it)
+                private = os.path.join(fallback_root(), "spool",
+                                       f"{os.getpid()}-{os.urandom(4).hex()}")
+                self.record = RecordWriter(record_path(private, topo.node, topo.local_rank))
             if reporting and self.record is not None and self.record.is_open:
-                self.reporter = Reporter(config, topo, self.record.path,
-                                         ephemeral=not config.save_local)
+                self.reporter = Reporter(config, topo, self.record.path, ephemeral=private)
                 self.reporter.start()
             if config.enhance_metrics:
                 from .gpu import open_gpu_sources  # never raises; [] without a GPU
@@ -190,39 +210,84 @@ class Session:
                       enhance=config.enhance_metrics, topology=topo.__dict__)
 
     def _reporting_wanted(self) -> bool:
-        config = self.config
-        if not config.api_reporting:
-            return False
-        if not config.has_identity:
-            log.debug("reporting_off", reason="no POD_NAME or WORKLOAD_UID: local record only")
-            return False
-        if config.report_ranks == "zero" and self.topology.rank != 0:
-            log.debug("reporting_off", reason=f"rank {self.topology.rank} (only rank 0 reports)")
-            return False
-        return True
+        """Whether this process sends the runs it owns (``owner.process_reports``); each run
+        may still opt out (``owner.writer_for``)."""
+        wanted, why = owner.process_reports(self.config, self.topology)
+        log.debug("reporting_on" if wanted else "reporting_off", reason=why)
+        return wanted
+
+    def _writer_of(self, run: Any) -> owner.Writer:
+        """The run's ``Writer``, stored beside the record so a sender can name its lines."""
+        writer = owner.writer_for(self.config, self.topology, run)
+        if self.record is not None and self.record.is_open:
+            try:
+                owner.register(self.record.path, writer)
+            except OSError as exc:
+                log.warn(f"cannot store the writer identity beside {self.record.path} ({exc}); "
+                         "its rows stay in the record unsent", key="writer-register")
+        log.debug("run_writer", tag=writer.tag, report=writer.report,
+                  key_prefix=writer.key_prefix, reason=writer.reason)
+        return writer
+
+    def _end_deadline(self) -> float:
+        """The ``time.monotonic()`` by which the current process end must be done."""
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.config.shutdown_timeout
+        return self._deadline
+
+    def _record_deadline(self, deadline: float) -> float:
+        record = self.record
+        if record is None or record.stalled:
+            return deadline
+        return max(deadline, time.monotonic() + RECORD_FLOOR)
 
     def flush(self) -> None:
-        """Write what is queued (committed rows) and wait, within the shutdown deadline, for
-        the server to acknowledge it; pending rows stay pending."""
-        if self.record is not None:
-            self.record.flush()
-        if self.reporter is not None:
-            self.reporter.flush(self.config.shutdown_timeout)
+        """``finish``, or a SIGTERM the program handles itself: the record gets what is queued
+        (committed rows) and the server acknowledges it, within the process end's budget;
+        pending rows stay pending.  Runs on a hand-off thread (see the module's docstring)."""
+        if self.record is None and self.reporter is None:
+            return
+        deadline = self._end_deadline()
+        limit = self._record_deadline(deadline)
+        guard.hand_off("flush", lambda: self._flush_until(deadline, limit), limit)
 
-    def shutdown(self) -> None:
-        """The process ends: commit every pending row, write everything, stop the threads."""
-        with self._lock:
-            open_rows = [rows for _run, rows in self.runs.values() if not rows.closed]
+    def _flush_until(self, deadline: float, limit: float) -> None:
         if self.record is not None:
-            for rows in open_rows:
-                rows.closed = True
-                self.record.append((rows, None, None, None, 0.0, _NO_SAMPLE))
-        if self.sampler is not None:
-            self.sampler.stop()
-        if self.record is not None:
-            self.record.close()
+            self.record.flush(limit)
         if self.reporter is not None:
-            self.reporter.close(self.config.shutdown_timeout)
+            self.reporter.flush(max(0.0, deadline - time.monotonic()))
+
+    def shutdown(self, hand_off: bool = False) -> None:
+        """The process ends: commit every pending row, write everything, stop the threads,
+        once, within the process end's budget.  ``hand_off`` from a signal handler; at exit
+        the work runs on the calling thread (no thread may start during interpreter shutdown)."""
+        deadline = self._end_deadline()
+        limit = self._record_deadline(deadline)
+        if self._closing:  # another end path is at work: wait for it, within the budget
+            guard.wait_until(lambda: self._closed, limit)
+            return
+        self._closing = True
+        if hand_off:
+            guard.hand_off("shutdown", lambda: self._close_until(deadline, limit), limit)
+        else:
+            guard.run_guarded("shutdown", lambda: self._close_until(deadline, limit),
+                              restart=False)
+
+    def _close_until(self, deadline: float, limit: float) -> None:
+        try:
+            with self._lock:
+                open_rows = [rows for _run, rows in self.runs.values() if not rows.closed]
+            if self.record is not None:
+                for rows in open_rows:
+                    rows.closed = True
+                    self.record.append((rows, None, None, None, 0.0, _NO_SAMPLE))
+                self.record.close(limit)
+            if self.reporter is not None:
+                self.reporter.close(max(0.0, deadline - time.monotonic()))
+            if self.sampler is not None:
+                self.sampler.stop()
+        finally:
+            self._closed = True
 
     def fail(self, exc: BaseException) -> None:
         """An internal error: the injector steps aside for the rest of this process."""
@@ -271,6 +336,7 @@ def _after_fork_in_child() -> None:
 
 
 def _at_exit() -> None:
+    """atexit, and a multiprocessing child's finalizers (it leaves through ``os._exit``)."""
     session = _session
     if session is not None:
         try:
@@ -280,14 +346,16 @@ def _at_exit() -> None:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
+    """Flush on a hand-off thread and wait for it within the budget, then do what the
+    program would have done without us."""
     previous = _previous_sigterm
     session = _session
     if session is not None:
         try:
-            if callable(previous):
-                session.flush()  # the program handles SIGTERM itself and may keep logging
+            if callable(previous) or previous == signal.SIG_IGN:
+                session.flush()  # the program goes on (its own handler decides) and may log
             else:
-                session.shutdown()
+                session.shutdown(hand_off=True)
         except Exception:
             pass
     if callable(previous):
@@ -297,9 +365,33 @@ def _on_sigterm(signum: int, frame: Any) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+_child_finalizer_pid = 0
+
+
+def _finalize_multiprocessing_child() -> None:
+    """In a multiprocessing child, run ``_at_exit`` among its finalizers: a forked (or
+    forkserver) child leaves through ``os._exit`` after them, and atexit never runs there.
+    Registered once per process, when its first run starts (lazily: ``Process`` clears the
+    registry it inherited right before the child's target runs)."""
+    global _child_finalizer_pid
+    mp = sys.modules.get("multiprocessing")
+    if mp is None or _child_finalizer_pid == os.getpid():
+        return
+    try:
+        if mp.parent_process() is None:
+            return
+        from multiprocessing import util
+
+        util.Finalize(None, _at_exit, exitpriority=0)
+        _child_finalizer_pid = os.getpid()
+    except Exception as exc:
+        log.debug("child_finalizer_not_registered", error=f"{type(exc).__name__}: {exc}")
+
+
 def _install_exit_hooks() -> None:
     """After wandb.init: atexit then runs before wandb's own teardown (LIFO)."""
     global _exit_hooks_installed, _previous_sigterm
+    _finalize_multiprocessing_child()
     if _exit_hooks_installed:
         return
     _exit_hooks_installed = True

@@ -1,9 +1,20 @@
-"""Where this process sits in a distributed job: node rank, global rank, local rank, world size.
+"""Where this process sits in a distributed job: node, global rank, local rank, world size.
 
 Launchers announce ranks under different names (torchrun, Kubeflow's PyTorchJob, Slurm, Open
-MPI); the first variable that holds a valid value wins.  Ranks become directory names of the
-local record, so a value is accepted only as a plain non-negative integer: ``"../x"``, ``"-1"``
-or ``"3.0"`` can never reach a path.
+MPI, MPICH/Intel MPI); the first variable that holds a valid value wins.  Ranks become directory
+names of the local record, so a value is accepted only as a plain non-negative integer:
+``"../x"``, ``"-1"`` or ``"3.0"`` can never reach a path.
+
+The record lives in ``node_{node}/rank_{local rank}``, which must differ for every process of a
+job even when all nodes share one file system.  torchrun, PyTorchJob and Slurm say which node a
+process is on; MPI launchers (Open MPI, MPICH/Hydra, Intel MPI, PMI) do not (Open MPI's
+``OMPI_COMM_WORLD_NODE_RANK`` is a per-node process index, not a node number), and assuming node
+0 put global rank 8 into rank 0's directory.  Without a node variable the node directory is
+therefore named ``global rank - local rank``: the first global rank of the node when ranks are
+placed by node (``node_0``, ``node_8``, ... for 8 processes per node), and in any placement
+(round robin, uneven nodes) the pair (global - local, local) gives back the global rank, which
+is unique in the job, so two processes never share a path.  Without a local-rank variable the
+local rank is the global rank (node 0); a lone process or plain multiprocessing is node 0.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ class Topology:
     local_rank: int = 0
     world_size: int = 1
     rank_source: str = ""  # the variable the global rank came from ("" = defaulted)
+    node: int = 0  # the record's node directory: the node rank, else global - local rank
 
 
 def _first(env: Mapping[str, str], names: Sequence[str], low: int,
@@ -56,7 +68,8 @@ def detect(environ: Optional[Mapping[str, str]] = None) -> Tuple[Topology, List[
         rank = local if node in (None, 0) else 0
     if world is None:
         world = max(1, rank + 1)
-    return Topology(node or 0, rank, local, world, rank_source), problems
+    directory = node if node is not None else max(0, rank - local)
+    return Topology(node or 0, rank, local, world, rank_source, directory), problems
 
 
 _topology: Optional[Topology] = None
@@ -72,4 +85,3 @@ def get_topology() -> Topology:
         for name, raw in problems:
             log.warn_inherited(f"ignoring {name}={raw[:40]!r}: not a valid rank; trying the next source")
     return _topology
-

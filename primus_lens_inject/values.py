@@ -4,7 +4,9 @@ A row is frozen right after wandb has taken it, so later in-place changes to a t
 not change what was recorded, and the background writer only has to ``json.dumps`` primitives.
 The rules, all documented in the README:
 
-* ``bool``, ``int``, ``str``, ``None`` and finite ``float`` stay as they are;
+* ``bool``, ``int``, ``str``, ``None`` and finite ``float`` stay as they are, except an ``int``
+  beyond ``MAX_INT_BITS`` (Python refuses to print ints of more than 4300 digits by default, and
+  wandb accepts them): it becomes ``{"_type": "int", "bits": n}``;
 * non-finite floats become the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` (the protobuf
   JSON convention), so every line is strict JSON yet a NaN stays distinguishable from a missing value;
 * numpy and torch scalars and one-element tensors/arrays become numbers (``.item()``; wandb has
@@ -30,6 +32,7 @@ STRICT_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 MAX_LIST = 64
 MAX_DEPTH = 8
 MAX_STR = 65536
+MAX_INT_BITS = 10_000  # about 3000 decimal digits, inside ``sys.get_int_max_str_digits()``
 
 _NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 _PLAIN = (bool, int, str, type(None))
@@ -42,6 +45,11 @@ def _float(value: float) -> Any:
     if value - value == 0.0:  # finite; cheaper than math.isfinite for the common case
         return value
     return _NON_FINITE.get(value, "NaN")
+
+
+def _int(value: int) -> Any:
+    bits = value.bit_length()
+    return value if bits <= MAX_INT_BITS else {"_type": "int", "bits": bits}
 
 
 def _class_name(value: Any) -> str:
@@ -93,6 +101,8 @@ def freeze_value(value: Any, depth: int = 0) -> Any:
     cls = type(value)
     if cls is float:
         return _float(value)
+    if cls is int:
+        return _int(value)
     if cls in _PLAIN:
         if cls is str and len(value) > MAX_STR:
             return {"_type": "str", "length": len(value)}
@@ -101,7 +111,7 @@ def freeze_value(value: Any, depth: int = 0) -> Any:
         if isinstance(value, float):  # float subclasses, numpy.float64
             return _float(float(value))
         if isinstance(value, (bool, int)):  # int subclasses, IntEnum
-            return int(value)
+            return _int(int(value))
         if isinstance(value, str):
             return str(value)[:MAX_STR]
         if depth >= MAX_DEPTH:
@@ -128,8 +138,10 @@ def freeze(data: Mapping[str, Any]) -> Dict[str, Any]:
         cls = type(value)
         if cls is float:
             out[key] = value if value - value == 0.0 else _NON_FINITE.get(value, "NaN")
-        elif cls is int or cls is bool or value is None:
+        elif cls is bool or value is None:
             out[key] = value
+        elif cls is int:
+            out[key] = _int(value)
         else:
             out[key] = freeze_value(value)
     return out

@@ -9,6 +9,12 @@ goes wrong while answering, the reply admits the pod unchanged and the log says 
 TLS files are re-read when they change (cert-manager and the kubelet rotate the mounted Secret
 in place), and the handshake runs in the connection's thread so one slow client cannot stall
 the accept loop.
+
+Memory is bounded whatever a client sends (the port answers anyone who reaches it): a body
+above ``MAX_BODY`` is refused with 413 before it is read, and the bodies being read and decoded
+at any moment hold at most ``BODY_BUDGET`` bytes together.  Decoding JSON costs up to about 35
+bytes of memory per byte of input (a body of empty arrays), so the worst case stays near
+150 MB, well inside the chart's 256 Mi limit.
 """
 
 from __future__ import annotations
@@ -29,10 +35,15 @@ from http import HTTPStatus
 from http.server import ThreadingHTTPServer
 from typing import Any, Dict, Optional, Tuple
 
-from . import admission
+from . import admission, httpbody
 
 LOG = logging.getLogger("primus_lens_inject.webhook")
-MAX_BODY = 16 << 20  # an AdmissionReview holds the object twice at most; etcd caps one at 1.5 MiB
+# The API server refuses requests above 3 MiB itself and etcd stores objects up to 1.5 MiB, so a
+# pod's AdmissionReview (the object once, for CREATE) is far below this.
+MAX_BODY = 3 << 20
+BODY_BUDGET = MAX_BODY  # bytes of bodies read or decoded at once, across connections
+BUDGET_WAIT = 10.0  # seconds a request waits for its share, then 503 (the API server admits)
+BODY_SECONDS = 10.0  # to receive a whole body: a trickling client cannot hold its share longer
 HANDSHAKE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 120.0  # the API server keeps connections alive between admissions
 MAX_LINE = 8192  # request line or one header
@@ -90,6 +101,27 @@ def _line(event: str, **fields: Any) -> str:
     return json.dumps({"event": event, **fields}, sort_keys=True, default=str)
 
 
+class BodyBudget:
+    """Bytes of request bodies held at once: a request takes its share before reading its body
+    and gives it back after answering, so concurrent large bodies wait instead of adding up."""
+
+    def __init__(self, total: int) -> None:
+        self._free = total
+        self._cond = threading.Condition()
+
+    def acquire(self, size: int, timeout: float) -> bool:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._free >= size, timeout):
+                return False
+            self._free -= size
+            return True
+
+    def release(self, size: int) -> None:
+        with self._cond:
+            self._free += size
+            self._cond.notify_all()
+
+
 class WebhookServer(ThreadingHTTPServer):
     """One thread per connection; TLS is wrapped per connection with the current certificate."""
 
@@ -100,6 +132,7 @@ class WebhookServer(ThreadingHTTPServer):
                  tls: TLSFiles) -> None:
         self.settings = settings
         self.tls = tls
+        self.budget = BodyBudget(BODY_BUDGET)
         host = address[0]
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__(address, _Handler)
@@ -210,15 +243,24 @@ class _Handler(socketserver.StreamRequestHandler):
         keep = version == b"HTTP/1.1" and headers.get(b"connection", b"").lower() != b"close"
         if b"transfer-encoding" in headers:
             return self._send(411, {"error": "Content-Length required"}, keep=False)
-        try:
-            length = int(headers.get(b"content-length", b"0"))
-        except ValueError:
+        length = httpbody.content_length(headers.get(b"content-length", b"0"))
+        if length is None:
             return self._send(400, {"error": "bad Content-Length"}, keep=False)
-        if not 0 <= length <= MAX_BODY:
-            return self._send(413, {"error": f"body larger than {MAX_BODY} bytes"}, keep=False)
-        body = self.rfile.read(length) if length else b""
-        if len(body) < length:
-            return False  # the client went away mid-body
+        if length > MAX_BODY:
+            return self._refuse(413, f"body larger than {MAX_BODY} bytes", length)
+        if not self.server.budget.acquire(length, BUDGET_WAIT):
+            return self._refuse(503, "too many large requests at once", length)
+        try:
+            return self._respond(method, target, headers, length, keep)
+        finally:
+            self.server.budget.release(length)
+
+    def _respond(self, method: bytes, target: bytes, headers: Dict[bytes, bytes], length: int,
+                 keep: bool) -> bool:
+        """Read the body (its share of the budget is held) and answer the request."""
+        body = self._read_body(length)
+        if body is None:
+            return False  # the client went away or stalled mid-body
         path = target.split(b"?", 1)[0]  # the API server calls /mutate?timeout=5s
         if method == b"POST" and path == b"/mutate":
             if b"content-length" not in headers:
@@ -229,6 +271,38 @@ class _Handler(socketserver.StreamRequestHandler):
         if method in (b"GET", b"POST"):
             return self._send(404, {"error": "not found"}, keep=keep)
         return self._send(405, {"error": "method not allowed"}, keep=keep)
+
+    def _read_body(self, length: int) -> Optional[bytes]:
+        """``length`` bytes within ``BODY_SECONDS``, or None."""
+        if not length:
+            return b""
+        parts = []
+        deadline = time.monotonic() + BODY_SECONDS
+        try:
+            while length:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.connection.settimeout(left)
+                part = self.rfile.read1(length)
+                if not part:
+                    return None
+                parts.append(part)
+                length -= len(part)
+        except OSError:  # timed out, reset, or a TLS error
+            return None
+        finally:
+            self.connection.settimeout(self.timeout)
+        return b"".join(parts)
+
+    def _refuse(self, status: int, error: str, length: int) -> bool:
+        """Answer without reading the body, say so in the log, and close once the client has
+        had the chance to read the answer (see ``httpbody``)."""
+        LOG.warning(_line("body_refused", status=status, error=error, bytes=length,
+                          client=self.client_address[0]))
+        self._send(status, {"error": error}, keep=False)
+        httpbody.discard(self.connection, self.rfile, length)
+        return False
 
     def _admit(self, body: bytes) -> Tuple[int, Dict[str, Any]]:
         try:

@@ -5,14 +5,20 @@ string in a number field, and its read API shows every non-number as 0.  So ``da
 finite numbers only: the record's ``"NaN"``/``"Infinity"`` markers, strings, bools, ``None``,
 lists and media descriptors are left out; nested dicts are flattened to ``"outer.inner"`` keys
 (wandb's own naming).  User keys that the server uses for its own metadata are renamed with a
-``wandb/`` prefix so they cannot overwrite ``step``, ``run_id`` and the like.
+``wandb/`` prefix so they cannot overwrite ``step``, ``run_id`` and the like.  The server stores
+into Postgres ``jsonb``, which refuses a NUL character and lone surrogates in any string (one such
+key would fail its whole batch, and every retry after it): those become U+FFFD.  A body never
+exceeds ``MAX_BODY`` (the README promises requests under 1 MiB): a batch too large is split by
+steps, one step too large by keys, and the server merges the writes of a step into one row.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from . import credentials
 from .values import STRICT_JSON
 
 # Keys the server writes or hides in a training_performance row (spec §8.1).
@@ -21,6 +27,26 @@ RESERVED_KEYS = frozenset(("source", "run_id", "step", "created_at", "updated_at
 RENAME_PREFIX = "wandb/"
 MAX_STEP = 2_147_483_647  # the server stores int32 iterations; larger values wrap
 _MAX_FLOAT = 1.7976931348623157e308
+MAX_BODY = (1 << 20) - 1  # bytes; requests stay under 1 MiB
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL and surrogates: jsonb refuses them
+
+
+def storable(text: str) -> str:
+    """``text`` with what Postgres ``jsonb`` refuses (NUL, lone surrogates) replaced by U+FFFD."""
+    if text.isascii() and "\x00" not in text:
+        return text
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
+def storable_body(value: Any) -> Any:
+    """A JSON value with every string in it, keys included, made ``storable``."""
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {storable(str(k)): storable_body(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [storable_body(v) for v in value]
+    return value
 
 
 def _number(value: Any) -> Optional[float]:
@@ -52,6 +78,7 @@ def sendable(data: Dict[str, Any], key_prefix: str = "") -> Dict[str, Any]:
     _flatten("", data, flat, 0)
     out: Dict[str, Any] = {}
     for key, value in flat.items():
+        key = credentials.redact_key(storable(key))  # the record keeps the user's key
         if key in RESERVED_KEYS:
             key = RENAME_PREFIX + key
         out[key_prefix + key] = value
@@ -86,7 +113,31 @@ def identity(config: Any) -> Dict[str, str]:
 
 def logs_body(ident: Dict[str, str], run_id: str, entries: List[Dict[str, Any]],
               now: float) -> Dict[str, Any]:
-    return {"source": "wandb", **ident, "run_id": run_id, "logs": entries, "timestamp": now}
+    return {"source": "wandb", **ident, "run_id": storable(run_id), "logs": entries,
+            "timestamp": now}
+
+
+def logs_bodies(ident: Dict[str, str], run_id: str, entries: List[Dict[str, Any]], now: float,
+                limit: int = MAX_BODY) -> List[bytes]:
+    """``entries`` as encoded bodies of at most ``limit`` bytes each, in order: halved by steps
+    while a body is too large, a single step halved by keys (only a lone key larger than the
+    limit is sent as it is)."""
+    body = encode(logs_body(ident, run_id, entries, now))
+    if len(body) <= limit:
+        return [body]
+    if len(entries) > 1:
+        half = len(entries) // 2
+        return logs_bodies(ident, run_id, entries[:half], now, limit) \
+            + logs_bodies(ident, run_id, entries[half:], now, limit)
+    entry = entries[0]
+    keys = list(entry["data"])
+    if len(keys) < 2:
+        return [body]
+    half = len(keys) // 2
+    return [part for keep in (keys[:half], keys[half:])
+            for part in logs_bodies(ident, run_id,
+                                    [dict(entry, data={k: entry["data"][k] for k in keep})],
+                                    now, limit)]
 
 
 def encode(body: Dict[str, Any]) -> bytes:

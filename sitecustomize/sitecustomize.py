@@ -117,6 +117,33 @@ def _activate():
         sys.meta_path.insert(0, hook)
 
 
+def _may_hold_sitecustomize(entries):
+    """Could any of these sys.path entries provide a sitecustomize?  Plain os.stat calls only.
+
+    Most interpreters have none, and importing the import machinery to learn that would cost
+    more than everything else we do at start-up, so only a hit (or an entry that is not a plain
+    directory, such as a zip file, which only the machinery can read) goes on to ``_chain``.
+    """
+    suffixes = [".py", ".pyc"]
+    try:
+        import _imp  # built in and already imported by every CPython 3
+
+        suffixes.extend(_imp.extension_suffixes())
+    except Exception:
+        pass
+    names = ["sitecustomize" + suffix for suffix in suffixes]
+    names += [os.path.join("sitecustomize", "__init__" + suffix) for suffix in suffixes]
+    for entry in entries:
+        if not os.path.isdir(entry):
+            if os.path.exists(entry):
+                return True
+            continue
+        for name in names:
+            if os.path.exists(os.path.join(entry, name)):
+                return True
+    return False
+
+
 def _chain():
     """Run the sitecustomize that Python would have run without us: the next one on sys.path."""
     global chained
@@ -124,6 +151,8 @@ def _chain():
     later = entries[entries.index(_HERE) + 1:] if _HERE in entries else entries
     later = [entry for entry in later if entry != _HERE]
     try:
+        if not _may_hold_sitecustomize(later):
+            return
         if sys.version_info >= (3, 4):
             import importlib.machinery
             import importlib.util

@@ -1,25 +1,48 @@
 """Shared test helpers: training scripts run as real subprocesses with only PYTHONPATH set.
 
-``PRIMUS_LENS_TEST_PYTHON`` picks the interpreter for those subprocesses; ``make test`` runs the
-``wandb_compat`` tests a second time with the virtualenv holding the oldest supported wandb.
+What those subprocesses run is the injector as users install it (``tests/installs.py``), built
+from the working tree at the start of the session; ``PRIMUS_LENS_TEST_INSTALL`` picks the way:
+
+    checkout  (default) the bootstrap in sitecustomize/, the interpreter running pytest (editable)
+    wheel     the built wheel, pip-installed into a fresh virtualenv  (``make test``'s main pass)
+    image     the tree the Dockerfile lays out, run by a virtualenv without our package
+
+``PRIMUS_LENS_TEST_PYTHON`` picks the base interpreter (the wandb under test); ``make test`` runs
+the ``wandb_compat`` and ``layouts`` tests a second time, with the virtualenv holding the oldest
+supported wandb, in the image layout.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import installs
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-BOOTSTRAP_DIR = ROOT / "sitecustomize"
-TRAIN_PYTHON = os.environ.get("PRIMUS_LENS_TEST_PYTHON") or sys.executable
+BASE_PYTHON = os.environ.get("PRIMUS_LENS_TEST_PYTHON") or sys.executable
+INSTALL_MODE = os.environ.get("PRIMUS_LENS_TEST_INSTALL") or "checkout"
+
+
+def _prepare() -> installs.Layout:
+    workdir = Path(tempfile.mkdtemp(prefix=f"primus-lens-{INSTALL_MODE}-"))
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+    return installs.prepare(INSTALL_MODE, BASE_PYTHON, workdir)
+
+
+LAYOUT = _prepare()
+BOOTSTRAP_DIR = LAYOUT.bootstrap_dir
+TRAIN_PYTHON = LAYOUT.python
 
 # Variables of the developer's shell that would change what a training subprocess does.
 _SCRUB_PREFIXES = ("PRIMUS_LENS_", "WANDB_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK",
@@ -29,6 +52,20 @@ _SCRUB_PREFIXES = ("PRIMUS_LENS_", "WANDB_", "RANK", "LOCAL_RANK", "WORLD_SIZE",
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "wandb_compat: also run against the oldest supported wandb")
+    config.addinivalue_line("markers", "layouts: also run against the image layout")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return (f"primus-lens install under test: {LAYOUT.mode} (training python {TRAIN_PYTHON}, "
+            f"bootstrap {BOOTSTRAP_DIR})")
+
+
+def run_cli(args: List[str], env: Dict[str, str], **kwargs) -> subprocess.CompletedProcess:
+    """``primus-lens ARGS`` the way a user of the layout under test runs it (by default in a
+    directory of its own: ``python -m`` in the checkout would import the checkout's package)."""
+    return subprocess.run([*LAYOUT.cli, *args], env=installs.cli_env(LAYOUT, env),
+                          capture_output=True, text=True,
+                          **{"timeout": 120, "cwd": tempfile.gettempdir(), **kwargs})
 
 
 def strict_json(line: str) -> dict:

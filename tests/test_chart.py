@@ -17,21 +17,26 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
+import yaml
 from cryptography import x509
 from k8s.support import (
     CHART,
     FIXTURES,
     K8S_MIN,
     FakeKubeAPI,
+    admission_review,
+    apply_response,
     as_installed,
     helm,
     only,
     render,
     render_against,
     validate,
+    validate_pod,
 )
 
 from primus_lens_inject import admission
+from primus_lens_inject.config import API_PRESETS, Config
 
 NAMESPACE = "primus-lens"
 NEWEST = "1.37.0"
@@ -99,6 +104,8 @@ def test_older_kubernetes_is_refused(home: Path) -> None:
     ("selectors.optInLabel=bad label", "/selectors/optInLabel"),
     ("selectors.optInValue=", "/selectors/optInValue"),
     ("replicaCount=3", "replicaCount"),
+    ("reporting.apiPreset=lens-robust", "/reporting/apiPreset"),
+    ("injection.mainContainerAnnotation=bad key", "/injection/mainContainerAnnotation"),
     ("tls.certManager.issuerRef.kind=ClusterIssuer", "/tls/certManager/issuerRef"),
     ("selectors.byNamespaceLabel=false,selectors.byPodLabel=false", "enable byNamespaceLabel"),
 ])
@@ -145,9 +152,10 @@ def test_webhook_registration(default: List[Dict[str, Any]]) -> None:
             "name": service["metadata"]["name"], "namespace": NAMESPACE, "path": "/mutate",
             "port": service["spec"]["ports"][0]["port"]}
         excluded = hook["namespaceSelector"]["matchExpressions"][0]
-        assert excluded["key"] == "kubernetes.io/metadata.name"
-        assert excluded["operator"] == "NotIn"
-        assert {NAMESPACE, "kube-system"} <= set(excluded["values"]), "never ourselves"
+        assert excluded == {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [
+            "kube-system", "kube-public", "kube-node-lease", "primus-safe", "primus-lens",
+            "primus-robust", "primus-safe-observability", "kube-amd-gpu"]}, (
+            "the system's, the platform's and the GPU operator's namespaces, and ourselves")
 
     by_namespace = hooks["namespaces.inject.primus-lens.amd.com"]
     assert by_namespace["namespaceSelector"]["matchLabels"] == {
@@ -226,12 +234,11 @@ def test_config_is_what_the_webhook_reads(default: List[Dict[str, Any]]) -> None
     settings = admission.Settings.from_mapping(config)
     assert settings.image == "ghcr.io/amd-agi/primus-lens-inject:0.1.0"
     assert settings.mount_dir == "/opt/primus-lens"
-    assert dict(settings.env) == {
-        "PRIMUS_LENS_API_BASE_URL":
-            "http://primus-lens-telemetry-processor.primus-lens.svc.cluster.local:8989/v1",
-        "PRIMUS_LENS_WANDB_API_REPORTING": "true"}
+    assert dict(settings.env) == {"PRIMUS_LENS_WANDB_API_REPORTING": "true"}, (
+        "no endpoint: the injector's default preset applies")
     assert admission.unknown_env_names(settings) == []
     assert settings.downward_api and settings.workload_uid_from_annotation
+    assert settings.main_container_annotation == "primus-safe.main.container"
     assert settings.init_security_context["runAsNonRoot"] is True
 
 
@@ -292,10 +299,12 @@ def test_nondefault_values(nondefault: List[Dict[str, Any]]) -> None:
     assert settings.volume_size_limit == "32Mi"
     assert dict(settings.env) == {
         "PRIMUS_LENS_API_BASE_URL": "https://lens.example.com/api/v1",
+        "PRIMUS_LENS_API_PRESET": "robust",
         "PRIMUS_LENS_WANDB_API_REPORTING": "false",
         "PRIMUS_LENS_WANDB_OUTPUT_PATH": "/scratch/lens",
         "PRIMUS_LENS_WANDB_ENHANCE_METRICS": "true", "PRIMUS_LENS_GPU_SCOPE": "node"}
     assert not settings.downward_api and not settings.workload_uid_from_annotation
+    assert settings.main_container_annotation == ""
     assert settings.init_resources == {"requests": {"cpu": "5m", "memory": "16Mi"},
                                        "limits": {"memory": "64Mi"}}
     assert "runAsUser" not in settings.init_security_context
@@ -349,3 +358,61 @@ def test_generated_tls_is_renewed_near_expiry_and_both_cas_trusted(home: Path) -
     leaf.verify_directly_issued_by(new_ca)
     for hook in only(docs, "MutatingWebhookConfiguration")["webhooks"]:
         assert certificates(hook["clientConfig"]["caBundle"]) == [new_ca, old_ca]
+
+
+# -- SaFE clusters --------------------------------------------------------------------------------
+
+def selects(selector: Dict[str, Any], labels: Dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) applied to ``labels``."""
+    if any(labels.get(key) != value for key, value in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator = expression["key"], expression["operator"]
+        present = key in labels
+        matched = {"In": present and labels[key] in expression.get("values", []),
+                   "NotIn": not present or labels[key] not in expression.get("values", []),
+                   "Exists": present, "DoesNotExist": not present}[operator]
+        if not matched:
+            return False
+    return True
+
+
+def calling_webhooks(registration: Dict[str, Any], namespace: Dict[str, str],
+                     pod: Dict[str, Any]) -> List[str]:
+    """The webhooks the API server calls for ``pod`` created in a namespace with these labels."""
+    return [hook["name"] for hook in registration["webhooks"]
+            if selects(hook["namespaceSelector"], namespace)
+            and selects(hook["objectSelector"], pod["metadata"].get("labels") or {})]
+
+
+def test_safe_pod_gets_only_its_main_container_and_the_robust_preset(home: Path) -> None:
+    """On a SaFE cluster: the Workload's label (copied to its pods) opts a pod in wherever it
+    runs; the platform's namespaces are never called; the main container alone is injected."""
+    docs = render(home, "--set", "reporting.apiPreset=robust", release="lens",
+                  namespace="primus-lens")
+    registration = only(docs, "MutatingWebhookConfiguration")
+    pod = yaml.safe_load((FIXTURES / "safe-pytorchjob-pod.yaml").read_text())
+    workspace = {"kubernetes.io/metadata.name": pod["metadata"]["namespace"]}
+    assert calling_webhooks(registration, workspace, pod) == ["pods.inject.primus-lens.amd.com"]
+    labelled = {**workspace, "primus-lens.amd.com/inject": "enabled"}
+    assert calling_webhooks(registration, labelled, pod) == [
+        "namespaces.inject.primus-lens.amd.com"], "one call per pod, not two"
+    for platform in ("primus-safe", "primus-lens", "primus-robust", "primus-safe-observability",
+                     "kube-amd-gpu"):
+        namespace = {"kubernetes.io/metadata.name": platform, "primus-lens.amd.com/inject": "enabled"}
+        assert calling_webhooks(registration, namespace, pod) == [], platform
+
+    settings = admission.Settings.from_mapping(
+        json.loads(only(docs, "ConfigMap")["data"]["config.json"]))
+    reply, outcome = admission.review(json.dumps(admission_review(pod)).encode(), settings)
+    patched = apply_response(pod, reply)
+    validate_pod(patched)
+    assert outcome.injected == ["pytorch"] and outcome.skipped == {}
+    main, exporter = patched["spec"]["containers"]
+    assert exporter == pod["spec"]["containers"][1]
+    env = {entry["name"]: entry.get("value") for entry in main["env"]}
+    assert env["PRIMUS_LENS_API_PRESET"] == "robust"
+    assert "PRIMUS_LENS_API_BASE_URL" not in env
+    assert Config.from_env({k: v for k, v in env.items() if v is not None}).api_base_url == (
+        API_PRESETS["robust"])
+    assert admission.unknown_env_names(settings) == []

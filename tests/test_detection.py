@@ -18,9 +18,11 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
+from primus_lens_inject.bounds import TRUNCATED_KEY, json_size
 from primus_lens_inject.config import Config
+from primus_lens_inject.credentials import REDACTED
 from primus_lens_inject.detection import RunFacts, Signal, build_report, gpu_arch, hints
-from primus_lens_inject.redact import REDACTED, TRUNCATED_KEY, json_size
+from primus_lens_inject.redact import WITHHELD
 from primus_lens_inject.topology import Topology
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,7 +80,7 @@ def assert_contract(body: Dict[str, Any]) -> None:
     assert all(type(v) is str for k, v in hardware.items() if k not in ("gpu_count", "gpu_memory_gb"))
     assert type(body["timestamp"]) is float and math.isfinite(body["timestamp"])
     for section in ("wrapper_frameworks", "base_frameworks"):
-        for entry in body["evidence"][section].values():
+        for entry in body["evidence"].get(section, {}).values():
             assert entry["detected"] is True and type(entry["version"]) is str
 
 
@@ -551,12 +553,12 @@ def test_secrets_never_leave(modules) -> None:
     assert leaked == []
     evidence = body["evidence"]
     config = evidence["wandb"]["config"]
-    assert config["storage"] == {"aws_secret_access_key": REDACTED, "aws_access_key_id": REDACTED,
-                                 "endpoint": f"https://{REDACTED}@minio.local:9000/bucket"}
-    assert config["db"] == [{"dsn": f"postgres://{REDACTED}@db/x"}, {"password": REDACTED}]
-    assert config["callbacks"] == [["hub", {"token": REDACTED}], REDACTED]
-    assert config["innocent"] == REDACTED
-    assert config["deep"] == {"a": {"b": {"c": {"Authorization": REDACTED}}}}
+    assert config["storage"] == {"aws_secret_access_key": WITHHELD, "aws_access_key_id": WITHHELD,
+                                 "endpoint": WITHHELD}
+    assert config["db"] == [{"dsn": WITHHELD}, {"password": WITHHELD}]
+    assert config["callbacks"] == [["hub", {"token": WITHHELD}], WITHHELD]
+    assert config["innocent"] == WITHHELD
+    assert config["deep"] == {"a": {"b": {"c": {"Authorization": WITHHELD}}}}
     # what is not secret arrives unchanged
     assert (config["framework"], config["lr"], config["model_name"], config["seed"]) == (
         "megatron", 0.0003, "meta-llama/Llama-3-8B", 1234)
@@ -564,15 +566,35 @@ def test_secrets_never_leave(modules) -> None:
     assert evidence["wandb"]["tags"] == ["pretrain", REDACTED]
     assert evidence["wandb"]["name"] == f"run-{REDACTED}"
     assert evidence["environment"] == {
-        "DEEPSPEED_CONFIG": f"--password {REDACTED}", "FRAMEWORK": REDACTED,
-        "MEGATRON_DATA_URL": f"https://{REDACTED}@data.example.com/set?token={REDACTED}",
-        "PRIMUS_CONFIG": "/workspace/exp/llama3_8B.yaml", "PRIMUS_HF_TOKEN": REDACTED,
+        "DEEPSPEED_CONFIG": WITHHELD, "FRAMEWORK": WITHHELD, "MEGATRON_DATA_URL": WITHHELD,
+        "PRIMUS_CONFIG": "/workspace/exp/llama3_8B.yaml", "PRIMUS_HF_TOKEN": WITHHELD,
         "WORLD_SIZE": "16"}
-    assert evidence["build"] == {"build_url": f"https://ci.example.com/job/7?access_token={REDACTED}",
-                                 "git_commit": "0123abcd",
-                                 "git_repo": f"https://{REDACTED}@github.com/org/repo.git"}
-    assert "[REDACTED]" not in json.dumps(body["hints"])  # a redacted value names no framework
+    assert evidence["build"] == {"build_url": WITHHELD, "git_commit": "0123abcd",
+                                 "git_repo": WITHHELD}
+    assert WITHHELD not in json.dumps(body["hints"])  # a withheld value names no framework
     assert_contract(body)
+
+
+def test_evidence_levels(modules) -> None:
+    _primus_megatron(modules)
+    full = report(_secret_facts(), _secret_env(), MI300X)
+    minimal = report(_secret_facts(), _secret_env(), MI300X,
+                     config=Config.from_env({"POD_NAME": "p", "PRIMUS_LENS_EVIDENCE": " Minimal "}))
+    off = report(_secret_facts(), _secret_env(), MI300X,
+                 config=Config.from_env({"POD_NAME": "p", "PRIMUS_LENS_EVIDENCE": "off"}))
+    kept = ["pytorch", "wrapper_frameworks", "base_frameworks", "software"]
+    assert list(minimal["evidence"]) == kept
+    assert minimal["evidence"] == {key: full["evidence"][key] for key in kept}
+    assert off["evidence"] == {}
+    assert minimal["hints"] == off["hints"] == full["hints"]
+    assert off["hints"]["wrapper_frameworks"] == ["primus"]
+    for body in (minimal, off):
+        assert_contract(body)
+    bad = Config.from_env({"PRIMUS_LENS_EVIDENCE": "everything"})
+    assert bad.evidence == "standard"
+    assert [p.message() for p in bad.problems] == [
+        "ignoring PRIMUS_LENS_EVIDENCE='everything': expected one of standard|minimal|off; "
+        "using the default"]
 
 
 def test_body_stays_bounded(modules) -> None:
@@ -581,7 +603,7 @@ def test_body_stays_bounded(modules) -> None:
     env = {f"PRIMUS_VAR_{i:04d}": emoji * 2000 for i in range(400)}
     env.update({f"MEGATRON_{i}": "x" * 5000 for i in range(400)})
     env.update({name: emoji * 5000 for name in ("BUILD_URL", "IMAGE_TAG", "GIT_REPO", "GIT_BRANCH")})
-    facts = RunFacts(project=emoji * 5000, name="n" * 100000, id="i" * 5000,
+    facts = RunFacts(project=emoji * 5000, name="n-" * 50000, id="i-" * 2500,
                      tags=tuple(emoji * 1000 for _ in range(500)),
                      config={"framework": "megatron",
                              "layers": [{"w": emoji * 1500, "i": i} for i in range(1500)],
@@ -593,7 +615,9 @@ def test_body_stays_bounded(modules) -> None:
     evidence = body["evidence"]
     assert json_size(evidence["wandb"]["config"]) <= 256 * 1024
     assert json_size(evidence["environment"]) <= 64 * 1024
-    assert evidence["environment"][TRUNCATED_KEY].endswith("; 672 of 800 keys dropped (too many)")
+    # every value is withheld (too long), so only the count limit cuts
+    assert evidence["environment"][TRUNCATED_KEY] == "672 of 800 keys dropped (too many)"
+    assert {v for k, v in evidence["environment"].items() if k != TRUNCATED_KEY} == {WITHHELD}
     assert evidence["wandb"]["config"]["framework"] == "megatron"
     assert evidence["wandb"]["tags"][-1].startswith("[TRUNCATED: ")
     assert len(evidence["wandb"]["name"]) < 300 and evidence["wandb"]["name"].endswith(" chars]")
@@ -755,9 +779,8 @@ def test_run_facts_from_a_real_wandb_run(tmp_path: Path, mode: str) -> None:
                                           "url": "https://u:" + secrets["url"] + "@h/x"},
                                "_note": 1}
     sent = body["evidence"]["wandb"]["config"]
-    assert sent == {"lr": 0.1, "framework": "deepspeed", "hf_token": REDACTED,
-                    "nested": {"password": REDACTED, "url": f"https://{REDACTED}@h/x"},
-                    "_note": 1}
+    assert sent == {"lr": 0.1, "framework": "deepspeed", "hf_token": WITHHELD,
+                    "nested": {"password": WITHHELD, "url": WITHHELD}, "_note": 1}
     assert not [v for v in secrets.values() if v in json.dumps(body)]
     assert body["hints"]["base_frameworks"] == ["deepspeed"]
     assert body["evidence"]["software"]["packages"]["wandb"] == result["wandb"]
@@ -815,5 +838,6 @@ def test_importing_detection_is_light() -> None:
                           timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
     assert set(proc.stdout.split()) <= {"primus_lens_inject.detection", "primus_lens_inject.redact",
-                                        "primus_lens_inject.values"}
+                                        "primus_lens_inject.values", "primus_lens_inject.bounds",
+                                        "primus_lens_inject.credentials", "binascii"}
     assert "primus_lens_inject.detection" in proc.stdout.split()

@@ -744,6 +744,109 @@ def test_broken_framing_gets_a_plain_400_and_a_closed_connection(receiver: Recei
     assert receiver.stats()["requests"] == {}
 
 
+def raw_request(receiver: Receiver, request: bytes) -> Tuple[int, bytes, bytes]:
+    """Send ``request`` as is (it asks to close or is refused, so the server closes after its
+    answer) and return the status, the head and the body."""
+    received = b""
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=10) as sock:
+        sock.sendall(request)
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head, "the connection was dropped without an answer"
+    return int(head.split(b" ")[1]), head, body
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def log_with(value: bytes, key: bytes = b"data") -> bytes:
+    """A logs body whose one entry holds ``value`` (at depth 4: body, logs, entry, data)."""
+    return b'{"pod_name":"p","run_id":"r1","logs":[{"step":1,"timestamp":1.5,"' + key + \
+        b'":{"k":' + value + b'}}]}'
+
+
+HEAD = b"POST /v1/wandb/logs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+BAD_FRAMING = b"400 Bad Request"
+TOO_LARGE = b"request body larger than 16777216 bytes"
+
+
+def sized(body: bytes) -> bytes:
+    return HEAD + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def chunked(*lines: bytes) -> bytes:
+    return HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + b"".join(lines)
+
+
+DEPTH = "exceeded max depth"
+
+
+@pytest.mark.parametrize("request_bytes, status, body, stored, detail", [
+    (sized(log_with(nested(496))), 200, ONE_LOG_OK, 1, ""),  # 500 levels: the limit
+    (sized(log_with(nested(497))), 400, INVALID, 0, DEPTH),
+    (sized(log_with(nested(950))), 400, INVALID, 0, DEPTH),
+    (sized(log_with(nested(100_000))), 400, INVALID, 0, DEPTH),
+    (sized(log_with(nested(600), key=b"unknown")), 400, INVALID, 0, DEPTH),  # skipped, still counted
+    (sized(b"\x00\xff garbage {]"), 400, INVALID, 0, "Expecting value: line 1 column 1 (char 0)"),
+    (HEAD + b"Content-Length: 1000000000000000\r\n\r\n{}", 413, TOO_LARGE, None, ""),
+    (HEAD + b"Content-Length: +2\r\n\r\n{}", 400, BAD_FRAMING, None, ""),
+    (HEAD + b"Content-Length: 1_0\r\n\r\n{}", 400, BAD_FRAMING, None, ""),
+    (HEAD + b"Content-Length: " + b"9" * 5000 + b"\r\n\r\n{}", 413, TOO_LARGE, None, ""),
+    (HEAD + b"Content-Length: \xb2\r\n\r\n{}", 400, BAD_FRAMING, None, ""),  # "²": a str digit
+    (HEAD + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{} ", 400, BAD_FRAMING, None, ""),
+    (HEAD + b"Transfer-Encoding: gzip\r\n\r\n", 501, b"unsupported transfer encoding", None, ""),
+    (chunked(b"38D7EA4C68000\r\n{}"), 413, TOO_LARGE, None, ""),  # 10^15
+    (chunked(b"10000000000000000\r\n{}"), 400, BAD_FRAMING, None, ""),  # 17 digits
+    (chunked(b"-2\r\n{}\r\n0\r\n\r\n"), 400, BAD_FRAMING, None, ""),
+    (chunked(b"0x2\r\n{}\r\n0\r\n\r\n"), 400, BAD_FRAMING, None, ""),
+    (chunked(b"2\r\n{}XX0\r\n\r\n"), 400, BAD_FRAMING, None, ""),  # no CRLF after the data
+    (chunked(b"2\r\n{}\r\n0\r\n" + b"X-T: 1\r\n" * 101), 400, BAD_FRAMING, None, ""),
+    (chunked(b"2;ext=1\r\n{}\r\n0\r\nX-T: 1\r\n\r\n"), 400,
+     envelope(400, "either workload_uid or pod_name is required"), 0, ""),
+])
+def test_every_malformed_body_gets_an_answer(receiver: Receiver, request_bytes: bytes, status: int,
+                                             body: bytes, stored: Optional[int], detail: str) -> None:
+    """Whatever the body, the client reads a status: framing it cannot trust is refused before
+    processing (not recorded), a body that Go's decoder refuses is 400, nesting past the limit
+    included; and the receiver serves on."""
+    got_status, head, got_body = raw_request(receiver, request_bytes)
+    assert (got_status, got_body) == (status, body)
+    assert b"Connection: close" in head
+    if stored is None:
+        assert receiver.stats()["requests"] == {}
+    else:
+        [request] = receiver.requests()
+        assert request["status"] == status
+        assert request["detail"].endswith(detail)
+        assert receiver.stats()["logs"] == stored
+    assert post(receiver, "logs", one_log()).status == 200
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),  # TLS to a plain port
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"POST /v1/wandb/logs HTTP/2.0\r\n\r\n", 505),
+    (b"POST /v1/wandb/logs HTTP/1.1\r\n" + b"X: a\r\n" * 101 + b"\r\n", 431),
+])
+def test_garbage_requests_get_a_status_line(receiver: Receiver, request_bytes: bytes,
+                                            status: int) -> None:
+    got_status, head, _ = raw_request(receiver, request_bytes)
+    assert got_status == status
+    assert b"Connection: close" in head
+    assert receiver.stats()["requests"] == {}
+
+
+def test_a_body_over_the_limit_is_refused_and_the_client_reads_why(receiver: Receiver) -> None:
+    """The client sends all of a 17 MiB body: it still reads the 413, not a reset."""
+    reply = post(receiver, "logs", b"[" + b"0," * (17 << 19) + b"0]")
+    assert (reply.status, reply.body) == (413, TOO_LARGE)
+    deep = call(receiver.url, "POST", "/_receiver/faults", b'{"delay":' + nested(5000) + b"}")
+    assert deep.status == 400 and "recursion" in deep.json()["error"]
+    assert receiver.faults["delay"] == 0.0
+
+
 def test_concurrent_requests_are_all_stored(receiver: Receiver) -> None:
     def send(thread: int) -> None:
         for index in range(20):

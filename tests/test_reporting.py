@@ -148,7 +148,8 @@ def test_no_identity_sends_nothing_and_records_locally(tmp_path, receiver):
 
 
 def test_only_rank_zero_reports_unless_all_ranks_asked(tmp_path, receiver):
-    result = run_training(tmp_path, LOGGING, env=reporting_env(receiver.url, RANK="1"))
+    result = run_training(tmp_path, LOGGING, env=reporting_env(
+        receiver.url, RANK="1", PRIMUS_LENS_REPORT_RANKS="zero"))
     assert len(result.record(rank=1)) == 50 and receiver.requests() == []
     result = run_training(tmp_path, LOGGING, env=reporting_env(
         receiver.url, RANK="1", PRIMUS_LENS_REPORT_RANKS="all"))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 
-from primus_lens_inject import spool
+import pytest
+
+from primus_lens_inject import log, spool
 
 
 def test_cursor_persists_and_resets_for_a_replaced_record(tmp_path):
@@ -49,3 +51,89 @@ def test_owner_lock_is_exclusive_between_processes(tmp_path):
     second = spool.OwnerLock(record)
     assert second.try_acquire()
     second.release()
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    """The per-user fallback directory inside the test (``tempfile`` caches its answer), and
+    warnings said afresh (each is said once per process)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setattr(log, "_said", set())
+
+
+def test_cursor_in_place_of_a_directory_falls_back_and_resumes(tmp_path, capsys):
+    record = tmp_path / "wandb_metrics.jsonl"
+    record.write_bytes(b'{"a":1}\n{"a":2}\n')
+    (tmp_path / "wandb_metrics.cursor").mkdir()
+    cursor = spool.Cursor(str(record))
+    cursor.advance(8)
+    assert not cursor.dirty
+    assert spool.Cursor(str(record)).offset == 8  # a restart resumes: nothing resent
+    (warning,) = capsys.readouterr().err.splitlines()
+    assert "cannot save the reporter's position at" in warning and "instead" in warning
+    assert not [p for p in tmp_path.rglob("*.tmp")]  # failed saves leave no temporary file
+
+
+def test_cursor_that_cannot_be_saved_anywhere_stays_dirty_and_retries(tmp_path, capsys):
+    (tmp_path / "tmp").write_text("a file where the fallback directory would go")
+    record = tmp_path / "wandb_metrics.jsonl"
+    record.write_bytes(b'{"a":1}\n{"a":2}\n')
+    (tmp_path / "wandb_metrics.cursor").mkdir()
+    cursor = spool.Cursor(str(record))
+    cursor.advance(8)
+    cursor.advance(16)  # never raises: reporting goes on
+    assert cursor.offset == 16 and cursor.dirty
+    assert len(capsys.readouterr().err.splitlines()) == 1  # said once
+    (tmp_path / "wandb_metrics.cursor").rmdir()
+    cursor.save()  # space is back: the retry succeeds
+    assert not cursor.dirty and spool.Cursor(str(record)).offset == 16
+
+
+def test_larger_valid_offset_of_the_two_places_wins(tmp_path):
+    record = tmp_path / "wandb_metrics.jsonl"
+    record.write_bytes(b'{"a":1}\n{"a":2}\n')
+    spool.Cursor(str(record)).advance(8)
+    alternative = spool.fallback(str(record), spool.CURSOR_SUFFIX)
+    os.makedirs(os.path.dirname(alternative))
+    saved = json.loads((tmp_path / "wandb_metrics.cursor").read_text())
+    with open(alternative, "w") as f:
+        json.dump({**saved, "offset": 16}, f)
+    assert spool.Cursor(str(record)).offset == 16
+    with open(alternative, "w") as f:
+        json.dump({**saved, "offset": 17}, f)  # beyond the record: not valid
+    assert spool.Cursor(str(record)).offset == 8
+
+
+def test_owner_lock_in_place_of_a_directory_falls_back_and_stays_exclusive(tmp_path, capsys):
+    record = str(tmp_path / "r.jsonl")
+    os.mkdir(tmp_path / "r.lock")
+    first = spool.OwnerLock(record)
+    assert first.try_acquire()
+    assert "cannot use the sender lock" in capsys.readouterr().err
+    pid = os.fork()
+    if pid == 0:
+        first.release()
+        os._exit(0 if not spool.OwnerLock(record).try_acquire() else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    first.release()
+
+
+def test_owner_lock_unusable_everywhere_sends_anyway_and_says_so(tmp_path, capsys):
+    (tmp_path / "tmp").write_text("not a directory")
+    os.mkdir(tmp_path / "r.lock")
+    lock = spool.OwnerLock(str(tmp_path / "r.jsonl"))
+    assert lock.try_acquire() and lock.held
+    assert "rows may arrive twice" in capsys.readouterr().err
+    lock.release()
+    assert not lock.held
+
+
+def test_usable_dir_falls_back_for_a_file_in_its_place(tmp_path, capsys):
+    (tmp_path / "d").write_text("x")
+    assert spool.usable_dir(str(tmp_path / "d"), str(tmp_path / "alt"), "things") \
+        == str(tmp_path / "alt")
+    assert "cannot keep things in" in capsys.readouterr().err
+    assert spool.usable_dir(str(tmp_path / "e"), str(tmp_path / "alt"), "things") \
+        == str(tmp_path / "e")

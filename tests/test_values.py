@@ -16,6 +16,17 @@ def test_plain_values_are_kept_and_non_finite_become_strings():
                            "i": "Infinity", "m": "-Infinity"}
 
 
+def test_ints_too_long_to_print_become_descriptors():
+    import json
+
+    huge = 10 ** 5000  # wandb takes it; json.dumps refuses more than 4300 digits by default
+    assert freeze({"h": huge, "k": -huge, "ok": 10 ** 400}) == {
+        "h": {"_type": "int", "bits": 16610}, "k": {"_type": "int", "bits": 16610},
+        "ok": 10 ** 400}
+    assert freeze_value([huge]) == [{"_type": "int", "bits": 16610}]
+    json.dumps(freeze({"h": huge, "nested": {"x": huge}}))  # encodes
+
+
 def test_containers_are_bounded():
     assert freeze_value(list(range(MAX_LIST + 1))) == {"_type": "list", "length": MAX_LIST + 1}
     assert freeze_value((1, math.nan)) == [1, "NaN"]

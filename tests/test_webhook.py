@@ -33,7 +33,7 @@ from k8s.support import (
     only,
     pem_of,
     render,
-    validate,
+    validate_pod,
     wait_until,
     webhook_process,
 )
@@ -163,7 +163,7 @@ def test_pytorchjob_worker_is_injected(caller: WebhookCaller) -> None:
     pod = load_pod("pytorchjob-worker.yaml")
     reply, patched = admit(caller, pod)
     assert "warnings" not in reply["response"]
-    validate(patched)
+    validate_pod(patched)
     check_pod_level(patched)
     [container] = patched["spec"]["containers"]
     check_container(container, f"{MOUNT}:/workspace/Primus:/workspace/Megatron-LM")
@@ -180,7 +180,7 @@ def test_pytorchjob_worker_is_injected(caller: WebhookCaller) -> None:
 def test_plain_job_pod_without_env_or_volumes(caller: WebhookCaller) -> None:
     pod = load_pod("job-pod.yaml")
     _, patched = admit(caller, pod)
-    validate(patched)
+    validate_pod(patched)
     check_pod_level(patched)
     [container] = patched["spec"]["containers"]
     check_container(container, MOUNT)
@@ -192,7 +192,7 @@ def test_plain_job_pod_without_env_or_volumes(caller: WebhookCaller) -> None:
 def test_pod_with_its_own_pythonpath_and_pod_name(caller: WebhookCaller) -> None:
     pod = load_pod("own-pythonpath-pod.yaml")
     reply, patched = admit(caller, pod)
-    validate(patched)
+    validate_pod(patched)
     check_pod_level(patched)
     trainer, shipper = patched["spec"]["containers"]
     check_container(trainer, f"{MOUNT}:/app/src:/app/vendor",
@@ -229,7 +229,7 @@ def test_malformed_review_is_admitted_unchanged(caller: WebhookCaller,
     assert "spec.containers is not a list" in line["error"]
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"[]", b'{"request": {}}',
+@pytest.mark.parametrize("body", [b"{not json", b"[]", b'{"request": {}}', b"[" * 100_000,
                                   json.dumps({"apiVersion": "admission.k8s.io/v1beta1",
                                               "kind": "AdmissionReview",
                                               "request": {"uid": "u1"}}).encode()])
@@ -284,7 +284,7 @@ def test_reinvocation_injects_a_container_added_by_another_webhook(caller: Webho
     assert len(again["spec"]["initContainers"]) == 1
     assert again["metadata"]["annotations"][admission.INJECTED_KEY] == "profiler,train"
     assert admit(caller, again)[1] == again
-    validate(again)
+    validate_pod(again)
 
 
 # -- HTTP and TLS behaviour ----------------------------------------------------------------------
@@ -343,7 +343,7 @@ def raw_exchange(caller: WebhookCaller, request: bytes) -> Tuple[bytes, bool]:
         length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
         while len(rest) < length:
             rest += sock.recv(65536)
-        sock.settimeout(0.5)
+        sock.settimeout(1.5)  # longer than the server drains a refused body (drain.IDLE)
         try:
             closed = sock.recv(1) == b""
         except socket.timeout:
@@ -361,6 +361,12 @@ def raw_exchange(caller: WebhookCaller, request: bytes) -> Tuple[bytes, bool]:
     (b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n", b"400", True),
     (b"POST /mutate HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", b"411", True),
     (b"POST /mutate HTTP/1.1\r\nContent-Length: ten\r\n\r\n", b"400", True),
+    (b"POST /mutate HTTP/1.1\r\nContent-Length: +2\r\n\r\n{}", b"400", True),
+    (b"POST /mutate HTTP/1.1\r\nContent-Length: 1_0\r\n\r\n{}", b"400", True),
+    (b"POST /mutate HTTP/1.1\r\nContent-Length: -1\r\n\r\n", b"400", True),
+    (b"POST /mutate HTTP/1.1\r\nContent-Length: 1000000000000000\r\n\r\n{}", b"413", True),
+    (b"POST /mutate HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n{}", b"413", True),
+    (b"POST /mutate HTTP/1.1\r\nContent-Length: \xd9\xa1\r\n\r\n{}", b"400", True),
     (b"PUT /mutate HTTP/1.1\r\nContent-Length: 0\r\n\r\n", b"405", False),
     (b"GET /healthz HTTP/1.1\r\n" + b"X-A: b\r\n" * 101 + b"\r\n", b"431", True),
     (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", b"400", True),
@@ -372,6 +378,63 @@ def test_http_subset(caller: WebhookCaller, request_bytes: bytes, status: bytes,
     assert head.split(b" ")[1] == status, head
     assert closed is closes
     assert (b"connection: close" in head.lower()) is closes
+
+
+def test_a_busy_body_budget_answers_503(caller: WebhookCaller, server: webhook.WebhookServer,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bodies being decoded share one budget; a request that cannot get its share in time is
+    answered 503 (the API server then admits the pod unchanged) instead of adding up memory."""
+    monkeypatch.setattr(webhook, "BUDGET_WAIT", 0.1)
+    body = json.dumps(admission_review(load_pod("job-pod.yaml"))).encode()
+    assert server.budget.acquire(webhook.BODY_BUDGET - 10, 0)
+    try:
+        assert caller.post(body) == (503, {"error": "too many large requests at once"})
+        assert caller.get("/healthz") == (200, b"ok\n"), "a body-less request needs no share"
+    finally:
+        server.budget.release(webhook.BODY_BUDGET - 10)
+    assert caller.post(body)[0] == 200
+
+
+def test_a_stalled_body_is_cut_off_and_frees_its_share(caller: WebhookCaller,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that declares a body and stops sending cannot hold the budget: after
+    BODY_SECONDS its connection is closed unanswered and its share is free again."""
+    monkeypatch.setattr(webhook, "BODY_SECONDS", 0.3)
+    monkeypatch.setattr(webhook, "BUDGET_WAIT", 0.1)
+    sock = caller.context.wrap_socket(socket.create_connection(("127.0.0.1", caller.port), 5),
+                                      server_hostname=caller.server_name)
+    with sock:
+        sock.sendall(b"POST /mutate HTTP/1.1\r\nContent-Length: %d\r\n\r\n{" % webhook.MAX_BODY)
+        sock.settimeout(5)
+        try:
+            assert sock.recv(1) == b"", "closed without an answer"
+        except ssl.SSLEOFError:
+            pass  # closed without a TLS close_notify: also closed
+    body = json.dumps(admission_review(load_pod("job-pod.yaml"))).encode()
+    assert caller.post(body)[0] == 200
+
+
+def test_colliding_names_and_missing_metadata_over_tls(caller: WebhookCaller) -> None:
+    """Names the pod already uses are not reused; a pod without metadata gets it created."""
+    pod = load_pod("job-pod.yaml")
+    pod["spec"]["containers"].append({"name": "primus-lens-inject", "image": "user/sidecar:1"})
+    pod["spec"]["volumes"] = [{"name": "primus-lens-inject", "secret": {"secretName": "s"}}]
+    del pod["metadata"]
+    _, patched = admit(caller, pod)
+    validate_pod(patched)
+    assert patched["metadata"] == {"annotations": {
+        admission.INJECTED_KEY: "primus-lens-inject,train"}}
+    [init] = patched["spec"]["initContainers"]
+    assert init["name"] == "primus-lens-inject-2"
+    assert init["volumeMounts"] == [{"name": "primus-lens-inject-2",
+                                     "mountPath": "/mnt/primus-lens"}]
+    assert patched["spec"]["volumes"] == [
+        {"name": "primus-lens-inject", "secret": {"secretName": "s"}},
+        {"name": "primus-lens-inject-2", "emptyDir": {"sizeLimit": "64Mi"}}]
+    for container in patched["spec"]["containers"]:
+        assert container["volumeMounts"][-1] == {"name": "primus-lens-inject-2",
+                                                 "mountPath": MOUNT, "readOnly": True}
+    assert admit(caller, patched)[1] == patched
 
 
 def test_certificate_is_verified_by_name_and_ca(server: webhook.WebhookServer,
@@ -425,18 +488,25 @@ def test_chart_configured_webhook_process(chart: Dict[str, Any], tmp_path: Path)
                                    path=service["path"], timeout_s=hook["timeoutSeconds"])
             pod = load_pod("pytorchjob-worker.yaml")
             patched = apply_response(pod, caller.review(admission_review(pod)))
-            validate(patched)
+            validate_pod(patched)
             [init] = [c for c in patched["spec"]["initContainers"]
                       if c["name"] == "primus-lens-inject"]
             assert init["image"] == "ghcr.io/amd-agi/primus-lens-inject:0.1.0"
             env = env_of(patched["spec"]["containers"][0])
-            assert env["PRIMUS_LENS_API_BASE_URL"]["value"] == (
-                "http://primus-lens-telemetry-processor.primus-lens.svc.cluster.local:8989/v1")
+            assert "PRIMUS_LENS_API_BASE_URL" not in env and "PRIMUS_LENS_API_PRESET" not in env
             assert env["PRIMUS_LENS_WANDB_API_REPORTING"]["value"] == "true"
             assert env["POD_UID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.uid"
+        safe = load_pod("safe-pytorchjob-pod.yaml")
+        reply = caller.review(admission_review(safe))
+        assert "warnings" not in reply["response"]
+        patched = apply_response(safe, reply)
+        validate_pod(patched)
+        assert patched["metadata"]["annotations"][admission.INJECTED_KEY] == "pytorch"
+        assert patched["spec"]["containers"][1] == safe["spec"]["containers"][1]
     decisions = [json.loads(line) for line in running.logs if '"admission"' in line]
-    assert [d["decision"] for d in decisions] == ["injected", "injected"]
+    assert [d["decision"] for d in decisions] == ["injected", "injected", "injected"]
     assert decisions[0]["pod"] == "ml-team/llama-pretrain-worker-3"
+    assert decisions[2]["injected"] == ["pytorch"]
 
 
 def test_webhook_process_refuses_a_bad_config(tmp_path: Path, ca: trustme.CA) -> None:
@@ -463,3 +533,49 @@ def test_default_address_serves_ipv4_and_drains_on_sigterm(tmp_path: Path, ca: t
         assert caller.get("/healthz")[0] == 200, "still answering during the grace period"
         assert running.proc.wait(10) == 0
         assert 1.2 <= time.monotonic() - stopped < 8
+
+
+def dense_review(size: int) -> bytes:
+    """A pod's AdmissionReview padded to about ``size`` bytes (never more) with empty arrays:
+    the JSON that costs the most memory per byte to decode."""
+    review = admission_review(load_pod("job-pod.yaml"))
+    review["request"]["options"] = []
+    body = json.dumps(review).encode()
+    pads = (size - len(body) - 2) // 3
+    return body.replace(b'"options": []', b'"options": [' + b"[]," * pads + b"[]]")
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory (VmHWM) so far."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmHWM from /proc")
+def test_webhook_process_memory_stays_bounded(tmp_path: Path, ca: trustme.CA) -> None:
+    """Anyone who reaches the port can post: a 16 MiB review is refused unread (413, and the
+    client still reads the answer), and concurrent reviews at the limit, made of the JSON that
+    is dearest to decode, take their turns instead of adding up past the chart's 256 Mi."""
+    cert, key = issue(ca, tmp_path / "tls")
+    huge, at_limit = dense_review(16 << 20), dense_review(webhook.MAX_BODY)
+    assert (16 << 20) - 3 <= len(huge) <= 16 << 20
+    assert webhook.MAX_BODY - 3 <= len(at_limit) <= webhook.MAX_BODY
+    with webhook_process(tmp_path / "run", {"image": IMAGE}, Path(cert).read_bytes(),
+                         Path(key).read_bytes()) as running:
+        caller = WebhookCaller(running.port, ca.cert_pem.bytes(), SERVICE_NAME, timeout_s=60)
+        assert caller.post(huge) == (413, {"error": "body larger than 3145728 bytes"})
+        assert peak_rss_mib(running.proc.pid) < 64
+        assert wait_until(lambda: any('"body_refused"' in line for line in running.logs), 10)
+        [refused] = [json.loads(line) for line in running.logs if '"body_refused"' in line]
+        assert (refused["status"], refused["bytes"]) == (413, len(huge))
+        statuses = []
+        posts = [threading.Thread(target=lambda: statuses.append(caller.post(at_limit)[0]))
+                 for _ in range(4)]
+        for thread in posts:
+            thread.start()
+        for thread in posts:
+            thread.join(90)
+        assert statuses == [200] * 4
+        assert peak_rss_mib(running.proc.pid) < 200

@@ -11,7 +11,7 @@ import json
 from typing import Any, Dict, List, Optional
 
 import pytest
-from k8s.support import admission_review, apply_response, env_of, load_pod, validate
+from k8s.support import admission_review, apply_response, env_of, load_pod, validate_pod
 
 from primus_lens_inject import admission
 
@@ -62,7 +62,7 @@ def test_containers_annotation_selects_and_reports_unknown_names() -> None:
     assert "env" not in after["spec"]["containers"][1]
     assert after["metadata"]["annotations"][admission.SKIPPED_KEY] == (
         f"ghost: named in {admission.CONTAINERS_KEY} but not in the pod")
-    validate(after)
+    validate_pod(after)
 
 
 def test_image_pythonpath_annotation_per_pod_and_per_container() -> None:
@@ -118,6 +118,16 @@ def test_nothing_injectable_adds_no_volume_or_init_container() -> None:
         after["metadata"]["annotations"][admission.SKIPPED_KEY])
 
 
+def test_a_block_device_at_our_path_skips_the_container() -> None:
+    after = run(pod({"name": "a", "image": "i", "volumeDevices": [
+        {"name": "disk", "devicePath": "/opt/primus-lens"}]}, {"name": "b", "image": "i"},
+        volumes=[{"name": "disk", "persistentVolumeClaim": {"claimName": "c"}}]))
+    validate_pod(after)
+    assert injected(after) == ["b"]
+    assert after["metadata"]["annotations"][admission.SKIPPED_KEY] == (
+        "a: something else is mounted at /opt/primus-lens")
+
+
 def test_workload_uid_only_from_a_valid_annotation() -> None:
     assert "WORKLOAD_UID" not in env_of(run(pod())["spec"]["containers"][0])
     bad = run(pod(annotations={admission.WORKLOAD_UID_KEY: "x; rm -rf /"}))
@@ -148,7 +158,7 @@ def test_custom_paths_and_names_flow_into_the_patch() -> None:
     assert after["spec"]["containers"][0]["volumeMounts"] == [
         {"name": "lens", "mountPath": "/lens/injector", "readOnly": True}]
     assert python_path(after) == "/lens/injector"
-    validate(after)
+    validate_pod(after)
 
 
 def test_existing_init_containers_come_first() -> None:
@@ -222,3 +232,147 @@ def test_unknown_reporting_variables_are_flagged() -> None:
     settings = admission.Settings.from_mapping({"image": "i", "env": {
         "PRIMUS_LENS_API_BASE_URL": "http://x", "PRIMUS_LENS_TYPO": "1"}})
     assert admission.unknown_env_names(settings) == ["PRIMUS_LENS_TYPO"]
+
+
+# -- patches the API server accepts, whatever the pod already holds -------------------------------
+
+def patch_of(obj: Dict[str, Any], settings: admission.Settings = SETTINGS) -> List[Dict[str, Any]]:
+    reply, _ = admission.review(json.dumps(admission_review(obj)).encode(), settings)
+    return json.loads(base64.b64decode(reply["response"]["patch"]))
+
+
+def test_names_taken_by_the_pod_get_a_numbered_suffix() -> None:
+    """A container called like our init container (the API server refuses duplicates) and a
+    configMap volume called like our volume (our copy would write into it): both ours move."""
+    before = pod({"name": "primus-lens-inject", "image": "user/app",
+                  "volumeMounts": [{"name": "primus-lens-inject", "mountPath": "/etc/app"}]},
+                 initContainers=[{"name": "primus-lens-inject-2", "image": "user/setup"}],
+                 volumes=[{"name": "primus-lens-inject", "configMap": {"name": "app"}}])
+    init = {**SETTINGS.init_container, "name": "primus-lens-inject-3",
+            "volumeMounts": [{"name": "primus-lens-inject-2", "mountPath": "/mnt/primus-lens"}]}
+    downward = [{"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
+                for name, path in admission.DOWNWARD_API]
+    assert patch_of(before) == [
+        {"op": "add", "path": "/spec/volumes/-",
+         "value": {"name": "primus-lens-inject-2", "emptyDir": {"sizeLimit": "64Mi"}}},
+        {"op": "add", "path": "/spec/initContainers/-", "value": init},
+        {"op": "add", "path": "/spec/containers/0/env",
+         "value": [{"name": "PYTHONPATH", "value": "/opt/primus-lens"}, *downward]},
+        {"op": "add", "path": "/spec/containers/0/volumeMounts/-",
+         "value": {"name": "primus-lens-inject-2", "mountPath": "/opt/primus-lens",
+                   "readOnly": True}},
+        {"op": "add", "path": "/metadata/annotations",
+         "value": {admission.INJECTED_KEY: "primus-lens-inject"}},
+    ]
+    after = run(before)
+    validate_pod(after)
+    assert after["spec"]["volumes"][0] == before["spec"]["volumes"][0], "the user's volume kept"
+    assert run(after) == after, "a second admission finds ours under the new names"
+
+
+def test_a_long_configured_name_stays_a_dns_label() -> None:
+    long = "v" * 63
+    settings = admission.Settings.from_mapping({"image": "i", "volumeName": long,
+                                                "initContainerName": long})
+    after = run(pod({"name": long, "image": "a"}, volumes=[{"name": long, "emptyDir": {}}]),
+                settings)
+    validate_pod(after)
+    assert after["spec"]["initContainers"][0]["name"] == "v" * 61 + "-2"
+    assert [v["name"] for v in after["spec"]["volumes"]] == [long, "v" * 61 + "-2"]
+
+
+def test_pod_without_metadata_or_lists() -> None:
+    """No metadata at all, and lists that are null: the patch creates what it adds to."""
+    before = {"apiVersion": "v1", "kind": "Pod", "spec": {
+        "containers": [{"name": "m", "image": "i", "env": None, "volumeMounts": None}],
+        "volumes": None, "initContainers": None}}
+    after = run(before)
+    validate_pod(after)
+    assert after["metadata"] == {"annotations": {admission.INJECTED_KEY: "m"}}
+    assert [v["name"] for v in after["spec"]["volumes"]] == ["primus-lens-inject"]
+    assert [c["name"] for c in after["spec"]["initContainers"]] == ["primus-lens-inject"]
+    assert python_path(after) == "/opt/primus-lens"
+    assert run(after) == after
+
+
+def test_metadata_without_labels_or_annotations() -> None:
+    before = pod()
+    before["metadata"] = {"generateName": "job-"}
+    after = run(before)
+    validate_pod(after)
+    assert after["metadata"] == {"generateName": "job-",
+                                 "annotations": {admission.INJECTED_KEY: "main"}}
+
+
+def test_variables_already_present_are_never_duplicated() -> None:
+    own = [{"name": "PYTHONPATH", "value": None}, {"name": "POD_NAME", "value": "fixed"},
+           {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+           {"name": "POD_NAMESPACE", "value": "ns"}, {"name": "NODE_NAME", "value": "n"},
+           {"name": "WORKLOAD_UID", "value": "mine"},
+           {"name": "PRIMUS_LENS_API_BASE_URL", "value": "http://own:1/v1"}]
+    settings = admission.Settings.from_mapping(
+        {"image": "i", "env": {"PRIMUS_LENS_API_BASE_URL": "http://chart:2/v1"}})
+    after = run(pod({"name": "m", "image": "i", "env": own},
+                    annotations={admission.WORKLOAD_UID_KEY: "from-annotation"}), settings)
+    validate_pod(after)
+    env = after["spec"]["containers"][0]["env"]
+    assert env == [{"name": "PYTHONPATH", "value": "/opt/primus-lens"}, *own[1:]]
+
+
+def test_our_annotations_and_warnings_stay_bounded() -> None:
+    ghosts = ",".join(f"ghost-{n:04d}" for n in range(2000))
+    before = pod({"name": "m" * 63, "image": "i", "env": [{"name": "PYTHONPATH", "valueFrom": {
+        "configMapKeyRef": {"name": "c", "key": "k"}}}]},
+        annotations={admission.CONTAINERS_KEY: "a" * 300 + "," + ghosts + "," + "m" * 63})
+    reply, _ = admission.review(json.dumps(admission_review(before)).encode(), SETTINGS)
+    patch = json.loads(base64.b64decode(reply["response"]["patch"]))
+    assert [op["path"] for op in patch] == ["/metadata/annotations/primus-lens.amd.com~1skipped"]
+    skipped = patch[0]["value"]
+    assert len(skipped) == admission.MAX_ANNOTATION_VALUE and skipped.endswith("...")
+    warnings = reply["response"]["warnings"]
+    assert len(warnings) == admission.MAX_WARNINGS
+    assert max(map(len, warnings)) == admission.MAX_WARNING, "the long name is cut"
+    assert warnings[-1] == ("primus-lens: 1993 more containers not injected "
+                            "(annotation primus-lens.amd.com/skipped)")
+    validate_pod(apply_response(before, reply))
+
+
+# -- SaFE's main-container annotation -------------------------------------------------------------
+
+def test_safe_main_container_annotation_selects_one_container() -> None:
+    before = load_pod("safe-pytorchjob-pod.yaml")
+    after = run(before)
+    validate_pod(after)
+    assert injected(after) == ["pytorch"]
+    assert after["spec"]["containers"][1] == before["spec"]["containers"][1]
+    assert after["metadata"]["annotations"] == {
+        admission.SAFE_MAIN_CONTAINER_KEY: "pytorch", admission.INJECTED_KEY: "pytorch"}
+    env = env_of(after["spec"]["containers"][0])
+    assert env["POD_IP"] == before["spec"]["containers"][0]["env"][6], "SaFE's own kept"
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert [c["name"] for c in after["spec"]["initContainers"]] == ["init-launcher",
+                                                                    "primus-lens-inject"]
+    assert run(after) == after
+
+
+def test_our_containers_annotation_wins_over_the_main_container() -> None:
+    before = load_pod("safe-pytorchjob-pod.yaml")
+    before["metadata"]["annotations"][admission.CONTAINERS_KEY] = "log-exporter"
+    assert injected(run(before)) == ["log-exporter"]
+
+
+def test_main_container_missing_from_the_pod_injects_nothing() -> None:
+    before = pod({"name": "a", "image": "i"}, {"name": "b", "image": "i"},
+                 annotations={admission.SAFE_MAIN_CONTAINER_KEY: "trainer"})
+    reply, outcome = admission.review(json.dumps(admission_review(before)).encode(), SETTINGS)
+    assert outcome.decision == "no container to inject"
+    assert reply["response"]["warnings"] == [
+        "primus-lens: container trainer not injected: named in primus-safe.main.container "
+        "but not in the pod"]
+    assert injected(apply_response(before, reply)) == []
+
+
+def test_main_container_rule_can_be_turned_off() -> None:
+    settings = admission.Settings.from_mapping({"image": "i", "mainContainerAnnotation": ""})
+    assert injected(run(load_pod("safe-pytorchjob-pod.yaml"), settings)) == [
+        "pytorch", "log-exporter"]

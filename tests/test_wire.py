@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from primus_lens_inject import wire
+from primus_lens_inject import reporter, wire
 from primus_lens_inject.reporter import DROP, OK, RETRY, STOP, classify, envelope_message
 
 
@@ -66,3 +66,39 @@ def test_envelope_message_tolerates_garbage():
         == "no valid workload found"
     for garbage in (b"", b"<html>", b"[1]", b'{"meta": 3}', b'{"meta":{"message":5}}'):
         assert envelope_message(garbage) == ""
+
+
+def test_only_the_servers_envelope_acknowledges_a_2xx():
+    ok = b'{"meta":{"code":2000,"message":"OK"},"data":{"count":1},"tracing":null}'
+    assert reporter.acknowledges(200, ok)
+    for other in (b"<html><body>Default backend - 404</body></html>", b"", b"{}", b"[]",
+                  b'{"meta":{"code":"2000","message":"OK"}}', b'{"meta":{"code":2000}}',
+                  b'{"meta":{"code":true,"message":"OK"}}', b'{"code":200,"message":"OK"}'):
+        assert not reporter.acknowledges(200, other), other
+    action, reason = classify(200, "", enveloped=False)
+    assert action == RETRY and "not the telemetry-processor's answer" in reason
+
+
+def test_keys_and_strings_become_storable_in_postgres_jsonb():
+    assert wire.storable("plain/key") == "plain/key"
+    assert wire.storable("a\x00b\ud800c\udfffd") == "a\ufffdb\ufffdc\ufffdd"
+    assert wire.storable("ünïcode \U0001f600") == "ünïcode \U0001f600"  # real characters stay
+    assert wire.sendable({"nul\x00": 1, "nested": {"lone\udc00": 2}}) \
+        == {"nul\ufffd": 1, "nested.lone\ufffd": 2}
+    body = wire.storable_body({"k\x00": ["v\ud800", {"x": "\x00"}], "n": 1})
+    assert body == {"k\ufffd": ["v\ufffd", {"x": "\ufffd"}], "n": 1}
+    assert b"\\u0000" not in wire.encode(wire.logs_body({}, "run\x00", [], 1.0))
+
+
+def test_bodies_stay_under_the_limit_and_keep_every_key_once():
+    ident = {"pod_name": "p"}
+    big = {"step": 7, "timestamp": 1.0, "data": {f"k{j:05d}/" + "x" * 40: 0.5 for j in range(3000)}}
+    small = [{"step": s, "timestamp": 1.0, "data": {"loss": 0.5}} for s in range(3)]
+    bodies = wire.logs_bodies(ident, "r", [*small, big], 2.0, limit=40_000)
+    assert len(bodies) > 4 and all(len(body) <= 40_000 for body in bodies)
+    entries = [entry for body in bodies for entry in json.loads(body)["logs"]]
+    assert [e["step"] for e in entries[:3]] == [0, 1, 2]
+    keys = [key for e in entries if e["step"] == 7 for key in e["data"]]
+    assert sorted(keys) == sorted(big["data"]) and len(keys) == len(set(keys))
+    assert wire.logs_bodies(ident, "r", small, 2.0) == [wire.encode(wire.logs_body(ident, "r",
+                                                                                   small, 2.0))]

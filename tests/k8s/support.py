@@ -80,6 +80,40 @@ def validate(doc: Dict[str, Any], version: str = K8S_MIN) -> None:
     kubernetes_validate.validate(doc, version, strict=True)
 
 
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
+ANNOTATIONS_LIMIT = 256 * 1024  # the API server's cap on all of a pod's annotations together
+
+
+def validate_pod(pod: Dict[str, Any], version: str = K8S_MIN) -> None:
+    """The schema, plus the API server's pod rules that a schema cannot state and a webhook's
+    patch can break: container names unique across init, app and ephemeral containers, volume
+    names unique, every mount naming a volume of the pod, mount paths unique per container,
+    names that are DNS labels, valid variable names, annotations within their size limit."""
+    validate(pod, version)
+    spec = pod["spec"]
+    containers = [c for key in ("initContainers", "containers", "ephemeralContainers")
+                  for c in spec.get(key) or []]
+    names = [c["name"] for c in containers]
+    assert len(names) == len(set(names)), f"duplicate container names: {names}"
+    volumes = [v["name"] for v in spec.get("volumes") or []]
+    assert len(volumes) == len(set(volumes)), f"duplicate volume names: {volumes}"
+    for name in names + volumes:
+        assert _DNS_LABEL.fullmatch(name), f"not a DNS label: {name!r}"
+    for container in containers:
+        mounts = container.get("volumeMounts") or []
+        paths = [m["mountPath"] for m in mounts]
+        assert len(paths) == len(set(paths)), f"{container['name']}: duplicate mountPath {paths}"
+        for mount in mounts:
+            assert mount["name"] in volumes, f"{container['name']}: no volume {mount['name']}"
+        for entry in container.get("env") or []:
+            assert _ENV_NAME.fullmatch(entry["name"]), f"bad variable name {entry['name']!r}"
+            assert not ("value" in entry and "valueFrom" in entry), entry
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    size = sum(len(k) + len(v.encode()) for k, v in annotations.items())
+    assert size <= ANNOTATIONS_LIMIT, f"annotations take {size} bytes"
+
+
 # -- pods and reviews ----------------------------------------------------------------------------
 
 def load_pod(name: str) -> Dict[str, Any]:

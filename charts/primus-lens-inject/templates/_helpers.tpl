@@ -60,6 +60,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{/* The webhook's settings file (read by `primus-lens webhook --config`). */}}
 {{- define "pli.webhookConfig" -}}
 {{- $env := dict "PRIMUS_LENS_WANDB_API_REPORTING" (ternary "true" "false" .Values.reporting.enabled) -}}
+{{- with .Values.reporting.apiPreset }}{{ $_ := set $env "PRIMUS_LENS_API_PRESET" . }}{{ end -}}
 {{- with .Values.reporting.apiBaseUrl }}{{ $_ := set $env "PRIMUS_LENS_API_BASE_URL" . }}{{ end -}}
 {{- with .Values.reporting.outputPath }}{{ $_ := set $env "PRIMUS_LENS_WANDB_OUTPUT_PATH" . }}{{ end -}}
 {{- $env = merge (deepCopy .Values.reporting.extraEnv) $env -}}
@@ -73,7 +74,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
       "initSecurityContext" .Values.injection.initContainer.securityContext
       "env" $env
       "downwardAPI" .Values.identity.downwardAPI
-      "workloadUidFromAnnotation" .Values.identity.workloadUidFromAnnotation -}}
+      "workloadUidFromAnnotation" .Values.identity.workloadUidFromAnnotation
+      "mainContainerAnnotation" .Values.injection.mainContainerAnnotation -}}
 {{- toPrettyJson $config -}}
 {{- end -}}
 
