@@ -1,8 +1,9 @@
 # primus-lens-inject images.
 #
-#   injector (default target): the read-only tree /opt/primus-lens (bootstrap, package, private
-#       dependencies in deps/), run as non-root. It is the webhook's init-container image (the
-#       tree is copied into the pod) and runs the webhook server itself.
+#   injector (default target): the read-only tree /opt/primus-lens (bootstrap, package without the
+#       development receiver, which .dockerignore leaves out; private dependencies in deps/), run
+#       as non-root. It is the webhook's init-container image (the tree is copied into the pod)
+#       and runs the webhook server itself.
 #   training-base: BASE_IMAGE (your training image) with the tree baked in and PYTHONPATH set.
 #
 # The build installs the injector's dependencies from wheels in build/wheels (`make image-wheels`

@@ -24,7 +24,7 @@ ROW = ('{"loss": 0.5, "acc": 0.9, "lr": 1e-3, "grad_norm": 1.25, "tokens_per_sec
 
 IN_PROCESS = """
 import statistics, time, wandb
-from primus_lens_inject import session
+from primus_lens_inject.capture import session
 run = wandb.init(project="bench", mode="{mode}")
 row = {row}
 for _ in range(1000):

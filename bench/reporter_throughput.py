@@ -64,7 +64,7 @@ def write_record(path: Path, rows: int) -> None:
 
 def drain(rows: int, url: str, tmp: str) -> None:
     from primus_lens_inject.config import Config
-    from primus_lens_inject.reporter import Reporter
+    from primus_lens_inject.report.reporter import Reporter
     from primus_lens_inject.topology import Topology
 
     record = Path(tmp) / "drain" / "wandb_metrics.jsonl"

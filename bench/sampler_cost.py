@@ -35,11 +35,11 @@ sys.path.insert(0, str(ROOT))
 FAKES = str(ROOT / "tests" / "fakes")
 
 from primus_lens_inject.config import Config  # noqa: E402
-from primus_lens_inject.gpu import amdsmi_backend, describe  # noqa: E402
-from primus_lens_inject.gpu.choose import attribute, choose  # noqa: E402
-from primus_lens_inject.gpu.source import GpuSource  # noqa: E402
-from primus_lens_inject.hostmetrics import ProcHost, PsutilHost  # noqa: E402
-from primus_lens_inject.sampler import Sampler  # noqa: E402
+from primus_lens_inject.metrics.gpu import amdsmi_backend, describe  # noqa: E402
+from primus_lens_inject.metrics.gpu.choose import attribute, choose  # noqa: E402
+from primus_lens_inject.metrics.gpu.source import GpuSource  # noqa: E402
+from primus_lens_inject.metrics.host import ProcHost, PsutilHost  # noqa: E402
+from primus_lens_inject.metrics.sampler import Sampler  # noqa: E402
 from primus_lens_inject.topology import Topology  # noqa: E402
 
 INTERVAL = Config().sample_interval  # the documented default
@@ -185,8 +185,8 @@ def log_part(real: bool, calls: int, repeats: int, tmp: str) -> None:
 
 def watch(seconds: float, interval: float) -> None:
     """The session's own sampler (host + GPU, as at wandb.init), printed every interval."""
-    from primus_lens_inject.gpu import open_gpu_sources
-    from primus_lens_inject.hostmetrics import open_host_source
+    from primus_lens_inject.metrics.gpu import open_gpu_sources
+    from primus_lens_inject.metrics.host import open_host_source
 
     sampler = Sampler([open_host_source(), *open_gpu_sources(Config(), Topology())], interval)
     began = time.monotonic()

@@ -9,7 +9,7 @@
 #   make training-base  build the training base stage (BASE_IMAGE=your/training:image)
 #   make chart-lint     helm lint --strict, helm template + kubernetes-validate --strict (k8s $(K8S_MIN))
 #   make image-lint     hadolint the Dockerfile
-#   make image-test     build and run the image for real (tests/test_image.py)
+#   make image-test     build and run the image for real (tests/k8s/test_image.py)
 #   make bench-webhook  admission latency under 50 concurrent TLS requests
 
 TOOLS_DIR     ?= .tools
@@ -122,7 +122,7 @@ image-lint: install
 	$(VENV)/bin/hadolint --no-color Dockerfile
 
 image-test: install image-tools image-inputs
-	$(PY) -m pytest tests/test_image.py -q
+	$(PY) -m pytest tests/k8s/test_image.py -q
 
 bench-webhook: install
 	$(PY) bench/webhook_latency.py

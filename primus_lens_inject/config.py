@@ -1,9 +1,13 @@
 """The injector's whole configuration, parsed once from the environment into one typed object.
 
-Every variable the injector reads is declared once in ``VARIABLES`` with its default and a one-line
-description; ``Config.from_env`` parses them, and ``primus-lens doctor`` and the README table are
-built from the same declarations.  An invalid value never raises: it is reported as a
-``Problem`` (one warning naming the variable) and the default is used instead.
+Every setting is declared once, as a ``Config`` field made by ``setting``: its variable, default,
+parser and one-line description.  ``VARIABLES`` is derived from those fields; ``Config.from_env``
+parses them, and ``primus-lens doctor`` and the README table are built from the same
+declarations.  An invalid value never raises: it is reported as a ``Problem`` (one warning naming
+the variable, given by ``state.get_config``) and the default is used instead.
+
+A leaf below ``log``: it imports nothing of the package, so the log can read its own switch with
+``value_of`` without a cycle.
 """
 
 from __future__ import annotations
@@ -127,83 +131,15 @@ def _report_ranks(raw: str) -> str:
     return ",".join(str(rank) for rank in sorted({int(part) for part in parts}))
 
 
-@dataclass(frozen=True)
-class Variable:
-    """One environment variable: the field it sets, how it is parsed, and what it means."""
-
-    name: str
-    field: str
-    parse: Callable[[str], Any]
-    doc: str
-    secret: bool = False
+_SETTING = "primus_lens_setting"  # the dataclass field metadata key of a setting's declaration
 
 
-VARIABLES: Tuple[Variable, ...] = (
-    Variable("PRIMUS_LENS_WANDB_HOOK", "hook", parse_bool,
-             "Master switch. false: the bootstrap imports nothing, patches nothing, starts nothing."),
-    Variable("PRIMUS_LENS_WANDB_ENHANCE_METRICS", "enhance_metrics", parse_bool,
-             "Add `_primus_sys_*` / `_primus_gpu_*` figures to every logged row (wandb and record)."),
-    Variable("PRIMUS_LENS_WANDB_SAVE_LOCAL", "save_local", parse_bool,
-             "Keep the local JSONL record under the output path."),
-    Variable("PRIMUS_LENS_WANDB_OUTPUT_PATH", "output_path", _path,
-             "Root of the local record. Unset: `$WANDB_DIR/wandb/primus-lens` "
-             "(`./wandb/primus-lens` without `WANDB_DIR`), next to wandb's own files."),
-    Variable("PRIMUS_LENS_WANDB_DEBUG", "debug", parse_bool,
-             "Print one JSON line per injector decision on stderr."),
-    Variable("PRIMUS_LENS_SAMPLE_INTERVAL", "sample_interval", _number(float, 0.1, 3600.0),
-             "Seconds between two system/GPU samples of the background sampler."),
-    Variable("PRIMUS_LENS_GPU_BACKEND", "gpu_backend", _choice(GPU_BACKENDS),
-             "GPU library: auto (amdsmi, then amdgpu sysfs, then NVML), amdsmi, sysfs, nvml, none."),
-    Variable("PRIMUS_LENS_GPU_SCOPE", "gpu_scope", _choice(GPU_SCOPES),
-             "process: this process's own GPU(s); node: every GPU, sampled by local rank 0 only."),
-    Variable("PRIMUS_LENS_SYSFS_ROOT", "sysfs_root", _path,
-             "Where sysfs is mounted, for the amdgpu fallback (chroots, tests)."),
-    Variable("PRIMUS_LENS_WANDB_API_REPORTING", "api_reporting", parse_bool,
-             "Send rows and the framework-detection report to the Lens telemetry-processor."),
-    Variable("PRIMUS_LENS_API_PRESET", "api_preset", _choice(tuple(API_PRESETS)),
-             "Where the server is: lens (Primus Lens's telemetry-processor, "
-             "`primus-lens-telemetry-processor.primus-lens:8989/v1`) or robust (SaFE's "
-             "primus-robust add-on, `robust-analyzer.primus-robust:8085/api/v1`)."),
-    Variable("PRIMUS_LENS_API_BASE_URL", "api_base_url", _url,
-             "Base URL of the telemetry-processor, overriding the preset's; requests go to "
-             "`{base}/wandb/logs` and `{base}/wandb/detection`."),
-    Variable("PRIMUS_LENS_WANDB_BATCH_SIZE", "batch_size", _number(int, 1, 500),
-             "Most steps sent in one request (the server has no cap; we keep requests ≤ 1 MiB)."),
-    Variable("PRIMUS_LENS_WANDB_FLUSH_INTERVAL", "flush_interval", _number(float, 0.05, 300.0),
-             "Seconds the reporter waits to fill a batch before sending what it has."),
-    Variable("PRIMUS_LENS_API_CONNECT_TIMEOUT", "connect_timeout", _number(float, 0.1, 60.0),
-             "Seconds to establish a connection to the telemetry-processor."),
-    Variable("PRIMUS_LENS_API_TIMEOUT", "read_timeout", _number(float, 1.0, 600.0),
-             "Seconds to wait for a response to a rows request."),
-    Variable("PRIMUS_LENS_API_DETECTION_TIMEOUT", "detection_timeout", _number(float, 1.0, 600.0),
-             "Seconds to wait for a detection response (the server forwards it synchronously)."),
-    Variable("PRIMUS_LENS_API_HEADERS", "api_headers", _headers,
-             'Extra request headers, e.g. `Cookie: token=...` or a JSON object; never logged.',
-             secret=True),
-    Variable("PRIMUS_LENS_API_VERIFY", "api_verify", parse_bool,
-             "Verify the server's TLS certificate for https:// base URLs."),
-    Variable("PRIMUS_LENS_API_CA_BUNDLE", "api_ca_bundle", _path,
-             "PEM file of CA certificates to verify the server with (default: system/certifi)."),
-    Variable("PRIMUS_LENS_API_USE_PROXY", "api_use_proxy", parse_bool,
-             "Honour HTTP(S)_PROXY/NO_PROXY for the telemetry-processor (default: connect directly)."),
-    Variable("PRIMUS_LENS_SHUTDOWN_TIMEOUT", "shutdown_timeout", _number(float, 0.0, 600.0),
-             "Most seconds spent flushing at finish, exit or SIGTERM before giving up (data stays "
-             "in the record and is sent by the next process that uses it)."),
-    Variable("PRIMUS_LENS_REPORT_RANKS", "report_ranks", _report_ranks,
-             "Which processes send rows and detection: owner (every process that owns a wandb "
-             "run), zero (global rank 0), all (every owner, keys always prefixed with its "
-             "`rankN/` label) or a list of global ranks (`0,8`); see docs/reporting.md."),
-    Variable("PRIMUS_LENS_EVIDENCE", "evidence", _choice(EVIDENCE_LEVELS),
-             "What the detection report carries: standard (allow-listed evidence), minimal "
-             "(framework names and versions only) or off (framework names only, no evidence); "
-             "see docs/detection.md."),
-    Variable("POD_NAME", "pod_name", _text, "Pod name (downward API): the server's identity key."),
-    Variable("POD_UID", "pod_uid", _text, "Pod UID (downward API), sent alongside the name."),
-    Variable("POD_NAMESPACE", "pod_namespace", _text, "Pod namespace (downward API)."),
-    Variable("WORKLOAD_UID", "workload_uid", _text,
-             "Lens workload UID, only when an operator knows it; otherwise the pod name is used."),
-    Variable("NODE_NAME", "node_name", _text, "Kubernetes node name, for diagnostics."),
-)
+def setting(variable: str, default: Any, parse: Callable[[str], Any], doc: str,
+            secret: bool = False) -> Any:
+    """A ``Config`` field that an environment variable sets: the one place a setting is declared
+    (its variable, default, parser and description); ``VARIABLES`` and the README table are
+    derived from these fields."""
+    return field(default=default, metadata={_SETTING: (variable, parse, doc, secret)})
 
 
 @dataclass(frozen=True)
@@ -221,38 +157,104 @@ class Problem:
 
 @dataclass(frozen=True)
 class Config:
-    """Every setting of the injector; defaults here are the documented defaults."""
+    """Every setting of the injector, each declared once with ``setting``: the defaults here are
+    the documented defaults."""
 
-    hook: bool = True
-    enhance_metrics: bool = False
-    save_local: bool = True
-    output_path: Optional[str] = None
-    debug: bool = False
-    sample_interval: float = 1.0
-    gpu_backend: str = "auto"
-    gpu_scope: str = "process"
-    sysfs_root: str = "/sys"
-    api_reporting: bool = True
-    api_preset: str = DEFAULT_API_PRESET
-    api_base_url: str = DEFAULT_API_BASE_URL
-    batch_size: int = 100
-    flush_interval: float = 1.0
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
-    detection_timeout: float = 150.0
-    api_headers: Tuple[Tuple[str, str], ...] = ()
-    api_verify: bool = True
-    api_ca_bundle: Optional[str] = None
-    api_use_proxy: bool = False
-    shutdown_timeout: float = 5.0
-    report_ranks: str = "owner"
-    evidence: str = "standard"
-    pod_name: str = ""
-    pod_uid: str = ""
-    pod_namespace: str = ""
-    workload_uid: str = ""
-    node_name: str = ""
-    problems: Tuple[Problem, ...] = field(default=(), compare=False)
+    hook: bool = setting(
+        "PRIMUS_LENS_WANDB_HOOK", True, parse_bool,
+        "Master switch. false: the bootstrap imports nothing, patches nothing, starts nothing.")
+    enhance_metrics: bool = setting(
+        "PRIMUS_LENS_WANDB_ENHANCE_METRICS", False, parse_bool,
+        "Add `_primus_sys_*` / `_primus_gpu_*` figures to every logged row (wandb and record).")
+    save_local: bool = setting(
+        "PRIMUS_LENS_WANDB_SAVE_LOCAL", True, parse_bool,
+        "Keep the local JSONL record under the output path.")
+    output_path: Optional[str] = setting(
+        "PRIMUS_LENS_WANDB_OUTPUT_PATH", None, _path,
+        "Root of the local record. Unset: `$WANDB_DIR/wandb/primus-lens` "
+        "(`./wandb/primus-lens` without `WANDB_DIR`), next to wandb's own files.")
+    debug: bool = setting(
+        "PRIMUS_LENS_WANDB_DEBUG", False, parse_bool,
+        "Print one JSON line per injector decision on stderr.")
+    sample_interval: float = setting(
+        "PRIMUS_LENS_SAMPLE_INTERVAL", 1.0, _number(float, 0.1, 3600.0),
+        "Seconds between two system/GPU samples of the background sampler.")
+    gpu_backend: str = setting(
+        "PRIMUS_LENS_GPU_BACKEND", "auto", _choice(GPU_BACKENDS),
+        "GPU library: auto (amdsmi, then amdgpu sysfs, then NVML), amdsmi, sysfs, nvml, none.")
+    gpu_scope: str = setting(
+        "PRIMUS_LENS_GPU_SCOPE", "process", _choice(GPU_SCOPES),
+        "process: this process's own GPU(s); node: every GPU, sampled by local rank 0 only.")
+    sysfs_root: str = setting(
+        "PRIMUS_LENS_SYSFS_ROOT", "/sys", _path,
+        "Where sysfs is mounted, for the amdgpu fallback (chroots, tests).")
+    api_reporting: bool = setting(
+        "PRIMUS_LENS_WANDB_API_REPORTING", True, parse_bool,
+        "Send rows and the framework-detection report to the Lens telemetry-processor.")
+    api_preset: str = setting(
+        "PRIMUS_LENS_API_PRESET", DEFAULT_API_PRESET, _choice(tuple(API_PRESETS)),
+        "Where the server is: lens (Primus Lens's telemetry-processor, "
+        "`primus-lens-telemetry-processor.primus-lens:8989/v1`) or robust (SaFE's "
+        "primus-robust add-on, `robust-analyzer.primus-robust:8085/api/v1`).")
+    api_base_url: str = setting(
+        "PRIMUS_LENS_API_BASE_URL", DEFAULT_API_BASE_URL, _url,
+        "Base URL of the telemetry-processor, overriding the preset's; requests go to "
+        "`{base}/wandb/logs` and `{base}/wandb/detection`.")
+    batch_size: int = setting(
+        "PRIMUS_LENS_WANDB_BATCH_SIZE", 100, _number(int, 1, 500),
+        "Most steps sent in one request (the server has no cap; we keep requests ≤ 1 MiB).")
+    flush_interval: float = setting(
+        "PRIMUS_LENS_WANDB_FLUSH_INTERVAL", 1.0, _number(float, 0.05, 300.0),
+        "Seconds the reporter waits to fill a batch before sending what it has.")
+    connect_timeout: float = setting(
+        "PRIMUS_LENS_API_CONNECT_TIMEOUT", 5.0, _number(float, 0.1, 60.0),
+        "Seconds to establish a connection to the telemetry-processor.")
+    read_timeout: float = setting(
+        "PRIMUS_LENS_API_TIMEOUT", 30.0, _number(float, 1.0, 600.0),
+        "Seconds to wait for a response to a rows request.")
+    detection_timeout: float = setting(
+        "PRIMUS_LENS_API_DETECTION_TIMEOUT", 150.0, _number(float, 1.0, 600.0),
+        "Seconds to wait for a detection response (the server forwards it synchronously).")
+    api_headers: Tuple[Tuple[str, str], ...] = setting(
+        "PRIMUS_LENS_API_HEADERS", (), _headers,
+        'Extra request headers, e.g. `Cookie: token=...` or a JSON object; never logged.',
+        secret=True)
+    api_verify: bool = setting(
+        "PRIMUS_LENS_API_VERIFY", True, parse_bool,
+        "Verify the server's TLS certificate for https:// base URLs.")
+    api_ca_bundle: Optional[str] = setting(
+        "PRIMUS_LENS_API_CA_BUNDLE", None, _path,
+        "PEM file of CA certificates to verify the server with (default: system/certifi).")
+    api_use_proxy: bool = setting(
+        "PRIMUS_LENS_API_USE_PROXY", False, parse_bool,
+        "Honour HTTP(S)_PROXY/NO_PROXY for the telemetry-processor (default: connect directly).")
+    shutdown_timeout: float = setting(
+        "PRIMUS_LENS_SHUTDOWN_TIMEOUT", 5.0, _number(float, 0.0, 600.0),
+        "Most seconds spent flushing at finish, exit or SIGTERM before giving up (data stays "
+        "in the record and is sent by the next process that uses it).")
+    report_ranks: str = setting(
+        "PRIMUS_LENS_REPORT_RANKS", "owner", _report_ranks,
+        "Which processes send rows and detection: owner (every process that owns a wandb "
+        "run), zero (global rank 0), all (every owner, keys always prefixed with its "
+        "`rankN/` label) or a list of global ranks (`0,8`); see docs/reporting.md.")
+    evidence: str = setting(
+        "PRIMUS_LENS_EVIDENCE", "standard", _choice(EVIDENCE_LEVELS),
+        "What the detection report carries: standard (allow-listed evidence), minimal "
+        "(framework names and versions only) or off (framework names only, no evidence); "
+        "see docs/detection.md.")
+    pod_name: str = setting(
+        "POD_NAME", "", _text, "Pod name (downward API): the server's identity key.")
+    pod_uid: str = setting(
+        "POD_UID", "", _text, "Pod UID (downward API), sent alongside the name.")
+    pod_namespace: str = setting(
+        "POD_NAMESPACE", "", _text, "Pod namespace (downward API).")
+    workload_uid: str = setting(
+        "WORKLOAD_UID", "", _text,
+        "Lens workload UID, only when an operator knows it; otherwise the pod name is used.")
+    node_name: str = setting(
+        "NODE_NAME", "", _text, "Kubernetes node name, for diagnostics.")
+    problems: Tuple[Problem, ...] = field(default=(), compare=False)  # not a setting: the
+    # values from_env could not use
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> Config:
@@ -260,13 +262,11 @@ class Config:
         values = {}
         problems = []
         for var in VARIABLES:
-            raw = env.get(var.name)
-            if raw is None or raw.strip() == "":
-                continue
-            try:
-                values[var.field] = var.parse(raw)
-            except InvalidValue as exc:
-                problems.append(Problem(var.name, "<hidden>" if var.secret else raw, str(exc)))
+            value = _read(var, env)
+            if isinstance(value, Problem):
+                problems.append(value)
+            elif value is not _UNSET:
+                values[var.field] = value
         values.setdefault("api_base_url", API_PRESETS[values.get("api_preset", DEFAULT_API_PRESET)])
         return cls(problems=tuple(problems), **values)
 
@@ -277,6 +277,49 @@ class Config:
 
     def default_of(self, name: str) -> Any:
         return next(f.default for f in fields(self) if f.name == name)
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: the field it sets, how it is parsed, and what it means."""
+
+    name: str
+    field: str
+    parse: Callable[[str], Any]
+    doc: str
+    secret: bool = False
+
+
+# Every variable the injector reads, in declaration order (doctor, the README, the webhook's list
+# of known names).
+VARIABLES: Tuple[Variable, ...] = tuple(
+    Variable(f.metadata[_SETTING][0], f.name, *f.metadata[_SETTING][1:])
+    for f in fields(Config) if _SETTING in f.metadata)
+
+_BY_FIELD = {var.field: var for var in VARIABLES}
+_UNSET = object()
+
+
+def _read(var: Variable, env: Mapping[str, str]) -> Any:
+    """The parsed value of one variable, ``_UNSET`` when it is unset or blank, or the ``Problem``
+    that made it unusable."""
+    raw = env.get(var.name)
+    if raw is None or raw.strip() == "":
+        return _UNSET
+    try:
+        return var.parse(raw)
+    except InvalidValue as exc:
+        return Problem(var.name, "<hidden>" if var.secret else raw, str(exc))
+
+
+def value_of(name: str, environ: Optional[Mapping[str, str]] = None) -> Any:
+    """The setting ``name`` (a ``Config`` field) as ``Config.from_env`` would read it (the default
+    where unset or invalid), without parsing the others or saying anything about problems."""
+    var = _BY_FIELD[name]
+    value = _read(var, os.environ if environ is None else environ)
+    if value is _UNSET or isinstance(value, Problem):
+        return Config().default_of(name)
+    return value
 
 
 def variable_rows(config: Config) -> list:
@@ -306,21 +349,6 @@ def markdown_table() -> str:
     for var in VARIABLES:
         rows.append(f"| `{var.name}` | `{_shown(getattr(defaults, var.field))}` | {var.doc} |")
     return "\n".join(rows)
-
-
-_config: Optional[Config] = None
-
-
-def get_config() -> Config:
-    """The process's configuration, parsed on first use; problems are reported once, here."""
-    global _config
-    if _config is None:
-        from . import log
-
-        _config = Config.from_env()
-        for problem in _config.problems:
-            log.warn_inherited(problem.message())
-    return _config
 
 
 def endpoint_hint(config: Config, problem: str) -> str:

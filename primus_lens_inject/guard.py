@@ -11,9 +11,10 @@ it safe inside a signal handler that may have interrupted the very code it waits
 
 from __future__ import annotations
 
+import _thread
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 from . import log
 
@@ -60,8 +61,11 @@ def wait_until(done: Callable[[], bool], deadline: float) -> bool:
 def hand_off(name: str, work: Callable[[], None], deadline: float) -> bool:
     """Run ``work`` on a new guarded thread and wait for it until ``deadline``; True when it
     ended in time.  The caller (a signal handler, a ``finish`` possibly called from one) takes
-    no lock of ours while it waits.  Where no thread can start (interpreter shutdown, from
-    Python 3.12), ``work`` runs on the caller's thread, which is then an ordinary exit path."""
+    no lock while it waits.  The thread is started with ``_thread.start_new_thread``, not
+    ``Thread.start``: the latter takes ``threading``'s internal lock and waits, unbounded, for
+    the new thread to announce itself, and the code a signal interrupted may hold that lock.
+    Where no thread can start (interpreter shutdown, from Python 3.12), ``work`` runs on the
+    caller's thread, which is then an ordinary exit path."""
     finished: list = []
 
     def body() -> None:
@@ -70,11 +74,8 @@ def hand_off(name: str, work: Callable[[], None], deadline: float) -> bool:
         finally:
             finished.append(True)
 
-    thread: Optional[threading.Thread]
     try:
-        thread = start_thread(name, body, restart=False)
+        _thread.start_new_thread(run_guarded, (name, body, False))
     except RuntimeError:
-        thread = None
-    if thread is None:
         run_guarded(name, body, restart=False)
     return wait_until(lambda: bool(finished), deadline)

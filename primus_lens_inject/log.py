@@ -2,7 +2,9 @@
 
 Training logs are read by people hunting for their own errors, so the injector stays quiet: a
 warning is printed once however often its cause repeats, and debug lines (one JSON object each,
-for machines) appear only with ``PRIMUS_LENS_WANDB_DEBUG=true``.
+for machines) appear only with ``PRIMUS_LENS_WANDB_DEBUG=true``: the log reads that one setting
+itself, once, with the configuration's own parser (``config.value_of``), so it never waits for
+the whole configuration and the configuration never needs the log.
 
 Logs are collected and kept by the cluster, so no line may carry a secret: every line passes
 ``credentials.scrub`` (our own API headers and base URL password by exact match, then the
@@ -16,14 +18,15 @@ import os
 import sys
 import threading
 import zlib
-from typing import Any, Set
+from typing import Any, Optional, Set
 
-from . import credentials
+from . import config, credentials
 
 PREFIX = "primus-lens: "
 
 _lock = threading.Lock()
 _said: Set[str] = set()
+_debugging: Optional[bool] = None  # PRIMUS_LENS_WANDB_DEBUG, read at the first debug line
 
 
 def _write(line: str) -> None:
@@ -66,9 +69,10 @@ def warn_inherited(message: str) -> None:
 
 def debug(event: str, **fields: Any) -> None:
     """One JSON line describing a decision, only when debugging is on."""
-    from .config import get_config
-
-    if not get_config().debug:
+    global _debugging
+    if _debugging is None:
+        _debugging = bool(config.value_of("debug"))
+    if not _debugging:
         return
     record = {"event": event, "pid": os.getpid()}
     record.update(fields)

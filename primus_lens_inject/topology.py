@@ -70,18 +70,3 @@ def detect(environ: Optional[Mapping[str, str]] = None) -> Tuple[Topology, List[
         world = max(1, rank + 1)
     directory = node if node is not None else max(0, rank - local)
     return Topology(node or 0, rank, local, world, rank_source, directory), problems
-
-
-_topology: Optional[Topology] = None
-
-
-def get_topology() -> Topology:
-    """The process's topology, read once; each rejected value gets one warning."""
-    global _topology
-    if _topology is None:
-        from . import log
-
-        _topology, problems = detect()
-        for name, raw in problems:
-            log.warn_inherited(f"ignoring {name}={raw[:40]!r}: not a valid rank; trying the next source")
-    return _topology

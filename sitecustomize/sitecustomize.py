@@ -94,7 +94,7 @@ class _PostImportHook(object):
 
 def _patch_wandb(module):
     global status
-    from primus_lens_inject import patch  # the package: beside us (image) or installed
+    from primus_lens_inject.capture import patch  # the package: beside us (image) or installed
 
     status = patch.install(module)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import installs
+import process_marker
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +54,12 @@ _SCRUB_PREFIXES = ("PRIMUS_LENS_", "WANDB_", "RANK", "LOCAL_RANK", "WORLD_SIZE",
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "wandb_compat: also run against the oldest supported wandb")
     config.addinivalue_line("markers", "layouts: also run against the image layout")
+    config.addinivalue_line("markers", "process: starts a subprocess (set automatically; "
+                                       "-m 'not process' runs the fast in-process tests only)")
+
+
+def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
+    process_marker.mark(items)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -24,8 +24,8 @@ import pytest
 from conftest import TRAIN_PYTHON, training_env
 from test_reporting import assert_bodies_valid, exactly_once, reporting_env, wait_until
 
-from primus_lens_inject.receiver import Receiver
-from primus_lens_inject.wire import MAX_BODY
+from primus_lens_inject.devserver.receiver import Receiver
+from primus_lens_inject.report.wire import MAX_BODY
 
 SCRIPTS = Path(__file__).parent / "scripts"
 DOCS = Path(__file__).parent.parent / "docs" / "reliability.md"
@@ -374,8 +374,9 @@ def test_stalled_writer_bounds_memory_by_values_and_keeps_steps(tmp_path, monkey
     before the calls bound, and the calls beyond it keep their steps."""
     import fcntl
 
-    from primus_lens_inject import log, record
-    from primus_lens_inject.rows import RunRows
+    from primus_lens_inject import log
+    from primus_lens_inject.capture import record
+    from primus_lens_inject.capture.rows import RunRows
 
     monkeypatch.setattr(log, "_said", set())
     path = tmp_path / "r.jsonl"

@@ -31,7 +31,7 @@ def _forget_fakes() -> None:
 @contextlib.contextmanager
 def faked(tmp_path: Path, monkeypatch: Any) -> Iterator[Callable[[Dict[str, Any]], None]]:
     from primus_lens_inject import log
-    from primus_lens_inject.gpu import amdsmi_backend
+    from primus_lens_inject.metrics.gpu import amdsmi_backend
 
     path = str(tmp_path / "fake-gpu-state.json")
     write(path, {})

@@ -33,7 +33,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from primus_lens_inject.config import VARIABLES
+
 ROOT = Path(__file__).resolve().parents[2]
+# The variables this injector reads: what `primus-lens webhook` hands the webhook (cli/webhook.py).
+KNOWN_ENV = frozenset(var.name for var in VARIABLES)
 CHART = ROOT / "charts" / "primus-lens-inject"
 FIXTURES = Path(__file__).resolve().parent
 HELM = ROOT / ".tools" / "helm" / "helm"

@@ -1,7 +1,9 @@
 """multiprocessing ``fork`` children that init wandb, log and return without ``finish``: they
-leave through ``os._exit``, so only multiprocessing's finalizers run in them."""
+leave through ``os._exit``, so only multiprocessing's finalizers run in them.  Each forks once
+more before it ends: the fork hooks a child inherited must work in it too."""
 
 import multiprocessing
+import os
 import sys
 
 import wandb
@@ -11,6 +13,10 @@ def child(number: int) -> None:
     run = wandb.init(project="faults-child", mode=sys.argv[1], reinit=True)
     for i in range(50):
         run.log({"child": number, "i": i})
+    grandchild = os.fork()
+    if grandchild == 0:
+        os._exit(0)
+    os.waitpid(grandchild, 0)
     print("child", run.id, flush=True)
 
 

@@ -1,0 +1,194 @@
+"""Patching wandb, once, right after the program imports it.
+
+Wrapped at class level, before any run exists (see research/wandb-and-gpu.md §1):
+
+* ``Run.log`` — ``wandb.log`` is a bound ``run.log``, so both reach this one wrapper exactly once;
+* ``Run.finish`` and ``Run._finish`` — ``with wandb.init() as run`` exits through ``_finish`` only;
+* ``wandb.init`` (one function object, also bound as ``wandb.sdk.wandb_init.init``).
+
+Disabled mode never calls ``Run.log``: depending on the wandb version the run is a ``NoopRun``
+subclass or carries instance-level lambdas.  ``patch_run`` wraps whatever ``log``/``finish`` the
+run really has, and points ``wandb.log`` at the wrapped one.  Every wrapper calls the original
+unchanged when the injector is off, and no exception of ours reaches the caller.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable, Tuple
+
+from .. import compat, log, state
+from . import session
+from .session import ARGS, KWARGS
+
+_MARK = "_primus_lens_wrapped"
+
+
+def wandb_version(module: Any) -> Tuple[int, ...]:
+    """(major, minor, patch) of an imported wandb, from its ``__version__``."""
+    return compat.parse_version(getattr(module, "__version__", "0"))
+
+
+def is_wrapped(fn: Any) -> bool:
+    return bool(getattr(fn, _MARK, False))
+
+
+def _mark(wrapper: Callable, original: Callable) -> Callable:
+    try:
+        functools.update_wrapper(wrapper, original)
+    except (AttributeError, TypeError):
+        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+    setattr(wrapper, _MARK, True)
+    return wrapper
+
+
+def _call(original: Callable, run: Any, method: bool, args: tuple, kwargs: dict) -> Any:
+    return original(run, *args, **kwargs) if method else original(*args, **kwargs)
+
+
+def _log_through(run: Any, original: Callable, method: bool, args: tuple, kwargs: dict) -> Any:
+    """The body of every log wrapper: capture around the real call, never in its way.
+
+    ``method`` says whether ``original`` is a class function (takes the run first) or an
+    instance attribute (already bound, or a plain lambda of an old disabled run).
+    """
+    s = state.session
+    prepared = None
+    if s is not None and s.enabled:
+        try:
+            prepared = s.begin_log(run, args, kwargs)
+        except Exception as exc:
+            s.fail(exc)
+    if prepared is None:
+        return _call(original, run, method, args, kwargs)
+    result = _call(original, run, method, prepared[ARGS], prepared[KWARGS])  # wandb's errors
+    try:  # propagate, unrecorded
+        s.end_log(run, prepared)
+    except Exception as exc:
+        s.fail(exc)
+    return result
+
+
+def _finish_through(run: Any, original: Callable, method: bool, args: tuple, kwargs: dict) -> Any:
+    s = state.session
+    if s is not None and s.enabled:
+        try:
+            s.on_finish(run)
+        except Exception as exc:
+            s.fail(exc)
+    return _call(original, run, method, args, kwargs)
+
+
+# ``__exit__`` too: old disabled runs end a ``with`` block without calling any finish.
+_THROUGH = {"log": _log_through, "finish": _finish_through, "_finish": _finish_through,
+            "__exit__": _finish_through}
+
+
+def wrap_method(cls: type, name: str) -> None:
+    """Wrap ``cls.<name>`` in place, where it is defined on ``cls`` itself."""
+    original = cls.__dict__[name]
+    if is_wrapped(original) or not callable(original):
+        return
+    through = _THROUGH[name]
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return through(self, original, True, args, kwargs)
+
+    setattr(cls, name, _mark(method, original))
+
+
+def _wrap_instance(run: Any, name: str, original: Callable) -> Callable:
+    through = _THROUGH[name]
+
+    def method(*args: Any, **kwargs: Any) -> Any:
+        return through(run, original, False, args, kwargs)
+
+    return _mark(method, original)
+
+
+def patch_run(run: Any) -> None:
+    """Make sure the ``log``/``finish`` this run really has (class or instance level) are wrapped.
+
+    Real runs resolve to the already wrapped ``Run`` methods; ``NoopRun`` (disabled mode, wandb
+    ≥ 0.28) overrides them on its class; older disabled runs carry plain functions on the
+    instance (0.17–0.25) or in a ``RunDisabled`` attribute store (0.12–0.15).
+    """
+    wandb = sys.modules.get("wandb")
+    for name in _THROUGH:
+        try:
+            current = getattr(run, name)
+        except Exception:
+            continue
+        func = getattr(current, "__func__", None)
+        if is_wrapped(func if func is not None else current) or not callable(current):
+            continue
+        if func is not None and getattr(current, "__self__", None) is run:
+            for klass in type(run).__mro__:
+                if klass.__dict__.get(name) is func:
+                    wrap_method(klass, name)
+                    break
+        elif not isinstance(current, type(run)):  # RunDisabled answers any name with itself
+            wrapped = _wrap_instance(run, name, current)
+            setattr(run, name, wrapped)
+            if name == "log" and wandb is not None and getattr(wandb, "log", None) is current:
+                wandb.log = wrapped
+    # wandb.log is a bound method made at init time; if it was bound before we wrapped the
+    # class, it still points at the old function.
+    bound = getattr(wandb, "log", None) if wandb is not None else None
+    if getattr(bound, "__self__", None) is run and not is_wrapped(getattr(bound, "__func__", None)):
+        wandb.log = run.log
+
+
+def _wrap_init(wandb: Any) -> None:
+    from wandb.sdk import wandb_init
+
+    original = wandb_init.init
+    if is_wrapped(original):
+        return
+
+    def init(*args: Any, **kwargs: Any) -> Any:
+        run = original(*args, **kwargs)
+        s = state.session
+        if s is not None and s.enabled:
+            try:
+                s.on_init(run)
+            except Exception as exc:
+                s.fail(exc)
+        return run
+
+    wrapped = _mark(init, original)
+    wandb_init.init = wrapped
+    for module in (wandb, sys.modules.get("wandb.sdk")):
+        if module is not None and getattr(module, "init", None) is original:
+            module.init = wrapped
+
+
+def install(wandb: Any) -> str:
+    """Patch the freshly imported ``wandb``; returns the status line shown by doctor."""
+    if getattr(wandb, "_primus_lens_patched", False):
+        return "active: wandb already patched"
+    if not state.get_config().hook:
+        return "inactive: PRIMUS_LENS_WANDB_HOOK=false"
+    version = wandb_version(wandb)
+    if not compat.supported(version):
+        log.warn(f"wandb {getattr(wandb, '__version__', '?')} is older than "
+                 f"{compat.dotted(compat.MIN_WANDB)}; not patched")
+        return "inactive: wandb too old"
+    try:
+        from wandb.sdk import wandb_run
+
+        s = session.create(patch_run)
+        for name in _THROUGH:
+            if name in wandb_run.Run.__dict__:
+                wrap_method(wandb_run.Run, name)
+        _wrap_init(wandb)
+        wandb._primus_lens_patched = True
+        if getattr(wandb, "run", None) is not None:  # patched late: a run already exists
+            s.adopt(wandb.run)
+    except Exception as exc:
+        log.warn(f"injector off: wandb {getattr(wandb, '__version__', '?')} could not be patched "
+                 f"({type(exc).__name__}: {exc})")
+        return "inactive: patching failed"
+    log.debug("wandb_patched", wandb_version=getattr(wandb, "__version__", "?"))
+    return "active: wandb patched"

@@ -1,0 +1,285 @@
+"""``primus-lens doctor [--json]``: is the injector active in this interpreter, and if not, why.
+
+Run it the way the training job runs (same image, same environment, same PYTHONPATH, same python
+options): it reports what a training process started there would do, without importing wandb or
+starting anything. ``collect`` gathers facts (the ``--json`` object); ``doctor_words`` puts them
+into words.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from typing import Any, Dict, List, Optional
+
+from .. import compat, credentials
+from ..config import Config, variable_rows
+from .bootstrap import PTH_LINE, bootstrap_dir, is_bootstrap, pth_path
+from .doctor_words import print_report
+
+BOOTSTRAP_STATE = "_primus_lens_bootstrap"
+PROBE_TIMEOUT = 3.0  # seconds, for connecting and for the answer: doctor must never hang
+
+
+def _wandb_section() -> Dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        text = version("wandb")
+    except PackageNotFoundError:
+        return {"installed": None, "supported": False, "note": "wandb is not installed here"}
+    parsed = compat.parse_version(text)
+    return {"installed": text, "supported": compat.supported(parsed),
+            "note": compat.version_note(parsed)}
+
+
+def _startup_path() -> List[str]:
+    """sys.path as site.py saw it when it imported sitecustomize: without the script's directory
+    (or the current one), which Python inserts only afterwards, unless -I/-P left it out."""
+    skip_first = not (sys.flags.isolated or getattr(sys.flags, "safe_path", False))
+    return [os.path.abspath(p or os.curdir) for p in (sys.path[1:] if skip_first else sys.path)]
+
+
+def _sitecustomizes(entries: List[str]) -> List[str]:
+    """Every sitecustomize on these entries, in the order Python would look; the first wins."""
+    from importlib.machinery import PathFinder
+
+    found = []
+    for entry in dict.fromkeys(entries):
+        spec = PathFinder.find_spec("sitecustomize", [entry])
+        if spec is not None and spec.origin and spec.loader is not None:
+            found.append(spec.origin)
+    return found
+
+
+def _layout(location: str) -> str:
+    """Which way of shipping the bootstrap this file belongs to."""
+    directory = os.path.dirname(location)
+    if os.path.isdir(os.path.join(directory, "primus_lens_inject")):
+        return "image tree"
+    if os.path.basename(directory) == "_bootstrap":
+        return "installed package"
+    return "directory"
+
+
+def _bootstrap_section(config: Config) -> Dict[str, Any]:
+    module = sys.modules.get(BOOTSTRAP_STATE)
+    pth = pth_path()
+    try:
+        with open(pth) as f:
+            pth_current = f.read() == PTH_LINE
+    except OSError:
+        pth_current = None
+    found = _sitecustomizes(_startup_path())
+    winner = found[0] if found else None
+    ours = [path for path in found if is_bootstrap(path)]
+    location = getattr(module, "__file__", None)
+    if module is not None:
+        route = "PYTHONPATH" if module.__name__ == "sitecustomize" else ".pth"
+    else:  # not activated: where would it have come from?
+        route = "PYTHONPATH" if ours else ".pth" if pth_current is not None else None
+        location = ours[0] if ours else None
+        if route == ".pth":
+            location = os.path.join(bootstrap_dir(), "sitecustomize.py")
+    section: Dict[str, Any] = {
+        "directory": bootstrap_dir(),
+        "loaded": module is not None,
+        "location": location,
+        "route": route,
+        "layout": _layout(location) if location else None,
+        "status": getattr(module, "status", None),
+        "chained_sitecustomize": getattr(module, "chained", None),
+        "first_sitecustomize": winner,
+        "shadowed_by": winner if ours and winner not in ours else None,
+        "package": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        "pth_installed": pth_current is not None,
+        "pth_path": pth,
+        "pythonpath": os.environ.get("PYTHONPATH", ""),
+    }
+    section["why_not"] = _why_not(config, section, module, pth_current)
+    section["active"] = module is not None and str(module.status).startswith("active")
+    section["warnings"] = _warnings(section)
+    return section
+
+
+def _why_not(config: Config, section: Dict[str, Any], module: Any,
+             pth_current: Optional[bool]) -> List[str]:
+    """Why a training process started here would not load the injector, with the fix."""
+    if module is not None:
+        status = str(module.status)
+        return [] if status.startswith("active") else [f"the bootstrap is loaded but {status}"]
+    reasons: List[str] = []
+    if not config.hook:
+        reasons.append(f"PRIMUS_LENS_WANDB_HOOK={os.environ.get('PRIMUS_LENS_WANDB_HOOK', '')} "
+                       "turns it off (kill switch); unset it to turn the injector on")
+    if sys.flags.no_site:
+        reasons.append("python runs with -S: neither sitecustomize nor .pth files are processed")
+    if section["shadowed_by"]:
+        ours = os.path.dirname(section["location"])
+        reasons.append(f"another sitecustomize comes first on sys.path and wins: "
+                       f"{section['shadowed_by']}; put {ours} before "
+                       f"{os.path.dirname(section['shadowed_by'])} on PYTHONPATH")
+    ignored = sys.flags.ignore_environment and any(
+        is_bootstrap(os.path.join(p, "sitecustomize.py"))
+        for p in section["pythonpath"].split(os.pathsep) if p)
+    if ignored:
+        reasons.append("python runs with -E/-I, which ignores PYTHONPATH and with it the "
+                       "bootstrap there; `primus-lens install` (the .pth route) works under -E/-I")
+    elif section["route"] is None:
+        reasons.append("the bootstrap is neither on PYTHONPATH nor installed as a .pth: use "
+                       f"`primus-lens run -- CMD`, PYTHONPATH={section['directory']}, or "
+                       "`primus-lens install`")
+    if pth_current is False and config.hook and not sys.flags.no_site:
+        reasons.append(f"{section['pth_path']} is not this version's line: run `primus-lens "
+                       "install` again")
+    if not reasons:
+        reasons.append("the bootstrap is in place but did not load in this process")
+    return reasons
+
+
+def _warnings(section: Dict[str, Any]) -> List[str]:
+    """Things that work differently from what the layout intends, though the injector loads."""
+    warnings = []
+    location = section["location"]
+    if section["layout"] == "image tree":
+        tree_package = os.path.join(os.path.dirname(location), "primus_lens_inject")
+        if os.path.abspath(tree_package) != section["package"]:
+            warnings.append(f"primus_lens_inject is imported from {section['package']}, not from "
+                            f"the tree beside the bootstrap ({tree_package}): put "
+                            f"{os.path.dirname(location)} before "
+                            f"{os.path.dirname(section['package'])} on PYTHONPATH")
+    return warnings
+
+
+def _record_section(config: Config) -> Dict[str, Any]:
+    """Where a training process started here keeps its record: the session's own answer
+    (``paths.record_location``), plus the places it may have ended up (``candidates``)."""
+    from ..paths import record_location
+    from ..report.owner import process_reports
+    from ..topology import detect
+
+    topology, problems = detect()
+    where = record_location(config, topology, process_reports(config, topology)[0])
+    shown = where.path if not where.private else None  # a private spool is named at run time
+    return {
+        "save_local": config.save_local,
+        "path": shown,
+        "fallback": where.fallback or None,
+        "private_spool": bool(where.private),
+        "candidates": where.candidates(),
+        "writable": _writable(os.path.dirname(where.path)) if where.path else None,
+        "topology": topology.__dict__,
+        "invalid_rank_variables": [name for name, _ in problems],
+    }
+
+
+def _writable(directory: str) -> bool:
+    """Can this user create the record directory and a file in it? Leaves nothing behind."""
+    probe = directory
+    while not os.path.isdir(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return False
+        probe = parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".primus-lens-doctor-"):
+            return True
+    except OSError:
+        return False
+
+
+def _gpu_section(config: Config) -> Dict[str, Any]:
+    from ..metrics.gpu import describe  # never raises: a failure is reported in its "error" key
+    from ..topology import detect
+
+    return describe(config, detect()[0])
+
+
+def _probe(config: Config) -> str:
+    """The endpoint check, bounded to a few seconds whatever the configured timeouts say."""
+    from ..report.transport import probe
+
+    print(credentials.scrub(f"probing {config.api_base_url} (up to {PROBE_TIMEOUT:g} s to connect "
+                            "and to answer) ..."), file=sys.stderr, flush=True)
+    return probe(dataclasses.replace(
+        config, connect_timeout=min(config.connect_timeout, PROBE_TIMEOUT),
+        read_timeout=min(config.read_timeout, PROBE_TIMEOUT)))
+
+
+def _who_reports(config: Config) -> Dict[str, Any]:
+    from ..report.owner import explain
+    from ..topology import detect
+
+    return explain(config, detect()[0])
+
+
+def _reporting_section(config: Config, candidates: List[str]) -> Dict[str, Any]:
+    from ..report.wire import identity
+
+    section: Dict[str, Any] = {
+        "enabled": config.api_reporting,
+        "will_send": config.api_reporting and config.has_identity,
+        "endpoint": config.api_base_url,
+        "identity": identity(config) if config.has_identity else None,
+        "report_ranks": config.report_ranks,
+        "this_process": _who_reports(config),
+    }
+    if not config.has_identity:
+        section["note"] = "no POD_NAME or WORKLOAD_UID: nothing is sent, the record still works"
+    if config.api_reporting:
+        section["endpoint_check"] = _probe(config)
+    section["sender"] = _sender_status(candidates)
+    return section
+
+
+def _sender_status(candidates: List[str]) -> Optional[Dict[str, Any]]:
+    """The newest sender status beside any record this process may have written: the record
+    may have fallen back to the temporary directory, or sit in a private spool."""
+    from ..report import spool
+
+    newest: Optional[Dict[str, Any]] = None
+    for record in candidates:
+        try:
+            with open(spool.sibling(record, spool.STATUS_SUFFIX)) as f:
+                status = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(status, dict) and (newest is None
+                                         or status.get("updated", 0) > newest.get("updated", 0)):
+            newest = status
+    return newest
+
+
+def collect(config: Optional[Config] = None) -> Dict[str, Any]:
+    config = config or Config.from_env()
+    record = _record_section(config)
+    return {
+        "python": {"executable": sys.executable, "version": sys.version.split()[0],
+                   "implementation": sys.implementation.name},
+        "bootstrap": _bootstrap_section(config),
+        "wandb": _wandb_section(),
+        "configuration": [
+            {"variable": name, "value": value, "default": default, "doc": doc}
+            for name, value, default, doc in variable_rows(config)
+        ],
+        "invalid_values": [p.message() for p in config.problems],
+        "record": record,
+        "gpu": _gpu_section(config),
+        "reporting": _reporting_section(config, record["candidates"]),
+    }
+
+
+def main(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(prog="primus-lens doctor", description=__doc__)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    report = credentials.scrub_tree(collect())  # no secret of ours (base URL password) printed
+    if args.json:
+        print(json.dumps(report, indent=2, default=str, sort_keys=True))
+    else:
+        print_report(report)
+    return 0

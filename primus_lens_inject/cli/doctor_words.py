@@ -1,0 +1,146 @@
+"""``primus-lens doctor`` in words: one section each for what ``doctor.collect`` found."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Dict
+
+
+def _words(value: Any, unit: str = "") -> str:
+    """A value as a person writes it: true/false, unset, lists joined, numbers with their unit."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None or value in ((), "", [], {}):
+        return "unset"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_words(item) for item in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {_words(item)}" for key, item in value.items())
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"{value} {unit}" if unit else str(value)
+
+
+def _size(count: Any) -> str:
+    number = float(count or 0)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if number < 1024 or unit == "GiB":
+            return f"{number:.0f} {unit}" if unit == "bytes" else f"{number:.1f} {unit}"
+        number /= 1024
+    return ""  # not reached
+
+
+def _unit(doc: str) -> str:
+    return "s" if re.match(r"(Most )?[Ss]econds\b", doc) else ""
+
+
+def _print_bootstrap(report: Dict[str, Any]) -> None:
+    boot, python = report["bootstrap"], report["python"]
+    print(f"injector: {'ACTIVE' if boot['active'] else 'NOT ACTIVE'} "
+          f"in {python['executable']} (Python {python['version']})")
+    for reason in boot["why_not"]:
+        print(f"  why not: {reason}")
+    for warning in boot["warnings"]:
+        print(f"  warning: {warning}")
+    if boot["location"]:
+        state = boot["status"] or "not loaded in this process"
+        print(f"  bootstrap: {boot['location']} ({boot['layout']}, by {boot['route']}; {state})")
+    else:
+        print(f"  bootstrap: not found on sys.path; this package's copy is in {boot['directory']}")
+    print(f"  first sitecustomize on sys.path: {boot['first_sitecustomize'] or 'none'}")
+    print(f"  chained sitecustomize: {boot['chained_sitecustomize'] or 'none'}")
+    print(f"  .pth route: {'installed at ' + boot['pth_path'] if boot['pth_installed'] else 'not installed'}")
+
+
+def _print_wandb(report: Dict[str, Any]) -> None:
+    wandb = report["wandb"]
+    if not wandb.get("installed"):
+        print("wandb: not installed here")
+        return
+    supported = "supported" if wandb.get("supported") else "NOT supported"
+    note = f"; {wandb['note']}" if wandb.get("note") else ""
+    print(f"wandb: {wandb['installed']} ({supported}{note})")
+
+
+def _print_record(report: Dict[str, Any]) -> None:
+    record = report["record"]
+    if record["save_local"]:
+        print(f"record: {record['path']} [{'writable' if record['writable'] else 'NOT writable'}]")
+        print(f"  if it cannot be written there: {record['fallback']}")
+    elif record["private_spool"]:
+        print("record: off (PRIMUS_LENS_WANDB_SAVE_LOCAL=false); rows are sent from a private "
+              "spool of each process, removed once delivered")
+    else:
+        print("record: off (PRIMUS_LENS_WANDB_SAVE_LOCAL=false)")
+    topology = record["topology"]
+    source = f"from {topology['rank_source']}" if topology["rank_source"] else "no rank variable set"
+    print(f"topology: node {topology['node']}, rank {topology['rank']} ({source}), local "
+          f"rank {topology['local_rank']}, world size {topology['world_size']}")
+    for problem in report["invalid_values"]:
+        print(f"INVALID: {problem}")
+    for name in record["invalid_rank_variables"]:
+        print(f"INVALID: {name} is not a non-negative integer; the next source or 0 is used")
+
+
+def _print_gpu(report: Dict[str, Any]) -> None:
+    gpu = report["gpu"]
+    if gpu.get("error"):
+        print(f"gpu: error ({gpu['error']})")
+    if not gpu.get("backend"):
+        print(f"gpu: none ({gpu.get('reason') or 'no backend'}; requested {gpu.get('requested')})")
+        for backend, why in sorted((gpu.get("rejected") or {}).items()):
+            print(f"  {backend}: {why}")
+        return
+    driver = f", driver {gpu['driver_version']}" if gpu.get("driver_version") else ""
+    print(f"gpu: {gpu['backend']} ({gpu.get('vendor')}{driver}); {gpu.get('reason')}; "
+          f"scope {gpu.get('scope')}")
+    for device in gpu.get("devices") or []:
+        memory = _size(device.get("memory_total_bytes")) if device.get("memory_total_bytes") else "?"
+        print(f"  device {device.get('index')}: {device.get('name')}, {memory}, "
+              f"{device.get('uuid') or 'no uuid'}, bus {device.get('pci_bus_id') or 'unknown'}")
+    mapping = gpu.get("mapping") or {}
+    sampled = ", ".join(d.get("uuid") or d.get("pci_bus_id") or "?" for d in mapping.get("sampled", []))
+    print(f"  this process samples: {sampled or 'nothing'} ({mapping.get('reason')})")
+    for key, value in sorted((gpu.get("sample") or {}).items()):
+        print(f"  {key} = {_words(value)}")
+
+
+def _print_reporting(report: Dict[str, Any]) -> None:
+    rep = report["reporting"]
+    if not rep["enabled"]:
+        print("reporting: off (PRIMUS_LENS_WANDB_API_REPORTING=false)")
+    elif not rep["will_send"]:
+        print(f"reporting: off: {rep.get('note')}")
+    else:
+        print(f"reporting: on, to {rep['endpoint']} (ranks: {rep['report_ranks']})")
+    if rep.get("endpoint_check"):
+        print(f"  endpoint {rep['endpoint']}: {rep['endpoint_check']}")
+    mine = rep["this_process"]
+    print(f"  this process {'reports' if mine['reports'] else 'does not report'}: {mine['why']}")
+    if mine["reports"]:
+        print(f"  keys: {mine['key_prefix'] or 'plain'} ({mine['key_prefix_why']})")
+    if rep["identity"]:
+        print(f"  identity: {_words(rep['identity'])}")
+    sender = rep.get("sender")
+    if sender:
+        dropped = sum((sender.get("dropped") or {}).values())
+        print(f"  sender (pid {sender.get('pid')}): {sender.get('state')}; {sender.get('rows_sent')} "
+              f"rows sent, {sender.get('retries')} retries, {dropped} dropped, backlog "
+              f"{_size(sender.get('backlog_bytes'))}")
+
+
+def _print_configuration(report: Dict[str, Any]) -> None:
+    print("configuration:")
+    for row in report["configuration"]:
+        marker = "" if row["value"] == row["default"] else "   (set)"
+        print(f"  {row['variable']} = {_words(row['value'], _unit(row['doc']))}{marker}")
+
+
+SECTIONS = (_print_bootstrap, _print_wandb, _print_record, _print_gpu, _print_reporting,
+            _print_configuration)
+
+
+def print_report(report: Dict[str, Any]) -> None:
+    """The report as a person reads it, section by section, on stdout."""
+    for section in SECTIONS:
+        section(report)

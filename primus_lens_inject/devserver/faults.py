@@ -1,0 +1,110 @@
+"""What the receiver does wrong on purpose: the validated fault settings and their state
+(clock and random source) shared by the request threads."""
+
+from __future__ import annotations
+
+import dataclasses
+import http
+import math
+import random
+import threading
+import time
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from .schema import ENDPOINTS
+
+_ALL_PARTS = tuple(ENDPOINTS)
+_GARBAGE_STATUSES = {int(status) for status in http.HTTPStatus if status >= 200}
+
+
+@dataclasses.dataclass(frozen=True)
+class Faults:
+    """What the receiver does wrong on purpose; all off by default.  Setting faults replaces all
+    of them (``{}`` clears) and restarts the no-workload window and the random sequence."""
+
+    delay: float = 0.0  # seconds before each /v1/wandb/ request is answered
+    delay_max: float = 0.0  # above ``delay``: a uniformly random delay in [delay, delay_max]
+    fail_rate: float = 0.0  # chance that processing fails: 500 "failed to process ..." (nothing stored)
+    fail_endpoints: Tuple[str, ...] = _ALL_PARTS  # which bodies (also as batch parts) can fail
+    garbage_rate: float = 0.0  # chance of a non-JSON HTML answer instead of processing
+    garbage_status: int = 502  # the HTTP status of that answer (200 is allowed)
+    no_workload_for: float = 0.0  # seconds of "no valid workload found" for pod names; -1: until reset
+    seed: Optional[int] = None  # seeds the random choices; None: different every time
+
+    @classmethod
+    def from_mapping(cls, settings: Mapping[str, Any]) -> Faults:
+        """Validated faults from JSON, command-line options or keyword arguments."""
+        unknown = set(settings) - {field.name for field in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown fault setting(s): {', '.join(sorted(unknown))}")
+        values = dict(settings)
+        for name, low, high in (("delay", 0, None), ("delay_max", 0, None), ("fail_rate", 0, 1),
+                                ("garbage_rate", 0, 1), ("no_workload_for", -1, None)):
+            if name in values:
+                values[name] = _number(name, values[name], low, high)
+        if "fail_endpoints" in values:
+            values["fail_endpoints"] = _endpoint_names(values["fail_endpoints"])
+        if "garbage_status" in values and not (_is_int(values["garbage_status"])
+                                               and values["garbage_status"] in _GARBAGE_STATUSES):
+            raise ValueError(f"garbage_status must be an HTTP status from 200 to 599, "
+                             f"not {values['garbage_status']!r}")
+        if values.get("seed") is not None and not _is_int(values["seed"]):
+            raise ValueError(f"seed must be an integer, not {values['seed']!r}")
+        return cls(**values)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {**dataclasses.asdict(self), "fail_endpoints": list(self.fail_endpoints)}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(name: str, value: Any, low: float, high: Optional[float]) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, not {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be between {low} and {'any' if high is None else high}, not {value}")
+    return float(value)
+
+
+def _endpoint_names(value: Any) -> Tuple[str, ...]:
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(name in ENDPOINTS for name in names):
+        raise ValueError(f"fail_endpoints must list some of {', '.join(_ALL_PARTS)}, not {value!r}")
+    return tuple(names)
+
+
+class FaultState:
+    """The faults in effect with their clock and random source, shared by all request threads."""
+
+    def __init__(self, faults: Faults) -> None:
+        self._lock = threading.Lock()
+        self.set(faults)
+
+    def set(self, faults: Faults) -> None:
+        with self._lock:
+            self.faults = faults
+            self._since = time.monotonic()
+            self._random = random.Random(faults.seed)
+
+    def delay(self) -> float:
+        with self._lock:
+            low, high = self.faults.delay, self.faults.delay_max
+            return self._random.uniform(low, high) if high > low else low
+
+    def garbage(self) -> bool:
+        with self._lock:
+            return self._chance(self.faults.garbage_rate)
+
+    def fails(self, endpoint: str) -> bool:
+        with self._lock:
+            return endpoint in self.faults.fail_endpoints and self._chance(self.faults.fail_rate)
+
+    def hides_workloads(self) -> bool:
+        with self._lock:
+            window = self.faults.no_workload_for
+            return window < 0 or time.monotonic() - self._since < window
+
+    def _chance(self, rate: float) -> bool:
+        return rate > 0 and self._random.random() < rate  # no draw when off: sequences stay seeded

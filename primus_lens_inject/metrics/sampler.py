@@ -1,0 +1,104 @@
+"""One background thread per process that samples system figures into a cached snapshot.
+
+The training thread never calls a metrics library: it merges ``Sampler.snapshot``, a dict that
+the sampler thread replaces (never mutates) after each round.  Each source (host, GPU backend)
+is independent: one that raises is switched off with a single warning and the others go on.
+
+A source has ``name``, ``sample() -> Dict[str, float]`` and ``close()``, and optionally
+``prime()``, called once in the sampler thread before the first sample: that is where a source
+opens a library that may be slow to start, and where it returns ``False`` when it has nothing to
+sample in this process (no GPU, say), which drops it silently.  ``start`` waits for the first
+sample for at most ``first_sample_wait`` seconds, so that rows logged right after ``wandb.init``
+already carry figures without a slow library ever holding ``wandb.init`` up for long.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Dict, List, Optional
+
+from .. import guard, log
+
+FIRST_SAMPLE_WAIT = 1.0  # seconds start() waits for the first snapshot
+STOP_WAIT = 2.0  # seconds stop() waits for the thread to finish its round
+
+
+def _close(source: Any) -> None:
+    try:
+        source.close()
+    except Exception:
+        pass
+
+
+class Sampler:
+    def __init__(self, sources: List[Any], interval: float,
+                 first_sample_wait: float = FIRST_SAMPLE_WAIT) -> None:
+        self.sources = [s for s in sources if s is not None]
+        self.interval = interval
+        self.first_sample_wait = first_sample_wait
+        self.snapshot: Dict[str, Any] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._first = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        if self._thread is not None or not self.sources:
+            return
+        self._thread = guard.start_thread("sampler", self._run, restart=False)  # its sources
+        # are closed when it ends: a failure is said once, not restarted
+        self._first.wait(self.first_sample_wait)
+
+    def _run(self) -> None:
+        try:
+            self._prime()
+            self.sample_once()
+            self._first.set()
+            while not self._stop.wait(self.interval):
+                self.sample_once()
+        finally:
+            self._first.set()
+            for source in self.sources:  # closed by the thread that used them, after its last use
+                _close(source)
+
+    def _prime(self) -> None:
+        for source in list(self.sources):
+            prime = getattr(source, "prime", None)
+            if prime is None:
+                continue
+            try:
+                keep = prime()
+            except Exception as exc:
+                self._drop(source, exc)
+                continue
+            if keep is False:
+                self.sources.remove(source)
+                log.debug("sampler_source_idle", source=source.name)
+
+    def _drop(self, source: Any, exc: Exception) -> None:
+        self.sources.remove(source)
+        detail = " ".join(str(exc).split())  # one line: amdsmi's messages span two
+        log.warn(f"{source.name} metrics switched off after an error: "
+                 f"{type(exc).__name__}: {detail}")
+        _close(source)
+
+    def sample_once(self) -> None:
+        """One round over every source; in the sampler thread, or instead of ``start``."""
+        merged: Dict[str, Any] = {}
+        for source in list(self.sources):
+            try:
+                merged.update(source.sample())
+            except Exception as exc:
+                self._drop(source, exc)
+        self.snapshot = merged
+        self.samples += 1
+
+    def stop(self) -> None:
+        """Stop sampling; the thread closes its sources (now, or after a call it is stuck in)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is None:
+            for source in self.sources:
+                _close(source)
+        elif thread is not threading.current_thread():
+            thread.join(timeout=STOP_WAIT)

@@ -1,0 +1,240 @@
+"""The reporter's view of the local record: what is acknowledged, what is next, who sends it.
+
+The record file is the only queue.  Beside it, ``wandb_metrics.cursor`` holds the byte offset up
+to which the server has acknowledged every line (written atomically after each acknowledged
+request), so a restarted process on the same volume resumes exactly there; memory never holds
+more than one batch, however long the server is away.  Several processes may append to one
+record (a forked or spawned worker that inits wandb with the parent's rank); ``OwnerLock`` (an
+``flock`` held for the process's life) makes exactly one of them the sender for that file.
+
+Each of these files may turn out unusable (a directory in its place, a read-only or full volume):
+the cursor, the lock and the detection reports then live under the per-user fallback directory,
+keyed by the record's path, and each such change is said once.  ``Cursor`` and ``OwnerLock``
+never raise into the sender's loop.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import threading
+from typing import List, Optional, Tuple
+
+from .. import log
+from ..paths import close_quietly, fallback_root
+
+CURSOR_SUFFIX = ".cursor"
+LOCK_SUFFIX = ".lock"
+STATUS_SUFFIX = ".status.json"
+HEAD_BYTES = 256
+
+
+def sibling(record_path: str, suffix: str) -> str:
+    base = record_path[:-len(".jsonl")] if record_path.endswith(".jsonl") else record_path
+    return base + suffix
+
+
+def fallback(record_path: str, suffix: str) -> str:
+    """Where a file that belongs beside ``record_path`` goes when it cannot be kept there."""
+    key = hashlib.sha1(os.path.abspath(record_path).encode("utf-8", "replace")).hexdigest()[:16]
+    return os.path.join(fallback_root(), "reporter", key + suffix)
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Replace ``path`` with ``text`` whole; on failure no temporary file is left behind."""
+    tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def usable_dir(primary: str, alternative: str, what: str) -> str:
+    """``primary`` as a directory, else ``alternative`` (said once); ``primary`` if neither."""
+    for path in (primary, alternative):
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            error = exc.strerror or str(exc)
+            continue
+        if path != primary:
+            log.warn(f"cannot keep {what} in {primary} ({error}); using {path}",
+                     key=f"fallback-{primary}")
+        return path
+    return primary
+
+
+def _fingerprint(path: str, length: int) -> str:
+    """A digest of the file's first ``length`` bytes.  Bytes before an acknowledged offset never
+    change in an append-only file; a replaced file (even one that got the same inode number
+    back) has other ones."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(length)
+    except OSError:
+        return ""
+    return hashlib.sha1(head).hexdigest() if len(head) == length else ""
+
+
+class Cursor:
+    """The acknowledged byte offset of one record file, tied to that file's first bytes.
+
+    Saved beside the record, or in the fallback place when that fails; on load the larger valid
+    offset of the two wins (an offset only grows, and each is checked against the record's
+    head).  A save that fails everywhere (a full disk) is retried at the next move and by
+    ``save``: until one succeeds, a restart would resend what was acknowledged since.
+    """
+
+    def __init__(self, record_path: str) -> None:
+        self.record_path = record_path
+        self.path = sibling(record_path, CURSOR_SUFFIX)
+        self.paths = (self.path, fallback(record_path, CURSOR_SUFFIX))
+        self.offset = 0
+        self.dirty = False  # the offset moved but is not saved anywhere yet
+        self._head: Optional[Tuple[int, str]] = None
+        for path in self.paths:
+            self.offset = max(self.offset, _load(path, record_path))
+
+    def advance(self, offset: int) -> None:
+        if offset <= self.offset:
+            return
+        self.offset = offset
+        if self._head is None or self._head[0] < min(HEAD_BYTES, offset):
+            length = min(HEAD_BYTES, offset)
+            self._head = (length, _fingerprint(self.record_path, length))
+        self.dirty = True
+        self.save()
+
+    def save(self) -> None:
+        if not self.dirty or self._head is None:
+            return
+        text = json.dumps({"offset": self.offset, "head_len": self._head[0],
+                           "head": self._head[1]})
+        errors = []
+        for path in self.paths:
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                write_atomic(path, text)
+            except OSError as exc:
+                errors.append(f"{path}: {exc.strerror or exc}")
+                continue
+            if path != self.path:
+                log.warn(f"cannot save the reporter's position at {errors[0]}; saving it at "
+                         f"{path} instead", key="cursor-fallback")
+            self.dirty = False
+            return
+        log.warn(f"cannot save the reporter's position ({'; '.join(errors)}); retrying, "
+                 "a restart before it succeeds resends rows already delivered",
+                 key="cursor-unsaved")
+
+
+def _load(path: str, record_path: str) -> int:
+    """The offset saved in ``path`` if it is valid for the record as it is now, else 0."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        offset, length, head = int(saved["offset"]), int(saved["head_len"]), str(saved["head"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 0
+    try:
+        size = os.path.getsize(record_path)
+    except OSError:
+        size = -1
+    if 0 < length <= offset <= size and _fingerprint(record_path, length) == head:
+        return offset
+    return 0  # a replaced or truncated record starts over
+
+
+def read_lines(record_path: str, offset: int, max_bytes: int) -> List[Tuple[int, bytes]]:
+    """Complete lines from ``offset``, as (end offset, line) pairs; a partial last line waits."""
+    try:
+        with open(record_path, "rb") as f:
+            f.seek(offset)
+            chunk = f.read(max_bytes)
+    except OSError:
+        return []
+    out: List[Tuple[int, bytes]] = []
+    start = 0
+    while True:
+        end = chunk.find(b"\n", start)
+        if end < 0:
+            break
+        out.append((offset + end + 1, chunk[start:end]))
+        start = end + 1
+    if not out and len(chunk) == max_bytes:  # one line longer than a read: skip it whole
+        return read_lines(record_path, offset, max_bytes * 4) if max_bytes < (64 << 20) else []
+    return out
+
+
+class OwnerLock:
+    """Held by the one process that sends a given record file; released when it exits.
+
+    The lock file sits beside the record; if it cannot be opened or locked there, the fallback
+    place is used (said once).  If neither can be used, this process sends anyway and says so
+    loudly: rows may then arrive twice, but none is held back.
+    """
+
+    def __init__(self, record_path: str) -> None:
+        self.path = sibling(record_path, LOCK_SUFFIX)
+        self.paths = (self.path, fallback(record_path, LOCK_SUFFIX))
+        self._fd = -1
+        self._without_lock = False
+        # The rows and detection threads and a flush ask at the same time; an ``flock`` belongs to
+        # one open descriptor, so two of ours would lock each other out: one asks at a time.
+        self._asking = threading.Lock()
+
+    @property
+    def held(self) -> bool:
+        return self._fd >= 0 or self._without_lock
+
+    def try_acquire(self) -> bool:
+        """True if this process sends; False while another process holds the lock."""
+        with self._asking:
+            return self._try_acquire()
+
+    def _try_acquire(self) -> bool:
+        if self.held:
+            return True
+        errors = []
+        for path in self.paths:
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                errors.append(f"{path}: {exc.strerror or exc}")
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False  # another process sends this record
+            except OSError as exc:
+                os.close(fd)
+                errors.append(f"{path}: {exc.strerror or exc}")
+                continue
+            if path != self.path:
+                log.warn(f"cannot use the sender lock {errors[0]}; using {path} instead",
+                         key="lock-fallback")
+            self._fd = fd
+            return True
+        log.warn(f"cannot use any sender lock ({'; '.join(errors)}); this process reports "
+                 "without one, and rows may arrive twice if another process sends the same "
+                 "record", key="lock-unusable")
+        self._without_lock = True
+        return True
+
+    def release(self) -> None:
+        """Close our descriptor.  In a forked child this leaves the parent's lock in place:
+        an ``flock`` lives as long as any duplicate of the descriptor is open."""
+        self._without_lock = False
+        if self._fd >= 0:
+            close_quietly(self._fd)
+            self._fd = -1

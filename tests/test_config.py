@@ -1,0 +1,96 @@
+"""Configuration parsing, in process: each setting declared once, every value parsed as documented,
+every bad value reported once with the default kept, and the log's own debug switch read the same
+way."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import fields
+
+import pytest
+
+from primus_lens_inject import config, log
+from primus_lens_inject.config import API_PRESETS, VARIABLES, Config, Problem, markdown_table
+
+GOOD = {
+    "PRIMUS_LENS_WANDB_HOOK": (" Off ", False),
+    "PRIMUS_LENS_WANDB_ENHANCE_METRICS": ("y", True),
+    "PRIMUS_LENS_WANDB_OUTPUT_PATH": ("~/rec", os.path.expanduser("~/rec")),
+    "PRIMUS_LENS_SAMPLE_INTERVAL": ("0.1", 0.1),
+    "PRIMUS_LENS_GPU_BACKEND": ("NVML", "nvml"),
+    "PRIMUS_LENS_API_BASE_URL": ("https://lens.example:8443/v1/", "https://lens.example:8443/v1"),
+    "PRIMUS_LENS_WANDB_BATCH_SIZE": ("500", 500),
+    "PRIMUS_LENS_API_HEADERS": ("Cookie: a=b; X-Team: ml", (("Cookie", "a=b"), ("X-Team", "ml"))),
+    "PRIMUS_LENS_REPORT_RANKS": ("8, 0,8", "0,8"),
+    "POD_NAME": (" trainer-0 ", "trainer-0"),
+}
+BAD = {
+    "PRIMUS_LENS_WANDB_DEBUG": ("maybe", "expected true/false (1/0, yes/no, on/off)"),
+    "PRIMUS_LENS_SAMPLE_INTERVAL": ("nan", "expected a float between 0.1 and 3600"),
+    "PRIMUS_LENS_WANDB_BATCH_SIZE": ("501", "expected a int between 1 and 500"),
+    "PRIMUS_LENS_GPU_SCOPE": ("cluster", "expected one of process|node"),
+    "PRIMUS_LENS_API_BASE_URL": ("ftp://x", "expected an http:// or https:// URL"),
+    "PRIMUS_LENS_REPORT_RANKS": ("-1", "expected owner, zero, all or a list of global ranks such as 0,8"),
+    "PRIMUS_LENS_API_HEADERS": ('{"A": 1}', "header values must be strings"),
+}
+
+
+def test_each_setting_is_declared_once_and_documented():
+    settings = [f.name for f in fields(Config) if f.name != "problems"]
+    assert [var.field for var in VARIABLES] == settings
+    assert len({var.name for var in VARIABLES}) == len(VARIABLES) == 29
+    table = markdown_table().splitlines()
+    assert len(table) == 2 + len(VARIABLES)
+    assert table[2] == ("| `PRIMUS_LENS_WANDB_HOOK` | `true` | Master switch. false: the bootstrap "
+                        "imports nothing, patches nothing, starts nothing. |")
+    assert [var.name for var in VARIABLES if var.secret] == ["PRIMUS_LENS_API_HEADERS"]
+
+
+def test_values_are_parsed_as_documented():
+    parsed = Config.from_env({name: raw for name, (raw, _) in GOOD.items()})
+    by_name = {var.name: var.field for var in VARIABLES}
+    assert {name: getattr(parsed, by_name[name]) for name in GOOD} == \
+        {name: value for name, (_, value) in GOOD.items()}
+    assert parsed.problems == ()
+    assert Config.from_env({"PRIMUS_LENS_API_HEADERS": json.dumps({"Cookie": "t=1"})}).api_headers \
+        == (("Cookie", "t=1"),)
+    # unset and blank mean the default; the preset chooses the base URL unless it is set
+    assert Config.from_env({"PRIMUS_LENS_WANDB_HOOK": "  "}) == Config()
+    assert Config.from_env({"PRIMUS_LENS_API_PRESET": "robust"}).api_base_url == API_PRESETS["robust"]
+    assert Config.from_env({}).api_base_url == API_PRESETS["lens"]
+
+
+def test_each_bad_value_is_one_problem_and_the_default_stays():
+    parsed = Config.from_env({name: raw for name, (raw, _) in BAD.items()})
+    defaults = Config()
+    assert parsed == defaults  # problems are not compared
+    shown = {name: "<hidden>" if name == "PRIMUS_LENS_API_HEADERS" else raw
+             for name, (raw, _) in BAD.items()}
+    assert sorted(parsed.problems, key=lambda p: p.variable) == sorted(
+        (Problem(name, shown[name], reason) for name, (_, reason) in BAD.items()),
+        key=lambda p: p.variable)
+    problem = Problem("PRIMUS_LENS_GPU_SCOPE", "x" * 70, "expected one of process|node")
+    assert problem.message() == (f"ignoring PRIMUS_LENS_GPU_SCOPE={'x' * 57 + '...'!r}: expected "
+                                 "one of process|node; using the default")
+
+
+@pytest.mark.parametrize("name", [var.name for var in VARIABLES])
+def test_value_of_reads_one_setting_like_from_env(name):
+    field = next(var.field for var in VARIABLES if var.name == name)
+    for env in ({}, {name: GOOD.get(name, ("", None))[0]}, {name: BAD.get(name, ("", None))[0]}):
+        assert config.value_of(field, env) == getattr(Config.from_env(env), field)
+
+
+def test_the_log_reads_its_debug_switch_once(monkeypatch, capsys):
+    monkeypatch.setattr(log, "_debugging", None)
+    monkeypatch.setenv("PRIMUS_LENS_WANDB_DEBUG", "on")
+    log.debug("first", n=1)
+    monkeypatch.setenv("PRIMUS_LENS_WANDB_DEBUG", "off")  # read once: still on
+    log.debug("second")
+    lines = capsys.readouterr().err.splitlines()
+    assert [json.loads(line[len(log.PREFIX):])["event"] for line in lines] == ["first", "second"]
+    monkeypatch.setattr(log, "_debugging", None)
+    monkeypatch.setenv("PRIMUS_LENS_WANDB_DEBUG", "maybe")  # invalid: the default, off
+    log.debug("third")
+    assert capsys.readouterr().err == ""
