@@ -115,7 +115,7 @@ def test_user_dict_reaches_wandb_unchanged(train):
 
 
 def test_disabled_mode_is_captured(train):
-    result = train(STEP_SEMANTICS.replace('project="capture"', 'project="capture", mode="disabled"'))
+    result = train(STEP_SEMANTICS, env={"WANDB_MODE": "disabled"})
     lines = result.record()
     assert [line["step"] for line in lines] == [0, 1, 2, 3, 4, 5, 10, 11, 12, 13]
     assert [user_keys(line["data"]) for line in lines][5:8] == [{"a": 1, "b": 2}, {"c": 3, "d": 4},

@@ -185,9 +185,9 @@ def test_unwritable_output_path_warns_once_and_falls_back(tmp_path):
     assert [line.count('"i":') for line in moved.read_text().splitlines()] == [1, 1, 1]
 
 
-def _start(tmp: Path, script: str, env=None) -> subprocess.Popen:
+def _start(tmp: Path, script: str, env=None, args=()) -> subprocess.Popen:
     (tmp / "train.py").write_text(script)
-    return subprocess.Popen([TRAIN_PYTHON, str(tmp / "train.py")], cwd=tmp, text=True,
+    return subprocess.Popen([TRAIN_PYTHON, str(tmp / "train.py"), *args], cwd=tmp, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=training_env(tmp, env))
 
@@ -209,15 +209,7 @@ def _lines(tmp: Path) -> list:
     return path.read_text().splitlines() if path.exists() else []
 
 
-LONG_RUN = """
-import sys, time, wandb
-run = wandb.init(project="signals")
-for i in range(200):
-    run.log({"i": i})
-run.log({"pending": 1}, commit=False)
-print("logged", flush=True)
-time.sleep(60)
-"""
+LONG_RUN = (Path(__file__).parents[1] / "scripts" / "long_run.py").read_text()
 
 
 def test_sigterm_flushes_everything_and_dies_of_sigterm(tmp_path):
@@ -230,14 +222,7 @@ def test_sigterm_flushes_everything_and_dies_of_sigterm(tmp_path):
 
 
 def test_sigterm_with_the_programs_own_handler(tmp_path):
-    script = LONG_RUN.replace("import sys, time, wandb\n", """import sys, time, wandb, signal
-def stop(signum, frame):
-    run.log({"stopping": 1})
-    run.finish()
-    sys.exit(3)
-""").replace('run = wandb.init(project="signals")\n', 'run = wandb.init(project="signals")\n'
-             'signal.signal(signal.SIGTERM, stop)\n')
-    proc = _start(tmp_path, script)
+    proc = _start(tmp_path, LONG_RUN, args=["own-handler"])
     _wait_for(proc, "logged")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 3

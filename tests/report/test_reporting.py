@@ -77,18 +77,8 @@ def receiver():
         assert_bodies_valid(server)
 
 
-LOGGING = """
-import math, sys, time, wandb
-run = wandb.init(project="lens", config={"lr": 3e-4, "framework": "megatron",
-                 "db_password": "hunter2-secret", "data": "s3://AKIAEXAMPLE:s3cr3tKey@bucket/x"})
-n = int(sys.argv[1]) if len(sys.argv) > 1 else 50
-for i in range(n):
-    run.log({"loss": 1.0 / (i + 1), "nan": math.nan, "inf": -math.inf, "flag": i % 2 == 0,
-             "name": "text", "huge": 10 ** 400 if i == 3 else i, "nested": {"a": i},
-             "step": i * 10})
-print("logged", run.id, flush=True)
-run.finish()
-"""
+# The training script of these tests, a real file; its variations come from its environment.
+LOGGING = (Path(__file__).parents[1] / "scripts" / "logging_run.py").read_text()
 
 
 def test_every_row_arrives_once_with_valid_bodies_and_detection(tmp_path, receiver):
@@ -163,8 +153,8 @@ def test_only_rank_zero_reports_unless_all_ranks_asked(tmp_path, receiver):
 
 def test_5xx_bursts_and_unknown_pod_then_recovery(tmp_path, receiver):
     receiver.set_faults(fail_rate=0.5, seed=7, no_workload_for=2.0)
-    result = run_training(tmp_path, LOGGING.replace("run.finish()", "time.sleep(3)\nrun.finish()"),
-                          env=reporting_env(receiver.url))
+    result = run_training(tmp_path, LOGGING,
+                          env=reporting_env(receiver.url, LENS_TEST_LINGER="3"))
     assert result.proc.returncode == 0, result.stderr
     run_id = result.proc.stdout.split()[1]
     exactly_once(receiver, run_id, range(50))
@@ -184,11 +174,11 @@ def test_garbage_and_slow_answers(tmp_path, receiver):
 
 def test_outage_at_start_then_server_appears(tmp_path):
     port = free_port()
-    script = LOGGING.replace('print("logged"', 'time.sleep(4)\nprint("logged"')
-    (tmp_path / "train.py").write_text(script)
+    (tmp_path / "train.py").write_text(LOGGING)
     proc = subprocess.Popen([TRAIN_PYTHON, "train.py"], cwd=tmp_path, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=training_env(tmp_path, reporting_env(f"http://127.0.0.1:{port}/v1")))
+                            env=training_env(tmp_path, reporting_env(f"http://127.0.0.1:{port}/v1",
+                                                                    LENS_TEST_PAUSE="4")))
     time.sleep(2.0)  # the rows are logged while nothing listens
     with Receiver(port=port) as server:
         out, err = proc.communicate(timeout=120)
@@ -235,7 +225,8 @@ run.finish()
     (tmp_path / "train.py").write_text(script)
     proc = subprocess.Popen([TRAIN_PYTHON, "train.py"], cwd=tmp_path, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=training_env(tmp_path, reporting_env(f"http://127.0.0.1:{port}/v1")))
+                            env=training_env(tmp_path, reporting_env(f"http://127.0.0.1:{port}/v1",
+                                                                    LENS_TEST_PAUSE="4")))
     time.sleep(1.5)
     server.send_signal(signal.SIGTERM)
     server.wait(timeout=30)
@@ -253,13 +244,13 @@ run.finish()
 
 
 def test_sigterm_flushes_to_the_server(tmp_path, receiver):
-    script = LOGGING.replace("run.finish()", "time.sleep(60)")
-    (tmp_path / "train.py").write_text(script)
+    (tmp_path / "train.py").write_text(LOGGING)
     proc = subprocess.Popen([TRAIN_PYTHON, "train.py"], cwd=tmp_path, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=training_env(tmp_path, reporting_env(
                                 receiver.url, PRIMUS_LENS_WANDB_FLUSH_INTERVAL="30",
-                                PRIMUS_LENS_WANDB_BATCH_SIZE="500")))
+                                PRIMUS_LENS_WANDB_BATCH_SIZE="500", LENS_TEST_LINGER="60",
+                                LENS_TEST_NO_FINISH="1")))
     run_id = proc.stdout.readline().split()[1]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == -signal.SIGTERM
