@@ -198,7 +198,18 @@ def _delegate(module: str) -> Callable[[List[str]], int]:
     def handler(argv: List[str]) -> int:
         import importlib
 
-        return int(importlib.import_module(f"primus_lens_inject.{module}").main(argv) or 0)
+        name = f"primus_lens_inject.{module}"
+        try:
+            command = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not name.startswith(exc.name):
+                raise  # something the command itself needs is missing: show it as it is
+            # The image leaves the development receiver out (.dockerignore): say so, no traceback.
+            print(f"primus-lens: {name} is not in this installation (the image ships the injector "
+                  "and the webhook only; the built-in receiver comes with the wheel)",
+                  file=sys.stderr)
+            return 2
+        return int(command.main(argv) or 0)
 
     return handler
 

@@ -307,3 +307,17 @@ def test_doctor_into_a_closed_pipe_is_quiet(tmp_path):
     proc.stdout.close()  # like `primus-lens doctor | head -0`: gone before doctor writes
     stderr = proc.communicate(timeout=120)[1]
     assert (proc.returncode, stderr) == (1, "")
+
+
+def test_receive_where_the_receiver_is_left_out_says_so(tmp_path):
+    # the image tree leaves devserver/ out (.dockerignore): one line and exit 2, no traceback
+    shutil.copytree(ROOT / "primus_lens_inject", tmp_path / "primus_lens_inject",
+                    ignore=shutil.ignore_patterns("__pycache__", "devserver"))
+    env = training_env(tmp_path, {"PYTHONPATH": str(tmp_path)})
+    # -S: no site, so no editable-install finder serves the full package ahead of the tree
+    proc = subprocess.run([BASE_PYTHON, "-S", "-m", "primus_lens_inject", "receive", "--port", "0"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == ("primus-lens: primus_lens_inject.devserver.cli is not in this installation "
+                           "(the image ships the injector and the webhook only; the built-in "
+                           "receiver comes with the wheel)\n")
