@@ -24,10 +24,13 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) -e ".[test]"
-	@# torch only from a local CPU wheel (never a multi-GB download); tensor tests skip without it
+	@# torch only from a local CPU wheel (never a multi-GB download); tensor tests skip without it.
+	@# tensorboard and Lightning (for the integration tests) come after it, pinned to that torch.
 	@if ls $(TORCH_WHEELS)/torch-2.13.0*.whl >/dev/null 2>&1; then \
-	  $(PY) -m pip install $(PIP_FLAGS) --find-links $(TORCH_WHEELS) "torch==2.13.0"; \
-	else echo "note: no local torch wheel in $(TORCH_WHEELS); torch tests will be skipped"; fi
+	  $(PY) -m pip install $(PIP_FLAGS) --find-links $(TORCH_WHEELS) "torch==2.13.0" \
+	    tensorboard pytorch-lightning; \
+	else echo "note: no local torch wheel in $(TORCH_WHEELS); torch tests will be skipped"; \
+	  $(PY) -m pip install $(PIP_FLAGS) tensorboard; fi
 	touch $@
 
 install-old: $(OLD_VENV)/.installed

@@ -3,6 +3,9 @@
 1. Drain: a record of N rows × 20 keys is delivered by a ``Reporter`` to a minimal loopback
    sink (another process that answers 200 to everything); prints rows/s, points/s and the
    reporter's CPU time per point.  Goal: ≥ 5,000 rows/s of 20 keys, ≤ 5 µs CPU per point.
+   The same for the OTLP sink alone (protobuf, protobuf with gzip, JSON), each against the Lens
+   sink as the baseline, medians of ``--repeats`` drains; and a live run at 5,000 rows/s with
+   the OTLP sink on.
 2. Live: a training subprocess logs 5,000 rows/s for a few seconds (wandb disabled mode, so
    wandb's own cost does not hide ours) with reporting on; prints the backlog left at the end.
 3. ``run.log`` median per call without the injector, with the injector and reporting off, and
@@ -15,10 +18,12 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Dict, List, Tuple
 
 from _common import child_env, median, report, run_child, scratch
 from log_overhead import ACROSS
@@ -32,11 +37,12 @@ class Sink(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # one response, no 40 ms delayed-ACK stall
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = b"" if self.path.endswith("/v1/metrics") else OK  # OTLP: empty = all accepted
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(OK)))
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(OK)
+        self.wfile.write(body)
     def log_message(self, *args):
         pass
 server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
@@ -62,14 +68,27 @@ def write_record(path: Path, rows: int) -> None:
                                 "data": data}, separators=(",", ":")) + "\n")
 
 
-def drain(rows: int, url: str, tmp: str) -> None:
+def lens_config(url: str) -> Any:
     from primus_lens_inject.config import Config
+
+    return Config(api_base_url=url, pod_name="bench-0", flush_interval=0.05)
+
+
+def otlp_config(url: str, protocol: str, compression: str = "none") -> Any:
+    from primus_lens_inject.config import Config
+
+    return Config(api_reporting=False, otlp=True, otlp_endpoint=url.rsplit("/v1", 1)[0],
+                  otlp_protocol=protocol, otlp_compression=compression, pod_name="bench-0",
+                  flush_interval=0.05)
+
+
+def drain(rows: int, config: Any, tmp: str, name: str) -> Tuple[float, float]:
+    """Deliver a fresh record of ``rows`` rows; (rows/s, reporter CPU µs per point)."""
     from primus_lens_inject.report.reporter import Reporter
     from primus_lens_inject.topology import Topology
 
-    record = Path(tmp) / "drain" / "wandb_metrics.jsonl"
+    record = Path(tmp) / f"drain-{name}" / "wandb_metrics.jsonl"
     write_record(record, rows)
-    config = Config(api_base_url=url, pod_name="bench-0", flush_interval=0.05)
     reporter = Reporter(config, Topology(), str(record))
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
@@ -78,12 +97,35 @@ def drain(rows: int, url: str, tmp: str) -> None:
     elapsed = time.perf_counter() - started
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     reporter.close(1.0)
+    shutil.rmtree(record.parent)
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     points = rows * KEYS
-    print(f"drain: {rows} rows x {KEYS} keys delivered={delivered} in {elapsed:.2f} s: "
-          f"{rows / elapsed:,.0f} rows/s, {points / elapsed:,.0f} points/s, "
-          f"reporter CPU {cpu * 1e6 / points:.2f} us/point "
-          f"(goals: >= 5,000 rows/s, <= 5 us/point)")
+    if not delivered:
+        raise SystemExit(f"drain {name}: not everything was delivered")
+    return rows / elapsed, cpu * 1e6 / points
+
+
+def drains(rows: int, url: str, tmp: str, repeats: int) -> None:
+    """The Lens sink is the baseline each OTLP encoding is compared with; medians."""
+    sinks = {"lens": lens_config(url), "otlp protobuf": otlp_config(url, "http/protobuf"),
+             "otlp protobuf+gzip": otlp_config(url, "http/protobuf", "gzip"),
+             "otlp json": otlp_config(url, "http/json")}
+    rates: Dict[str, List[float]] = {name: [] for name in sinks}
+    costs: Dict[str, List[float]] = {name: [] for name in sinks}
+    for _ in range(repeats):  # alternating, so a noisy moment hits every sink alike
+        for name, config in sinks.items():
+            rate, cost = drain(rows, config, tmp, name.replace(" ", "-").replace("+", "-"))
+            rates[name].append(rate)
+            costs[name].append(cost)
+    print(f"drain: {rows} rows x {KEYS} keys, medians of {repeats}; goals >= 5,000 rows/s, "
+          "<= 5 us CPU/point")
+    for name in sinks:
+        if name == "lens":
+            continue
+        report(f"drain rows/s, lens vs {name}", median(rates["lens"]), median(rates[name]),
+               "rows/s", ">= 5,000")
+        report(f"drain CPU us/point, lens vs {name}", median(costs["lens"]), median(costs[name]),
+               "us", "<= 5")
 
 
 LIVE = """
@@ -101,19 +143,23 @@ print(logged, time.perf_counter() - start - logged)
 """
 
 
-def live(url: str, tmp: str, rate: int, seconds: float) -> None:
+def live(url: str, tmp: str, rate: int, seconds: float, otlp: bool = False) -> None:
     rows = int(rate * seconds)
-    env = child_env(tmp, True, {"PRIMUS_LENS_WANDB_API_REPORTING": "true",
-                                "PRIMUS_LENS_API_BASE_URL": url, "POD_NAME": "bench-0",
-                                "PRIMUS_LENS_WANDB_OUTPUT_PATH": os.path.join(tmp, "live"),
+    where = os.path.join(tmp, "live-otlp" if otlp else "live")
+    sink = {"PRIMUS_LENS_OTLP": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": url.rsplit("/v1", 1)[0]} \
+        if otlp else {"PRIMUS_LENS_WANDB_API_REPORTING": "true", "PRIMUS_LENS_API_BASE_URL": url}
+    env = child_env(tmp, True, {**sink, "POD_NAME": "bench-0",
+                                "PRIMUS_LENS_WANDB_OUTPUT_PATH": where,
                                 "PRIMUS_LENS_SHUTDOWN_TIMEOUT": "30"})
     logged_for, finish = map(float, run_child(LIVE.format(keys=KEYS, rows=rows, rate=rate),
                                               env).split())
-    status = json.loads((Path(tmp) / "live" / "node_0" / "rank_0" /
+    status = json.loads((Path(where) / "node_0" / "rank_0" /
                          "wandb_metrics.status.json").read_text())
-    print(f"live: {rows} rows at {rate}/s logged in {logged_for:.2f} s; finish (flushing what "
-          f"was not yet sent) took {finish:.2f} s; at exit {status['rows_sent']} sent, backlog "
-          f"{status['backlog_bytes']} bytes, state '{status['state']}'")
+    status = status["otlp"] if otlp else status
+    print(f"live{' otlp' if otlp else ''}: {rows} rows at {rate}/s logged in {logged_for:.2f} s; "
+          f"finish (flushing what was not yet sent) took {finish:.2f} s; at exit "
+          f"{status['rows_sent']} sent, backlog {status['backlog_bytes']} bytes, "
+          f"state '{status['state']}'")
 
 
 def log_cost(url: str, tmp: str, calls: int, repeats: int) -> None:
@@ -144,8 +190,9 @@ def main() -> None:
     sink, url = start_sink()
     try:
         with scratch() as tmp:
-            drain(args.rows, url, tmp)
+            drains(args.rows, url, tmp, args.repeats)
             live(url, tmp, args.rate, args.seconds)
+            live(url, tmp, args.rate, args.seconds, otlp=True)
             log_cost(url, tmp, args.calls, args.repeats)
     finally:
         sink.kill()

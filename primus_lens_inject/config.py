@@ -34,6 +34,9 @@ GPU_BACKENDS = ("auto", "amdsmi", "sysfs", "nvml", "none")
 GPU_SCOPES = ("process", "node")
 REPORT_RANKS = ("owner", "zero", "all")  # or a list of global ranks, e.g. "0,8"
 EVIDENCE_LEVELS = ("standard", "minimal", "off")
+OTLP_PROTOCOLS = ("http/protobuf", "http/json")
+OTLP_COMPRESSIONS = ("gzip", "none")
+DEFAULT_OTLP_ENDPOINT = "http://localhost:4318"
 
 _TRUE = frozenset(("1", "true", "yes", "on", "y", "t"))
 _FALSE = frozenset(("0", "false", "no", "off", "n", "f"))
@@ -118,6 +121,30 @@ def _headers(raw: str) -> Tuple[Tuple[str, str], ...]:
         if not name or any(c in name for c in " \t\r\n:") or any(c in value for c in "\r\n"):
             raise InvalidValue(f"invalid header {name!r}")
     return tuple(pairs)
+
+
+def _pairs(raw: str) -> Tuple[Tuple[str, str], ...]:
+    """OpenTelemetry's list form, ``key=value,key2=value2``, values URL-decoded (used by
+    ``OTEL_EXPORTER_OTLP_HEADERS`` and ``OTEL_RESOURCE_ATTRIBUTES``)."""
+    from urllib.parse import unquote
+
+    pairs = []
+    for part in raw.split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        name, value = name.strip(), unquote(value.strip())
+        if not sep or not name or any(c in name + value for c in "\r\n"):
+            raise InvalidValue("expected key=value pairs separated by commas")
+        pairs.append((unquote(name), value))
+    return tuple(pairs)
+
+
+def _otlp_protocol(raw: str) -> str:
+    value = raw.strip().lower()
+    if value == "grpc":
+        raise InvalidValue("grpc is not supported by this exporter, it sends OTLP/HTTP")
+    return _choice(OTLP_PROTOCOLS)(value)
 
 
 def _report_ranks(raw: str) -> str:
@@ -242,6 +269,63 @@ class Config:
         "What the detection report carries: standard (allow-listed evidence), minimal "
         "(framework names and versions only) or off (framework names only, no evidence); "
         "see docs/detection.md.")
+    otlp: bool = setting(
+        "PRIMUS_LENS_OTLP", False, parse_bool,
+        "Also export the rows as OTLP/HTTP metrics to an OpenTelemetry endpoint, configured by "
+        "the standard `OTEL_*` variables below; see docs/otlp.md.")
+    otlp_endpoint: str = setting(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", DEFAULT_OTLP_ENDPOINT, _url,
+        "OTLP base URL; metrics go to `{endpoint}/v1/metrics`.")
+    otlp_metrics_endpoint: Optional[str] = setting(
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", None, _url,
+        "Full OTLP metrics URL, used as it is; wins over `OTEL_EXPORTER_OTLP_ENDPOINT`.")
+    otlp_headers: Tuple[Tuple[str, str], ...] = setting(
+        "OTEL_EXPORTER_OTLP_HEADERS", (), _pairs,
+        "OTLP request headers, `key=value,...` (URL-decoded); never logged.", secret=True)
+    otlp_metrics_headers: Optional[Tuple[Tuple[str, str], ...]] = setting(
+        "OTEL_EXPORTER_OTLP_METRICS_HEADERS", None, _pairs,
+        "The same for metrics only; wins over `OTEL_EXPORTER_OTLP_HEADERS`.", secret=True)
+    otlp_timeout: int = setting(
+        "OTEL_EXPORTER_OTLP_TIMEOUT", 10_000, _number(int, 1, 600_000),
+        "Milliseconds to wait for an OTLP answer.")
+    otlp_metrics_timeout: Optional[int] = setting(
+        "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", None, _number(int, 1, 600_000),
+        "The same for metrics only.")
+    otlp_compression: str = setting(
+        "OTEL_EXPORTER_OTLP_COMPRESSION", "none", _choice(OTLP_COMPRESSIONS),
+        "OTLP body compression: gzip or none.")
+    otlp_metrics_compression: Optional[str] = setting(
+        "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", None, _choice(OTLP_COMPRESSIONS),
+        "The same for metrics only.")
+    otlp_protocol: str = setting(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf", _otlp_protocol,
+        "OTLP encoding: http/protobuf or http/json (grpc is refused with a warning).")
+    otlp_metrics_protocol: Optional[str] = setting(
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", None, _otlp_protocol,
+        "The same for metrics only.")
+    otlp_certificate: Optional[str] = setting(
+        "OTEL_EXPORTER_OTLP_CERTIFICATE", None, _path,
+        "PEM file of CA certificates to verify the OTLP endpoint with.")
+    otlp_metrics_certificate: Optional[str] = setting(
+        "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", None, _path, "The same for metrics only.")
+    otlp_client_certificate: Optional[str] = setting(
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", None, _path,
+        "PEM client certificate for mutual TLS with the OTLP endpoint.")
+    otlp_metrics_client_certificate: Optional[str] = setting(
+        "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE", None, _path,
+        "The same for metrics only.")
+    otlp_client_key: Optional[str] = setting(
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY", None, _path,
+        "PEM private key of the client certificate.")
+    otlp_metrics_client_key: Optional[str] = setting(
+        "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY", None, _path, "The same for metrics only.")
+    otel_resource_attributes: Tuple[Tuple[str, str], ...] = setting(
+        "OTEL_RESOURCE_ATTRIBUTES", (), _pairs,
+        "Extra OTLP resource attributes, `key=value,...` (URL-decoded).")
+    otel_service_name: str = setting(
+        "OTEL_SERVICE_NAME", "", _text,
+        "OTLP `service.name` (wins over one in `OTEL_RESOURCE_ATTRIBUTES`; "
+        "default `primus-lens-inject`).")
     pod_name: str = setting(
         "POD_NAME", "", _text, "Pod name (downward API): the server's identity key.")
     pod_uid: str = setting(

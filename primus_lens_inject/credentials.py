@@ -16,8 +16,9 @@ file.  Every such string goes through ``redact_text`` here, which replaces with 
   secret if one of its snake/kebab/camel word parts says so (``is_secret_key``);
 * random-looking strings shortly after a secret word (``secret wJalrXUtnFEMI/K7MDENG…``).
 
-``scrub`` adds the injector's own secrets (the values of ``PRIMUS_LENS_API_HEADERS`` and the
-userinfo of ``PRIMUS_LENS_API_BASE_URL``), removed by exact match before the rules run, for every
+``scrub`` adds the injector's own secrets (the values of ``PRIMUS_LENS_API_HEADERS`` and of the
+OTLP exporter's ``OTEL_EXPORTER_OTLP[_METRICS]_HEADERS``, and the userinfo of
+``PRIMUS_LENS_API_BASE_URL``), removed by exact match before the rules run, for every
 line we print or keep beside the record.  Nothing here raises on a ``str`` or mutates anything.
 """
 
@@ -312,6 +313,7 @@ def redact_key(key: str) -> str:
 
 HEADERS_VARIABLE = "PRIMUS_LENS_API_HEADERS"
 BASE_URL_VARIABLE = "PRIMUS_LENS_API_BASE_URL"
+OTLP_HEADERS_VARIABLES = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS")
 _MIN_OWN = 4  # shorter values would blot out ordinary text and protect nothing
 _MIN_WORD = 8  # the same for single words of a longer value
 
@@ -353,19 +355,23 @@ def _pieces(value: str) -> List[str]:
 
 
 @functools.lru_cache(maxsize=8)
-def _own_secrets(headers: str, base_url: str) -> Tuple[str, ...]:
-    found = {headers.strip()}
-    for value in _header_values(headers) + _passwords(base_url):
+def _own_secrets(headers: str, base_url: str, otlp_headers: Tuple[str, ...] = ()
+                 ) -> Tuple[str, ...]:
+    found = {headers.strip(), *(raw.strip() for raw in otlp_headers)}
+    otlp_values = [unquote(part.partition("=")[2].strip())  # OTel's key=value,... form
+                   for raw in otlp_headers for part in raw.split(",")]
+    for value in _header_values(headers) + _passwords(base_url) + otlp_values:
         for piece in _pieces(value):
             found.update((piece, unquote(piece)))
     return tuple(sorted((s for s in found if len(s) >= _MIN_OWN), key=lambda s: (-len(s), s)))
 
 
 def own_secrets(environ: Optional[Mapping[str, str]] = None) -> Tuple[str, ...]:
-    """Our configured credentials (header values and their words, base URL userinfo and its
-    parts, raw and percent-decoded), longest first."""
+    """Our configured credentials (header values and their words, the OTLP exporter's header
+    values, base URL userinfo and its parts, raw and percent-decoded), longest first."""
     env = os.environ if environ is None else environ
-    return _own_secrets(env.get(HEADERS_VARIABLE) or "", env.get(BASE_URL_VARIABLE) or "")
+    return _own_secrets(env.get(HEADERS_VARIABLE) or "", env.get(BASE_URL_VARIABLE) or "",
+                        tuple(env.get(name) or "" for name in OTLP_HEADERS_VARIABLES))
 
 
 def _without(text: str, secret: str) -> str:

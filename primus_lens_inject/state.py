@@ -9,7 +9,8 @@ Everything process-wide lives here, so a reader finds it in one place:
   ``at_fork``; the callbacks run in registration order after a fork (reverse order before it, as
   ``os.register_at_fork`` itself does), each guarded, so one failing cannot skip the others;
 * the exit hooks: ``atexit``, a multiprocessing child's finalizers (it leaves through
-  ``os._exit``) and SIGTERM, each handing the process end to the session.
+  ``os._exit``) and SIGTERM, each handing the process end to the session; and a second
+  ``atexit`` hook that runs after wandb's own teardown, for what only wandb finishes writing.
 
 The session is held by type ``Ending`` only: capture builds it, this leaf just keeps it.
 """
@@ -36,8 +37,12 @@ class Ending(Protocol):
     def flush(self) -> None:
         """Write and send what is queued, within the process end's budget; the process goes on."""
 
-    def shutdown(self, hand_off: bool = False) -> None:
-        """Write, send and stop everything: the process ends."""
+    def shutdown(self, hand_off: bool = False, wandb_ends_later: bool = False) -> None:
+        """Write, send and stop everything: the process ends.  ``wandb_ends_later``: wandb's
+        teardown runs after this, and ``after_wandb_exit`` follows it."""
+
+    def after_wandb_exit(self) -> None:
+        """wandb's own teardown is over: finish what waited for it."""
 
 
 # -- configuration and topology --------------------------------------------------------------
@@ -136,14 +141,36 @@ _previous_sigterm: Any = None
 _child_finalizer_pid = 0
 
 
-def _at_exit() -> None:
-    """atexit, and a multiprocessing child's finalizers (it leaves through ``os._exit``)."""
+def _at_exit(wandb_ends_later: bool = False) -> None:
+    """atexit (wandb's teardown follows), and a multiprocessing child's finalizers (it leaves
+    through ``os._exit``: nothing follows)."""
     current: Optional[Ending] = session
     if current is not None:
         try:
-            current.shutdown()
+            current.shutdown(wandb_ends_later=wandb_ends_later)
         except Exception as exc:
             log.warn(f"flush at exit failed: {type(exc).__name__}: {exc}")
+
+
+def _after_wandb_exit() -> None:
+    current: Optional[Ending] = session
+    if current is not None:
+        try:
+            current.after_wandb_exit()
+        except Exception as exc:
+            log.warn(f"flush after wandb's exit failed: {type(exc).__name__}: {exc}")
+
+
+_late_hooked = False
+
+
+def install_late_exit_hook() -> None:
+    """At the wandb import, before ``wandb.init`` registers wandb's teardown: atexit runs hooks
+    in reverse order, so this one runs after that teardown has written wandb's last records."""
+    global _late_hooked
+    if not _late_hooked:
+        _late_hooked = True
+        atexit.register(_after_wandb_exit)
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -193,7 +220,7 @@ def install_exit_hooks() -> None:
     if _exit_hooked:
         return
     _exit_hooked = True
-    atexit.register(_at_exit)
+    atexit.register(_at_exit, True)
     if threading.current_thread() is threading.main_thread():
         try:
             previous = signal.getsignal(signal.SIGTERM)

@@ -9,10 +9,13 @@ The rules, all documented in the README:
   wandb accepts them): it becomes ``{"_type": "int", "bits": n}``;
 * non-finite floats become the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` (the protobuf
   JSON convention), so every line is strict JSON yet a NaN stays distinguishable from a missing value;
-* numpy and torch scalars and one-element tensors/arrays become numbers (``.item()``; wandb has
-  already synchronised a device tensor by the time we look at it);
-* larger arrays and tensors, media objects (Image, Table, Histogram, ...) and unknown objects
-  become a small descriptor ``{"_type": ..., ...}``; ``repr`` is never called;
+* numpy and torch scalars and one-element tensors/arrays become numbers (``.item()``), and
+  arrays/tensors of up to ``MAX_ARRAY`` elements become (nested) lists of numbers, as wandb
+  keeps them itself (larger ones become a histogram in wandb's history);
+* a histogram (``wandb.Histogram``, or wandb's JSON form of one read back from its history)
+  becomes ``{"_type": "histogram", "bins", "min", "max", "count"}`` (``histogram_summary``);
+* larger arrays and tensors, other media objects (Image, Table, ...) and unknown objects become
+  a small descriptor ``{"_type": ..., ...}``; ``repr`` is never called;
 * nested dicts are frozen recursively (wandb keeps them nested); lists and tuples up to
   ``MAX_LIST`` items are kept, longer ones become a descriptor.
 
@@ -30,6 +33,7 @@ from typing import Any, Dict, Mapping
 STRICT_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
 MAX_LIST = 64
+MAX_ARRAY = 32  # wandb keeps arrays of up to this many elements as lists (``util.json_friendly``)
 MAX_DEPTH = 8
 MAX_STR = 65536
 MAX_INT_BITS = 10_000  # about 3000 decimal digits, inside ``sys.get_int_max_str_digits()``
@@ -67,6 +71,8 @@ def _scalar_like(value: Any) -> Any:
         size = numel() if callable(numel) else None
     if size == 1 and callable(getattr(value, "item", None)):
         return freeze_value(value.item(), MAX_DEPTH)
+    if isinstance(size, int) and size <= MAX_ARRAY and callable(getattr(value, "tolist", None)):
+        return freeze_value(value.tolist(), 1)
     described: Dict[str, Any] = {"_type": _class_name(value)}
     if shape is not None:
         try:
@@ -79,10 +85,38 @@ def _scalar_like(value: Any) -> Any:
     return described
 
 
+def _count(values: Any) -> Any:
+    total = 0
+    for n in values:
+        total += n
+    return total
+
+
+def histogram_summary(counts: Any, bins: Any) -> Dict[str, Any]:
+    """A histogram's summary numbers: how many bins, the lowest and highest edge, the total count.
+
+    ``bins`` is the list of edges (``len(counts) + 1`` of them), or wandb's packed form
+    ``{"min", "size", "count"}`` (equal bins).  The bin counts themselves are left out: they are
+    what a histogram panel draws, not what a dashboard of numbers needs.
+    """
+    try:
+        if isinstance(bins, Mapping):
+            low, width, n = float(bins["min"]), float(bins["size"]), int(bins["count"])
+            high = low + width * n
+        else:
+            n, low, high = len(bins) - 1, float(bins[0]), float(bins[-1])
+        return {"_type": "histogram", "bins": n, "min": _float(low), "max": _float(high),
+                "count": freeze_value(_count(counts))}
+    except Exception:
+        return {"_type": "histogram"}
+
+
 def _media(value: Any) -> Dict[str, Any]:
     """A wandb media or custom object: its kind, and its size where wandb keeps one cheaply."""
-    described: Dict[str, Any] = {"_type": _class_name(value)}
     log_type = getattr(type(value), "_log_type", None)
+    if log_type == "histogram":
+        return histogram_summary(getattr(value, "histogram", ()), getattr(value, "bins", ()))
+    described: Dict[str, Any] = {"_type": _class_name(value)}
     if isinstance(log_type, str):
         described["log_type"] = log_type
     for attr, key in (("_width", "width"), ("_height", "height"), ("columns", "columns")):

@@ -24,6 +24,14 @@ GOOD = {
     "PRIMUS_LENS_API_HEADERS": ("Cookie: a=b; X-Team: ml", (("Cookie", "a=b"), ("X-Team", "ml"))),
     "PRIMUS_LENS_REPORT_RANKS": ("8, 0,8", "0,8"),
     "POD_NAME": (" trainer-0 ", "trainer-0"),
+    "PRIMUS_LENS_OTLP": ("true", True),
+    "OTEL_EXPORTER_OTLP_ENDPOINT": ("http://otel-collector:4318/", "http://otel-collector:4318"),
+    "OTEL_EXPORTER_OTLP_HEADERS": ("api-key=a%3Db , x-org=ml", (("api-key", "a=b"), ("x-org", "ml"))),
+    "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT": ("2500", 2500),
+    "OTEL_EXPORTER_OTLP_PROTOCOL": ("HTTP/JSON", "http/json"),
+    "OTEL_EXPORTER_OTLP_COMPRESSION": ("gzip", "gzip"),
+    "OTEL_RESOURCE_ATTRIBUTES": ("team=ml,cost.center=a%2Cb", (("team", "ml"), ("cost.center", "a,b"))),
+    "OTEL_SERVICE_NAME": (" trainer ", "trainer"),
 }
 BAD = {
     "PRIMUS_LENS_WANDB_DEBUG": ("maybe", "expected true/false (1/0, yes/no, on/off)"),
@@ -33,18 +41,25 @@ BAD = {
     "PRIMUS_LENS_API_BASE_URL": ("ftp://x", "expected an http:// or https:// URL"),
     "PRIMUS_LENS_REPORT_RANKS": ("-1", "expected owner, zero, all or a list of global ranks such as 0,8"),
     "PRIMUS_LENS_API_HEADERS": ('{"A": 1}', "header values must be strings"),
+    "OTEL_EXPORTER_OTLP_PROTOCOL": ("grpc", "grpc is not supported by this exporter, it sends OTLP/HTTP"),
+    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": ("thrift", "expected one of http/protobuf|http/json"),
+    "OTEL_EXPORTER_OTLP_TIMEOUT": ("10s", "expected a int between 1 and 600000"),
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": ("collector:4318", "expected an http:// or https:// URL"),
+    "OTEL_EXPORTER_OTLP_METRICS_HEADERS": ("token", "expected key=value pairs separated by commas"),
+    "OTEL_RESOURCE_ATTRIBUTES": ("=x", "expected key=value pairs separated by commas"),
 }
 
 
 def test_each_setting_is_declared_once_and_documented():
     settings = [f.name for f in fields(Config) if f.name != "problems"]
     assert [var.field for var in VARIABLES] == settings
-    assert len({var.name for var in VARIABLES}) == len(VARIABLES) == 29
+    assert len({var.name for var in VARIABLES}) == len(VARIABLES) == 48
     table = markdown_table().splitlines()
     assert len(table) == 2 + len(VARIABLES)
     assert table[2] == ("| `PRIMUS_LENS_WANDB_HOOK` | `true` | Master switch. false: the bootstrap "
                         "imports nothing, patches nothing, starts nothing. |")
-    assert [var.name for var in VARIABLES if var.secret] == ["PRIMUS_LENS_API_HEADERS"]
+    assert [var.name for var in VARIABLES if var.secret] == [
+        "PRIMUS_LENS_API_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS"]
 
 
 def test_values_are_parsed_as_documented():
@@ -65,7 +80,8 @@ def test_each_bad_value_is_one_problem_and_the_default_stays():
     parsed = Config.from_env({name: raw for name, (raw, _) in BAD.items()})
     defaults = Config()
     assert parsed == defaults  # problems are not compared
-    shown = {name: "<hidden>" if name == "PRIMUS_LENS_API_HEADERS" else raw
+    secret = {var.name for var in VARIABLES if var.secret}
+    shown = {name: "<hidden>" if name in secret else raw
              for name, (raw, _) in BAD.items()}
     assert sorted(parsed.problems, key=lambda p: p.variable) == sorted(
         (Problem(name, shown[name], reason) for name, (_, reason) in BAD.items()),

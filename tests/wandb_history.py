@@ -45,7 +45,7 @@ def _records(path: str) -> List[bytes]:
 
 
 def history(run_dir: str) -> List[Dict[str, Any]]:
-    """Rows as {"_step": int, key: value...} with user keys only (no _runtime/_timestamp)."""
+    """Rows as {key: value...}: the logged keys and wandb's own (_step, _timestamp, _runtime)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     (path,) = glob.glob(os.path.join(run_dir, "*.wandb"))
@@ -68,3 +68,8 @@ def history(run_dir: str) -> List[Dict[str, Any]]:
 
 def run_dirs(wandb_dir: str) -> List[str]:
     return sorted(glob.glob(os.path.join(wandb_dir, "wandb", "offline-run-*")))
+
+
+def run_id(run_dir: str) -> str:
+    """The run's id, the last part of its directory's name (offline-run-<date>_<time>-<id>)."""
+    return os.path.basename(run_dir).rsplit("-", 1)[1]

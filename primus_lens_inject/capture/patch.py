@@ -4,7 +4,10 @@ Wrapped at class level, before any run exists (see research/wandb-and-gpu.md §1
 
 * ``Run.log`` — ``wandb.log`` is a bound ``run.log``, so both reach this one wrapper exactly once;
 * ``Run.finish`` and ``Run._finish`` — ``with wandb.init() as run`` exits through ``_finish`` only;
-* ``wandb.init`` (one function object, also bound as ``wandb.sdk.wandb_init.init``).
+* ``wandb.init`` (one function object, also bound as ``wandb.sdk.wandb_init.init``);
+* ``Run.watch`` and ``Run.define_metric`` (and the module-level ``wandb.watch`` of old versions):
+  after either, the run's rows hold values that never pass through ``log``, and the session
+  takes them from wandb's transaction log instead (``capture.history``).
 
 Disabled mode never calls ``Run.log``: depending on the wandb version the run is a ``NoopRun``
 subclass or carries instance-level lambdas.  ``patch_run`` wraps whatever ``log``/``finish`` the
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import types
 from typing import Any, Callable, Tuple
 
 from .. import compat, log, state
@@ -70,19 +74,46 @@ def _log_through(run: Any, original: Callable, method: bool, args: tuple, kwargs
     return result
 
 
-def _finish_through(run: Any, original: Callable, method: bool, args: tuple, kwargs: dict) -> Any:
+def _guarded(method: str, *args: Any) -> Any:
+    """``session.<method>(*args)`` if the injector is on; an error of ours switches it off."""
     s = state.session
     if s is not None and s.enabled:
         try:
-            s.on_finish(run)
+            return getattr(s, method)(*args)
         except Exception as exc:
             s.fail(exc)
-    return _call(original, run, method, args, kwargs)
+    return None
+
+
+def _finish_through(run: Any, original: Callable, method: bool, args: tuple, kwargs: dict) -> Any:
+    following = _guarded("on_finish", run)
+    try:
+        return _call(original, run, method, args, kwargs)
+    finally:
+        if following:  # wandb has now written the run's whole log
+            _guarded("after_finish", run)
+
+
+def _watch_through(run: Any, original: Callable, method: bool, args: tuple, kwargs: dict) -> Any:
+    result = _call(original, run, method, args, kwargs)
+    _guarded("follow", run, session.WATCH)
+    return result
+
+
+def _define_metric_through(run: Any, original: Callable, method: bool, args: tuple,
+                           kwargs: dict) -> Any:
+    result = _call(original, run, method, args, kwargs)
+    step_metric = args[1] if len(args) > 1 else kwargs.get("step_metric")
+    step_sync = args[2] if len(args) > 2 else kwargs.get("step_sync")
+    if step_metric and step_sync is not False:  # wandb's default: sync when a step metric is set
+        _guarded("follow", run, session.STEP_SYNC)
+    return result
 
 
 # ``__exit__`` too: old disabled runs end a ``with`` block without calling any finish.
 _THROUGH = {"log": _log_through, "finish": _finish_through, "_finish": _finish_through,
-            "__exit__": _finish_through}
+            "__exit__": _finish_through, "watch": _watch_through,
+            "define_metric": _define_metric_through}
 
 
 def wrap_method(cls: type, name: str) -> None:
@@ -149,12 +180,7 @@ def _wrap_init(wandb: Any) -> None:
 
     def init(*args: Any, **kwargs: Any) -> Any:
         run = original(*args, **kwargs)
-        s = state.session
-        if s is not None and s.enabled:
-            try:
-                s.on_init(run)
-            except Exception as exc:
-                s.fail(exc)
+        _guarded("on_init", run)
         return run
 
     wrapped = _mark(init, original)
@@ -162,6 +188,22 @@ def _wrap_init(wandb: Any) -> None:
     for module in (wandb, sys.modules.get("wandb.sdk")):
         if module is not None and getattr(module, "init", None) is original:
             module.init = wrapped
+
+
+def _wrap_module_watch(wandb: Any) -> None:
+    """Old versions (< 0.13) define ``wandb.watch`` as a module function that ``Run.watch`` calls
+    in turn; newer ones bind it to ``Run.watch`` at init, which is already wrapped."""
+    original = getattr(wandb, "watch", None)
+    if type(original) is not types.FunctionType or is_wrapped(original):
+        return
+
+    def watch(*args: Any, **kwargs: Any) -> Any:
+        return _watch_through(getattr(wandb, "run", None), original, False, args, kwargs)
+
+    wrapped = _mark(watch, original)
+    for module in (wandb, sys.modules.get("wandb.sdk"), sys.modules.get("wandb.sdk.wandb_watch")):
+        if module is not None and getattr(module, "watch", None) is original:
+            module.watch = wrapped
 
 
 def install(wandb: Any) -> str:
@@ -183,6 +225,7 @@ def install(wandb: Any) -> str:
             if name in wandb_run.Run.__dict__:
                 wrap_method(wandb_run.Run, name)
         _wrap_init(wandb)
+        _wrap_module_watch(wandb)
         wandb._primus_lens_patched = True
         if getattr(wandb, "run", None) is not None:  # patched late: a run already exists
             s.adopt(wandb.run)

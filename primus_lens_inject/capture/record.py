@@ -21,12 +21,13 @@ import fcntl
 import os
 import threading
 import time
-from typing import Any, Deque, Dict, Optional, Tuple
+from typing import Any, Deque, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from .. import guard, log
 from ..paths import close_quietly
 from ..values import STRICT_JSON, freeze
-from .rows import RunRows
+from .history import Follower
+from .rows import APPROX_KEY, Row, RunRows
 
 ENABLED_KEY = "_primus_lens_enabled"  # in every row of the record, never sent to wandb
 FLUSH_SECONDS = 0.5  # a row reaches the kernel within this (the promise is: within 1 s)
@@ -39,22 +40,37 @@ BACKPRESSURE_MAX = 1.0  # the longest one ``log`` call waits for a writer that m
 HARD_LIMIT = 200_000  # queued calls (mostly bare steps) beyond which calls are not queued
 
 
-# A queued ``log`` call, or the end of a run: made on the training thread, read by the writer
-# thread, never changed in between.  A plain tuple: it is built on every ``log`` call, where a
-# NamedTuple costs measurably more (bench/log_overhead.py); its fields, by index:
+class Follow(NamedTuple):
+    """In place of a row: from here on, read the run's rows from wandb's transaction log."""
+
+    path: str
+    record_class: Any  # wandb's protobuf ``Record``
+
+
+# A queued ``log`` call, the end of a run, or the switch to wandb's transaction log: made on the
+# training thread, read by the writer thread, never changed in between.  A plain tuple: it is
+# built on every ``log`` call, where a NamedTuple costs measurably more
+# (bench/log_overhead.py); its fields, by index:
 ROWS = 0  # RunRows: the run's step rules
-DATA = 1  # the frozen row; None: the run finished
+DATA = 1  # the frozen row (a dict); None: the run finished; a ``Follow``
 STEP = 2  # Optional[int], as given to ``log``
 COMMIT = 3  # as given to ``log``
 TIMESTAMP = 4  # float: ``time.time()`` of the call
 SAMPLE = 5  # the system sample current at the call, merged in by the writer
-Call = Tuple[RunRows, Optional[Dict[str, Any]], Optional[int], Any, float, Dict[str, Any]]
+Call = Tuple[RunRows, Union[Dict[str, Any], Follow, None], Optional[int], Any, float,
+             Dict[str, Any]]
 NO_SAMPLE: Dict[str, Any] = {}  # the sample of a call made while nothing samples (never mutated)
 
 
 def end_of_run(rows: RunRows) -> Call:
-    """The call that makes the writer turn a run's pending row into its last one."""
+    """The call that makes the writer turn a run's pending row into its last one (or, for a
+    followed run, read wandb's transaction log to its end)."""
     return (rows, None, None, None, 0.0, NO_SAMPLE)
+
+
+def follow_log(rows: RunRows, path: str, record_class: Any) -> Call:
+    """The call after which the writer takes the run's rows from wandb's transaction log."""
+    return (rows, Follow(path, record_class), None, None, 0.0, NO_SAMPLE)
 
 
 def encode(run_id: str, step: int, timestamp: float, data: Dict[str, Any], who: str = "") -> bytes:
@@ -110,6 +126,7 @@ class RecordWriter:
         self._stop = False
         self._closed = False  # the writer thread wrote everything after ``close`` and ended
         self._thread: Optional[threading.Thread] = None
+        self._followed: List[RunRows] = []  # runs whose rows come from wandb's log (writer's)
         self._open(fallback)
         if self.is_open:
             self._thread = guard.start_thread("record", self._run)
@@ -145,7 +162,7 @@ class RecordWriter:
         if self._fd < 0:
             return
         data = call[DATA]
-        if data is not None:
+        if type(data) is dict:
             if len(self._queue) >= MAX_QUEUED \
                     or self._values_in - self._values_out >= MAX_QUEUED_VALUES:
                 crowded = self._crowded(call)
@@ -201,6 +218,7 @@ class RecordWriter:
         self._queue = collections.deque()
         self._unwritten = b""
         self._values_in = self._values_out = 0
+        self._followed = []
         self._tickets = threading.Lock()
         self._wake = threading.Event()
         self._thread = None
@@ -236,6 +254,10 @@ class RecordWriter:
         most); True when all is written.  Calls queued meanwhile wait for the next time."""
         if self._unwritten and not self._write():
             return False
+        if self._followed:
+            self._unwritten = self._followed_lines()
+            if self._unwritten and not self._write():
+                return False
         left = len(self._queue)
         while left > 0:
             self._unwritten, taken = self._encode_queued(min(left, MAX_QUEUED))
@@ -255,18 +277,61 @@ class RecordWriter:
             taken += 1
             try:
                 if data is None:
-                    done = rows.finish()
+                    done = self._last_rows(rows)
+                elif type(data) is Follow:
+                    self._follow(rows, data)
+                    continue
                 else:  # the user's keys win over the system figures
                     self._values_out += len(data)
                     done = rows.log({**sample, **data} if sample else data, step, commit, timestamp)
                 for row in done:
-                    chunks.append(encode(rows.run_id, row.step, row.timestamp, row.data, rows.who))
+                    chunks.append(self._line(rows, row))
                     size += len(chunks[-1])
             except Exception as exc:  # one odd row must not cost the others
                 self.dropped += 1
                 log.warn(f"a logged row could not be written to the local record "
                          f"({type(exc).__name__}: {exc}); it is left out", key="record-unencodable")
         return b"".join(chunks), taken
+
+    def _line(self, rows: RunRows, row: Row) -> bytes:
+        if rows.approx:
+            row.data[APPROX_KEY] = 1
+        return encode(rows.run_id, row.step, row.timestamp, row.data, rows.who)
+
+    def _follow(self, rows: RunRows, request: Follow) -> None:
+        """The calls before this one made the run's rows so far; wandb's log has the rest."""
+        if rows.follower is None and not rows.finished:
+            rows.follow(Follower(request.path, request.record_class, rows.step))
+            self._followed.append(rows)
+
+    def _followed_rows(self, rows: RunRows) -> List[Row]:
+        try:
+            return rows.follower.poll()
+        except Exception as exc:  # never seen; the rows stay in wandb's own log
+            log.warn(f"cannot read wandb's transaction log {rows.follower.log.path} "
+                     f"({type(exc).__name__}: {exc}); run {rows.run_id}'s rows from here on "
+                     "are only in wandb's history", key=f"follow-{rows.run_id}")
+            rows.finished = True
+            self._followed.remove(rows)
+            return []
+
+    def _followed_lines(self) -> bytes:
+        """New rows of every followed run, read from wandb's transaction logs."""
+        return b"".join(self._line(rows, row) for rows in list(self._followed)
+                        for row in self._followed_rows(rows))
+
+    def _last_rows(self, rows: RunRows) -> List[Row]:
+        """The run ended: its pending row, or what is left in wandb's log for a followed run."""
+        if rows.follower is None or rows.finished:
+            return rows.finish()
+        done = self._followed_rows(rows)
+        while not rows.follower.ended and time.monotonic() < rows.log_end_by:
+            time.sleep(POLL_SECONDS)  # wandb-core writes its last records a moment later
+            done += self._followed_rows(rows)
+        if rows in self._followed:
+            self._followed.remove(rows)
+        rows.finished = True
+        return done
 
     def _write(self) -> bool:
         """Append ``_unwritten`` as whole lines under the file's lock, never waiting for it.

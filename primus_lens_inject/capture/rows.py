@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, List, NamedTuple, Optional
 
+APPROX_KEY = "_primus_step_approx"  # in a row whose step wandb may have given differently
+
 
 class Row(NamedTuple):
     """One row wandb recorded, as the record keeps it."""
@@ -32,6 +34,13 @@ class RunRows:
         self.closed = False  # the run ended (set on the training thread; later calls are ignored)
         self.dropped = 0  # calls wandb itself discards (step below the current step)
         self.who = ""  # the writer's tag in every record line (``owner.Writer.tag``)
+        # Set on the training thread when the run's rows start coming from wandb's transaction
+        # log (``capture.history``): its ``log`` calls are no longer queued.
+        self.followed = False
+        self.follower: Any = None  # the writer thread's ``history.Follower``
+        self.approx = ""  # why this run's steps may differ from wandb's ("" when they do not)
+        self.log_end_by = 0.0  # at the run's end, wait until this ``time.monotonic()`` for
+        # wandb to write the rest of a followed run's log (its exit record)
         self._pending: Dict[str, Any] = {}
         self._pending_ts = 0.0
 
@@ -63,6 +72,12 @@ class RunRows:
             self.step += 1
         return done
 
+    def follow(self, follower: Any) -> None:
+        """From here on the run's rows come from ``follower`` (``capture.history``): what is
+        pending is wandb's pending row too, which it will record at ``self.step``."""
+        self.follower = follower
+        self._pending = {}
+
     def finish(self) -> List[Row]:
         """The run ends: what is pending becomes the last row, and later calls are ignored."""
         done: List[Row] = []
@@ -82,4 +97,6 @@ class RunRows:
         copy.finished = self.finished
         copy.closed = self.closed
         copy.who = self.who
+        copy.followed = self.followed  # the parent's reader of wandb's log has those rows
+        copy.approx = self.approx
         return copy

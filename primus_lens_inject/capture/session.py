@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import operator
 import os
+import sys
 import threading
 import time
 from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple
@@ -34,7 +35,8 @@ from ..report import owner
 from ..report.reporter import Reporter
 from ..topology import Topology
 from ..values import PLAIN_TYPES, freeze
-from .record import NO_SAMPLE, RecordWriter, end_of_run
+from . import history
+from .record import NO_SAMPLE, RecordWriter, end_of_run, follow_log
 from .rows import RunRows
 
 # ``begin_log``'s answer: how to call wandb, and what to queue once wandb accepted the call.  A
@@ -56,6 +58,13 @@ class Tracked(NamedTuple):
     rows: RunRows
 
 
+# Why a run's rows come from wandb's transaction log (``history``): each integration makes rows or
+# values that never pass through ``Run.log``.
+TENSORBOARD = "tensorboard sync"  # wandb-core inserts rows, moving every later step
+WATCH = "wandb.watch"  # histograms logged through ``Run._log``
+STEP_SYNC = "define_metric step_sync"  # wandb adds the step metric's last value to rows
+
+LOG_END_WAIT = 5.0  # seconds a finished followed run waits for wandb's exit record at most
 RECORD_FLOOR = 1.0  # seconds a writer that keeps up may take at a process end even when the
 # budget is spent (normally milliseconds): the record is the source of truth
 
@@ -116,6 +125,8 @@ class Session:
         self._deadline: Optional[float] = None  # the current process end's, once one began
         self._closing = False  # shutdown began (exit, SIGTERM, a child's finalizer) ...
         self._closed = False  # ... and ended
+        self._awaiting_wandb = False  # atexit left followed runs to ``after_wandb_exit``
+        self._wandb_done = False  # ... which runs after wandb wrote its last records
 
     # -- the training thread's path -------------------------------------------------------
 
@@ -156,8 +167,8 @@ class Session:
         entry = self.runs.get(id(run))
         rows = entry.rows if entry is not None else self.adopt(run)
         record = self.record
-        if record is None or rows.closed:  # a disabled-mode run still "logs" after finish
-            return
+        if record is None or rows.closed or rows.followed:  # a disabled-mode run still "logs"
+            return  # after finish; a followed run's rows are read from wandb's log
         step = call[STEP]
         if step is not None:
             try:
@@ -191,17 +202,61 @@ class Session:
         return rows
 
     def on_init(self, run: Any) -> None:
-        if run is not None:
-            self.adopt(run)
+        if run is None:
+            return
+        self.adopt(run)
+        patched = getattr(sys.modules.get("wandb"), "patched", None)  # wandb.tensorboard.patch
+        if isinstance(patched, dict) and patched.get("tensorboard"):  # (sync_tensorboard=True)
+            self.follow(run, TENSORBOARD)
 
-    def on_finish(self, run: Any) -> None:
+    def follow(self, run: Any, why: str) -> None:
+        """From now on take the run's rows from wandb's transaction log (``history``), because
+        of ``why``.  Where wandb writes none (disabled mode) it records nothing beyond ``log``
+        either; where it should but the log cannot be found, tensorboard rows would move the
+        steps: the run's rows are marked approximate (``rows.APPROX_KEY``), said once."""
+        if run is None:
+            return
+        entry = self.runs.get(id(run))
+        rows = entry.rows if entry is not None else self.adopt(run)
+        if rows.followed or rows.closed or self.record is None:
+            return
+        path = history.transaction_log(run)
+        if path is None:
+            return
+        record_class = history.record_class()
+        if not path or record_class is None or not os.path.isfile(path):
+            if why == TENSORBOARD:
+                rows.approx = why
+            log.warn(f"wandb's transaction log of run {rows.run_id} is not readable "
+                     f"({path or 'no path'}): rows that {why} adds are not in the record"
+                     + ("; the steps of its rows are marked approximate" if rows.approx else ""),
+                     key=f"no-transaction-log-{why}")
+            return
+        rows.followed = True
+        self.record.append(follow_log(rows, path, record_class))
+        log.debug("run_followed", run_id=rows.run_id, reason=why, path=path)
+
+    def on_finish(self, run: Any) -> bool:
+        """Before wandb's ``finish``: True when the run is followed and ``after_finish`` must
+        read the rest of wandb's log once wandb has written it."""
         with self._lock:
             entry = self.runs.get(id(run))
             self._sent_snapshot.pop(id(run), None)
         if entry is None or entry.rows.closed:
-            return  # ``finish`` runs ``_finish``, a ``with`` block may finish twice: one flush
+            return False  # ``finish`` runs ``_finish``, a ``with`` block may finish twice
         entry.rows.closed = True
+        if entry.rows.followed:
+            return True
         if self.record is not None:
+            self.record.append(end_of_run(entry.rows))
+        self.flush()
+        return False
+
+    def after_finish(self, run: Any) -> None:
+        """After wandb's ``finish`` of a followed run: its log is complete; read it to the end."""
+        entry = self.runs.get(id(run))
+        if entry is not None and self.record is not None:
+            entry.rows.log_end_by = min(self._end_deadline(), time.monotonic() + LOG_END_WAIT)
             self.record.append(end_of_run(entry.rows))
         self.flush()
 
@@ -281,12 +336,21 @@ class Session:
         if self.reporter is not None:
             self.reporter.flush(max(0.0, deadline - time.monotonic()))
 
-    def shutdown(self, hand_off: bool = False) -> None:
+    def shutdown(self, hand_off: bool = False, wandb_ends_later: bool = False) -> None:
         """The process ends: commit every pending row, write everything, stop the threads,
         once, within the process end's budget.  ``hand_off`` from a signal handler; at exit
-        the work runs on the calling thread (no thread may start during interpreter shutdown)."""
+        the work runs on the calling thread (no thread may start during interpreter shutdown).
+
+        ``wandb_ends_later`` (atexit): wandb's own teardown comes next and finishes the runs
+        it was not asked to finish; a followed run's last rows reach its log only then.  With
+        such a run open, this only writes and sends what is there, and ``after_wandb_exit``
+        does the rest."""
         deadline = self._end_deadline()
         limit = self._record_deadline(deadline)
+        if wandb_ends_later and not self._closing and self._following_open():
+            self._awaiting_wandb = True
+            guard.run_guarded("flush", lambda: self._flush_until(deadline, limit), restart=False)
+            return
         if self._closing:  # another end path is at work: wait for it, within the budget
             guard.wait_until(lambda: self._closed, limit)
             return
@@ -297,6 +361,20 @@ class Session:
             guard.run_guarded("shutdown", lambda: self._close_until(deadline, limit),
                               restart=False)
 
+    def after_wandb_exit(self) -> None:
+        """wandb's teardown is over: the followed runs' logs are complete.  A budget of its own:
+        the one before the teardown is spent or nearly."""
+        if self._awaiting_wandb:
+            self._awaiting_wandb = False
+            self._deadline = None
+            self._wandb_done = True
+            self.shutdown()
+
+    def _following_open(self) -> bool:
+        with self._lock:
+            return any(entry.rows.followed and not entry.rows.finished
+                       for entry in self.runs.values())
+
     def _close_until(self, deadline: float, limit: float) -> None:
         try:
             with self._lock:
@@ -304,6 +382,8 @@ class Session:
             if self.record is not None:
                 for rows in open_rows:
                     rows.closed = True
+                    if self._wandb_done:  # its exit record is written, or will not be
+                        rows.log_end_by = min(limit, time.monotonic() + RECORD_FLOOR)
                     self.record.append(end_of_run(rows))
                 self.record.close(limit)
             if self.reporter is not None:
@@ -342,6 +422,7 @@ def create(patch_run: Callable[[Any], None]) -> Session:
     if state.session is None:
         state.set_session(Session(state.get_config(), state.get_topology(), patch_run))
         state.at_fork(after_in_child=_after_fork_in_child)
+        state.install_late_exit_hook()
         from ..report.transport import hold_imports_across_fork
 
         hold_imports_across_fork()

@@ -236,6 +236,25 @@ def _reporting_section(config: Config, candidates: List[str]) -> Dict[str, Any]:
     return section
 
 
+def _otlp_section(config: Config, candidates: List[str]) -> Dict[str, Any]:
+    """The OTLP sink as a training process would run it; header names only, never values."""
+    from ..report.otlp_sink import settings
+
+    s = settings(config)
+    sender = _sender_status(candidates) or {}
+    return {
+        "enabled": config.otlp,
+        "endpoint": s.endpoint,
+        "protocol": s.protocol,
+        "compression": "gzip" if s.gzip else "none",
+        "timeout_s": s.timeout,
+        "headers": [name for name, _ in s.headers],
+        "tls": {"ca_file": s.certificate, "client_certificate": s.client_certificate,
+                "client_key": bool(s.client_key)},
+        "sender": sender.get("otlp"),
+    }
+
+
 def _sender_status(candidates: List[str]) -> Optional[Dict[str, Any]]:
     """The newest sender status beside any record this process may have written: the record
     may have fallen back to the temporary directory, or sit in a private spool."""
@@ -270,6 +289,7 @@ def collect(config: Optional[Config] = None) -> Dict[str, Any]:
         "record": record,
         "gpu": _gpu_section(config),
         "reporting": _reporting_section(config, record["candidates"]),
+        "otlp": _otlp_section(config, record["candidates"]),
     }
 
 

@@ -123,10 +123,27 @@ def _print_reporting(report: Dict[str, Any]) -> None:
         print(f"  identity: {_words(rep['identity'])}")
     sender = rep.get("sender")
     if sender:
-        dropped = sum((sender.get("dropped") or {}).values())
-        print(f"  sender (pid {sender.get('pid')}): {sender.get('state')}; {sender.get('rows_sent')} "
-              f"rows sent, {sender.get('retries')} retries, {dropped} dropped, backlog "
-              f"{_size(sender.get('backlog_bytes'))}")
+        print(f"  sender (pid {sender.get('pid')}): {_sender_words(sender)}")
+
+
+def _sender_words(sender: Dict[str, Any]) -> str:
+    """A sink's counters from the status file beside the record."""
+    dropped = sum((sender.get("dropped") or {}).values())
+    return (f"{sender.get('state')}; {sender.get('rows_sent')} rows sent, "
+            f"{sender.get('retries')} retries, {dropped} dropped, backlog "
+            f"{_size(sender.get('backlog_bytes'))}")
+
+
+def _print_otlp(report: Dict[str, Any]) -> None:
+    otlp = report["otlp"]
+    if not otlp["enabled"]:
+        print("otlp: off (PRIMUS_LENS_OTLP=false)")
+        return
+    headers = ", ".join(otlp["headers"]) or "none"
+    print(f"otlp: on, to {otlp['endpoint']} ({otlp['protocol']}, compression "
+          f"{otlp['compression']}, timeout {_words(otlp['timeout_s'], 's')}, headers: {headers})")
+    if otlp.get("sender"):
+        print(f"  sender: {_sender_words(otlp['sender'])}")
 
 
 def _print_configuration(report: Dict[str, Any]) -> None:
@@ -137,7 +154,7 @@ def _print_configuration(report: Dict[str, Any]) -> None:
 
 
 SECTIONS = (_print_bootstrap, _print_wandb, _print_record, _print_gpu, _print_reporting,
-            _print_configuration)
+            _print_otlp, _print_configuration)
 
 
 def print_report(report: Dict[str, Any]) -> None:

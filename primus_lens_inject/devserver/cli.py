@@ -14,6 +14,7 @@ from .faults import Faults
 from .receiver import DEFAULT_HOST, DEFAULT_PORT, Receiver
 
 READY_LINE = "primus-lens receiver listening on {url}"
+OTLP_LINE = "primus-lens receiver accepting OTLP/HTTP metrics: OTEL_EXPORTER_OTLP_ENDPOINT={endpoint}"
 
 
 def _parse_pods(specs: Optional[List[str]]) -> Optional[Dict[str, List[str]]]:
@@ -34,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Development stand-in for the Lens telemetry-processor: serves POST "
                     "/v1/wandb/{detection,metrics,logs,batch} like the real server, stores what it "
                     "accepts in SQLite, shows it under /v1/_receiver/. See docs/receiver.md.")
+    parser.add_argument("--otlp", action="store_true",
+                        help="also accept OTLP/HTTP metrics (POST /v1/metrics, protobuf or JSON) on the "
+                             "same port, stored beside the Lens rows")
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default %(default)s)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help="port (default %(default)s; 0 picks a free one, printed when ready)")
@@ -49,11 +53,18 @@ def _parser() -> argparse.ArgumentParser:
                         help="random delay between --delay and this")
     faults.add_argument("--fail-rate", type=float, metavar="P", help="chance of 500 'failed to process ...'")
     faults.add_argument("--fail-endpoints", metavar="LIST",
-                        help="comma-separated subset of detection,metrics,logs that may fail (default all)")
+                        help="comma-separated subset of detection,metrics,logs,otlp that may fail "
+                             "(default all)")
     faults.add_argument("--garbage-rate", type=float, metavar="P", help="chance of a non-JSON answer")
     faults.add_argument("--garbage-status", type=int, metavar="CODE", help="its status (default 502)")
     faults.add_argument("--no-workload-for", type=float, metavar="SECONDS",
                         help="answer 'no valid workload found' for pod names this long (-1: until changed)")
+    faults.add_argument("--otlp-fail-status", type=int, metavar="CODE",
+                        help="status of a failing OTLP request (default 503; fails per --fail-rate)")
+    faults.add_argument("--otlp-retry-after", type=int, metavar="SECONDS",
+                        help="Retry-After header on that answer (default none)")
+    faults.add_argument("--otlp-reject-rate", type=float, metavar="P",
+                        help="chance that each OTLP data point is refused (partial success)")
     faults.add_argument("--seed", type=int, help="seed for the random faults")
     return parser
 
@@ -67,7 +78,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     settings = {name: getattr(args, name) for name in _FAULT_OPTIONS if getattr(args, name) is not None}
     try:
-        receiver = Receiver(args.host, args.port, args.db, _parse_pods(args.pods), settings, args.verbose)
+        receiver = Receiver(args.host, args.port, args.db, _parse_pods(args.pods), settings, args.verbose,
+                            args.otlp)
     except ValueError as exc:
         parser.error(str(exc))
     except sqlite3.Error as exc:
@@ -83,7 +95,10 @@ def main(argv: Optional[List[str]] = None) -> int:
               file=sys.stderr)
         return 1
     else:
-        print(READY_LINE.format(url=receiver.url), flush=True)
+        lines = [READY_LINE.format(url=receiver.url)]
+        if args.otlp:
+            lines.append(OTLP_LINE.format(endpoint=receiver.otlp_endpoint))
+        print("\n".join(lines), flush=True)  # one write: a reader that waited for one has both
         stop.wait()
     finally:
         receiver.close()

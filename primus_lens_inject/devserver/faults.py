@@ -13,8 +13,10 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .schema import ENDPOINTS
 
-_ALL_PARTS = tuple(ENDPOINTS)
+OTLP = "otlp"  # the OTLP/HTTP route, as a name in fail_endpoints
+_ALL_PARTS = (*ENDPOINTS, OTLP)
 _GARBAGE_STATUSES = {int(status) for status in http.HTTPStatus if status >= 200}
+_FAIL_STATUSES = {status for status in _GARBAGE_STATUSES if status >= 400}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,13 +24,16 @@ class Faults:
     """What the receiver does wrong on purpose; all off by default.  Setting faults replaces all
     of them (``{}`` clears) and restarts the no-workload window and the random sequence."""
 
-    delay: float = 0.0  # seconds before each /v1/wandb/ request is answered
+    delay: float = 0.0  # seconds before each /v1/wandb/ (and OTLP) request is answered
     delay_max: float = 0.0  # above ``delay``: a uniformly random delay in [delay, delay_max]
     fail_rate: float = 0.0  # chance that processing fails: 500 "failed to process ..." (nothing stored)
-    fail_endpoints: Tuple[str, ...] = _ALL_PARTS  # which bodies (also as batch parts) can fail
+    fail_endpoints: Tuple[str, ...] = _ALL_PARTS  # which bodies (also as batch parts, and OTLP) can fail
     garbage_rate: float = 0.0  # chance of a non-JSON HTML answer instead of processing
     garbage_status: int = 502  # the HTTP status of that answer (200 is allowed)
     no_workload_for: float = 0.0  # seconds of "no valid workload found" for pod names; -1: until reset
+    otlp_fail_status: int = 503  # what a failing OTLP request gets (with a google.rpc.Status)
+    otlp_retry_after: Optional[int] = None  # seconds in a Retry-After header on that answer
+    otlp_reject_rate: float = 0.0  # chance that each good OTLP point is refused (partial success)
     seed: Optional[int] = None  # seeds the random choices; None: different every time
 
     @classmethod
@@ -39,7 +44,8 @@ class Faults:
             raise ValueError(f"unknown fault setting(s): {', '.join(sorted(unknown))}")
         values = dict(settings)
         for name, low, high in (("delay", 0, None), ("delay_max", 0, None), ("fail_rate", 0, 1),
-                                ("garbage_rate", 0, 1), ("no_workload_for", -1, None)):
+                                ("garbage_rate", 0, 1), ("no_workload_for", -1, None),
+                                ("otlp_reject_rate", 0, 1)):
             if name in values:
                 values[name] = _number(name, values[name], low, high)
         if "fail_endpoints" in values:
@@ -48,6 +54,13 @@ class Faults:
                                                and values["garbage_status"] in _GARBAGE_STATUSES):
             raise ValueError(f"garbage_status must be an HTTP status from 200 to 599, "
                              f"not {values['garbage_status']!r}")
+        if "otlp_fail_status" in values and not (_is_int(values["otlp_fail_status"])
+                                                 and values["otlp_fail_status"] in _FAIL_STATUSES):
+            raise ValueError(f"otlp_fail_status must be an HTTP status from 400 to 599, "
+                             f"not {values['otlp_fail_status']!r}")
+        retry_after = values.get("otlp_retry_after")
+        if retry_after is not None and not (_is_int(retry_after) and retry_after >= 0):
+            raise ValueError(f"otlp_retry_after must be a whole number of seconds, not {retry_after!r}")
         if values.get("seed") is not None and not _is_int(values["seed"]):
             raise ValueError(f"seed must be an integer, not {values['seed']!r}")
         return cls(**values)
@@ -70,7 +83,7 @@ def _number(name: str, value: Any, low: float, high: Optional[float]) -> float:
 
 def _endpoint_names(value: Any) -> Tuple[str, ...]:
     names = value.split(",") if isinstance(value, str) else value
-    if not isinstance(names, (list, tuple)) or not all(name in ENDPOINTS for name in names):
+    if not isinstance(names, (list, tuple)) or not all(name in _ALL_PARTS for name in names):
         raise ValueError(f"fail_endpoints must list some of {', '.join(_ALL_PARTS)}, not {value!r}")
     return tuple(names)
 
@@ -100,6 +113,10 @@ class FaultState:
     def fails(self, endpoint: str) -> bool:
         with self._lock:
             return endpoint in self.faults.fail_endpoints and self._chance(self.faults.fail_rate)
+
+    def rejects_point(self) -> bool:
+        with self._lock:
+            return self._chance(self.faults.otlp_reject_rate)
 
     def hides_workloads(self) -> bool:
         with self._lock:

@@ -13,9 +13,15 @@ a test can search all received bytes for leaked secrets.  Read endpoints under `
 show what arrived, and faults (delay, 5xx, "no valid workload found", garbage answers) can be
 switched on from the command line or at run time to exercise the client's retry paths.
 
+With ``otlp=True`` (``primus-lens receive --otlp``) the same port also serves ``POST /v1/metrics``,
+the OTLP/HTTP metrics path under the endpoint :attr:`Receiver.otlp_endpoint` (the path the
+OpenTelemetry exporters append; no Lens route uses it).  Its data points go to an ``otlp`` table
+beside the Lens rows.
+
 This module routes and decides; the rest sits beside it: the request structs (``schema``), the
-answers (``responses``), ``faults``, the SQLite ``store``, the HTTP transport (``server``) and the
-command (``cli``).
+answers (``responses``), ``faults``, the SQLite ``store``, the HTTP transport (``server``), the
+OTLP decoding and answers (``otlp``, over the wire format reader ``protowire``) and the command
+(``cli``).
 """
 
 from __future__ import annotations
@@ -27,10 +33,10 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 from urllib.parse import parse_qsl
 
-from . import godecode
-from .faults import Faults, FaultState
+from . import godecode, otlp
+from .faults import OTLP, Faults, FaultState
 from .godecode import GoDecodeError
-from .responses import Part, Response, control_json, envelope, garbage, not_found
+from .responses import Part, Response, control_json, envelope, garbage, not_found, plain
 from .schema import BATCH, ENDPOINTS, ROUTES, Accepted, Endpoint, RequestRow
 from .server import Server
 from .store import Store
@@ -53,13 +59,14 @@ class Receiver:
     ``pods``: None resolves every pod name to its own workload (:func:`default_workload`); a list
     of names or a mapping ``{pod: [workload UID, ...]}`` is the whole pod cache, so other pods get
     "no valid workload found" and a pod with several UIDs is processed once per workload.
-    ``faults``: settings of :class:`Faults`.
+    ``faults``: settings of :class:`Faults`.  ``otlp``: also accept OTLP/HTTP metrics.
     """
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = 0, db: str = ":memory:",
                  pods: Optional[PodTable] = None, faults: Optional[Mapping[str, Any]] = None,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, otlp: bool = False) -> None:
         self.host = host
+        self.otlp = otlp
         self._port = port
         self._pods = None if pods is None else _pod_cache(pods)
         self._faults = FaultState(Faults.from_mapping(faults or {}))
@@ -113,8 +120,14 @@ class Receiver:
     @property
     def url(self) -> str:
         """The base URL a client is configured with, ending in ``/v1``."""
+        return f"{self.otlp_endpoint}/v1"
+
+    @property
+    def otlp_endpoint(self) -> str:
+        """``http://host:port``: the value for ``OTEL_EXPORTER_OTLP_ENDPOINT`` (an OTLP client
+        appends ``/v1/metrics``); the Lens base URL is this plus ``/v1``."""
         host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
-        return f"http://{f'[{host}]' if ':' in host else host}:{self._port}/v1"
+        return f"http://{f'[{host}]' if ':' in host else host}:{self._port}"
 
     # -- what arrived --------------------------------------------------------------------------
 
@@ -136,6 +149,10 @@ class Receiver:
     def steps(self, workload: Optional[str] = None) -> List[Dict[str, Any]]:
         """The server's merged per-step view (``training_performance``), by workload and iteration."""
         return self._store.select("steps", {"workload": workload}, order="workload, iteration")
+
+    def otlp_points(self, name: Optional[str] = None, kind: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Accepted OTLP number data points, one row per point, oldest first."""
+        return self._store.select("otlp", {"name": name, "kind": kind})
 
     def requests(self, path: Optional[str] = None, status: Optional[int] = None) -> List[Dict[str, Any]]:
         """Every request to a non-control path, accepted or not, with its raw body and outcome."""
@@ -164,21 +181,28 @@ class Receiver:
 
     # -- one HTTP exchange ---------------------------------------------------------------------
 
-    def handle(self, method: str, target: str, body: bytes, client_gone: Callable[[], bool]) -> Response:
-        """Answer one request, transport aside; record it unless it is a control request."""
+    def handle(self, method: str, target: str, headers: Mapping[str, str], body: bytes,
+               client_gone: Callable[[], bool]) -> Response:
+        """Answer one request, transport aside; record it unless it is a control request.
+        ``headers``: by lower-case name."""
         path, _, query = target.partition("?")
         if path.startswith(CONTROL_PREFIX):
             return self._control(method, path[len(CONTROL_PREFIX):], query, body)
         received = time.time()
         accepted = Accepted()
-        response = self._answer(method, path, query, body, accepted, client_gone)
+        response = self._answer(method, path, query, headers, body, accepted, client_gone)
         self._store.commit(RequestRow(received, method, path, response.status, response.note,
                                        response.detail, body), accepted)
         return response
 
-    def _answer(self, method: str, path: str, query: str, body: bytes, accepted: Accepted,
-                client_gone: Callable[[], bool]) -> Response:
+    def _answer(self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes,
+                accepted: Accepted, client_gone: Callable[[], bool]) -> Response:
         route = ROUTES.get(path)
+        if self.otlp and path == otlp.PATH:
+            if method != "POST":
+                return Response(405, b"405 method not allowed, supported: [POST]", "text/plain",
+                                (("Allow", "POST"),), note="405 method not allowed")
+            route = OTLP
         if route is None or method != "POST":
             if method == "POST" and path.endswith("/") and path[:-1] in ROUTES:  # gin's trailing slash
                 location = path[:-1] + (f"?{query}" if query else "")
@@ -191,6 +215,8 @@ class Receiver:
                 return Response(499, note="client closed the connection during the delay", send=False)
         if self._faults.garbage():
             return garbage(self._faults.faults.garbage_status)
+        if route == OTLP:
+            return self._export(headers, body, accepted)
         try:
             request = godecode.decode_body(body, BATCH if route == "batch" else ENDPOINTS[route].request)
         except GoDecodeError as exc:
@@ -200,6 +226,24 @@ class Receiver:
         if route == "batch":
             return self._batch(request, accepted)
         return self._single(ENDPOINTS[route], request, accepted)
+
+    def _export(self, headers: Mapping[str, str], body: bytes, accepted: Accepted) -> Response:
+        """``POST /v1/metrics``: the OTLP/HTTP answers (spec: status codes and partial success)."""
+        encoding = otlp.encoding_of(headers.get("content-type", ""))
+        if encoding is None:
+            return plain(415, f"415 unsupported media type, supported: [{otlp.JSON}, {otlp.PROTOBUF}]")
+        if self._faults.fails(OTLP):
+            faults = self._faults.faults
+            wait = faults.otlp_retry_after
+            retry = () if wait is None else (("Retry-After", str(wait)),)
+            return otlp.failure(encoding, faults.otlp_fail_status, "receiver fault injection", retry)
+        try:
+            request = otlp.decode(encoding, otlp.unpack(headers.get("content-encoding", ""), body))
+        except otlp.BadRequest as exc:
+            return otlp.failure(encoding, 400, str(exc))
+        export = otlp.read(request, self._faults.rejects_point)
+        accepted.otlp.extend(export.rows)
+        return otlp.success(encoding, export)
 
     def _single(self, endpoint: Endpoint, request: Dict[str, Any], accepted: Accepted) -> Response:
         if not request["workload_uid"] and not request["pod_name"]:
@@ -246,7 +290,7 @@ class Receiver:
     def _control(self, method: str, name: str, query: str, body: bytes) -> Response:
         """``/v1/_receiver/...``: plain JSON reads of what arrived, and the fault switch."""
         queries = {"logs": self.logs, "metrics": self.metrics, "detections": self.detections,
-                   "steps": self.steps, "requests": self.requests}
+                   "steps": self.steps, "requests": self.requests, "otlp": self.otlp_points}
         if method == "GET" and name in queries:
             params = dict(parse_qsl(query, keep_blank_values=True))
             allowed = inspect.signature(queries[name]).parameters

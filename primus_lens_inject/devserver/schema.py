@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Callable, Dict, List, NamedTuple
+from typing import Any, Callable, Dict, List, NamedTuple, Union
 
 from .godecode import ANY, BOOL, FLOAT64, INT64, STRING, Map, Pointer, Slice, Struct
 
@@ -98,6 +98,22 @@ class StepWrite(NamedTuple):
     data: Dict[str, Any]
 
 
+class OtlpRow(NamedTuple):
+    """One OTLP number data point (``otlp`` table): times in ns since the epoch as sent, the value
+    as sent (int for ``as_int``, float for ``as_double``), attributes as JSON objects."""
+
+    resource: str
+    scope: str
+    name: str
+    description: str
+    unit: str
+    kind: str  # gauge or sum
+    start_time: int
+    time: int
+    value: Union[int, float]
+    attributes: str
+
+
 class RequestRow(NamedTuple):
     received: float
     method: str
@@ -116,6 +132,7 @@ class Accepted:
     metrics: List[MetricRow] = dataclasses.field(default_factory=list)
     detections: List[DetectionRow] = dataclasses.field(default_factory=list)
     steps: List[StepWrite] = dataclasses.field(default_factory=list)
+    otlp: List[OtlpRow] = dataclasses.field(default_factory=list)
 
 
 def dumps(value: Any) -> str:

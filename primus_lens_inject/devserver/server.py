@@ -10,7 +10,7 @@ import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, List, Protocol, Set, Tuple
+from typing import Any, Callable, List, Mapping, Protocol, Set, Tuple
 
 from .. import httpbody
 from .responses import Response, plain
@@ -22,7 +22,7 @@ MAX_TRAILER_LINES = 100
 class Answerer(Protocol):
     """What the server asks for each request (the :class:`~.receiver.Receiver`)."""
 
-    def handle(self, method: str, target: str, body: bytes,
+    def handle(self, method: str, target: str, headers: Mapping[str, str], body: bytes,
                client_gone: Callable[[], bool]) -> Response: ...
 
 
@@ -174,7 +174,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # nobody is left to answer
             return
         try:
-            response = self.server.receiver.handle(self.command, self.path, body, self._client_gone)
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            response = self.server.receiver.handle(self.command, self.path, headers, body,
+                                                   self._client_gone)
         except Exception as exc:  # a bug of ours; gin's recovery answers 500 the same way
             print(f"primus-lens receive: internal error on {self.command} {self.path}: "
                   f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)

@@ -1,5 +1,5 @@
 """Every request seen and every row accepted, in one SQLite database, merged per step the way
-the server keeps ``training_performance``."""
+the server keeps ``training_performance``; OTLP data points beside them."""
 
 from __future__ import annotations
 
@@ -22,11 +22,14 @@ CREATE TABLE IF NOT EXISTS metrics (id INTEGER PRIMARY KEY, request_id INTEGER, 
     timestamp REAL, tags TEXT);
 CREATE TABLE IF NOT EXISTS detections (id INTEGER PRIMARY KEY, request_id INTEGER, received REAL,
     workload TEXT, pod TEXT, pod_uid TEXT, namespace TEXT, timestamp REAL, data TEXT);
+CREATE TABLE IF NOT EXISTS otlp (id INTEGER PRIMARY KEY, request_id INTEGER, received REAL,
+    resource TEXT, scope TEXT, name TEXT, description TEXT, unit TEXT, kind TEXT,
+    start_time INTEGER, time INTEGER, value /* no type: an int stays an int */, attributes TEXT);
 CREATE TABLE IF NOT EXISTS steps (workload TEXT, iteration INTEGER, writes INTEGER, data TEXT,
     PRIMARY KEY (workload, iteration));
 """
-_TABLES = ("requests", "logs", "metrics", "detections", "steps")
-_JSON_COLUMNS = {"data", "tags"}
+_TABLES = ("requests", "logs", "metrics", "detections", "steps", "otlp")
+_JSON_COLUMNS = {"data", "tags", "resource", "attributes"}
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 
@@ -64,7 +67,7 @@ class Store:
             request_id = self._db.execute(_insert_sql("requests", request._fields), request).lastrowid
             fixed = (request_id, request.received)
             for table, rows in (("logs", accepted.logs), ("metrics", accepted.metrics),
-                                ("detections", accepted.detections)):
+                                ("detections", accepted.detections), ("otlp", accepted.otlp)):
                 if rows:
                     sql = _insert_sql(table, ("request_id", "received", *rows[0]._fields))
                     self._db.executemany(sql, [fixed + row for row in rows])

@@ -41,7 +41,9 @@ MAX_ANNOTATION_VALUE = 1024  # our annotations stay far below the API server's 2
 MAX_WARNING = 256  # the API server may truncate a longer warning
 MAX_WARNINGS = 10  # ... and ignores them beyond 4 KiB in all
 
-_OUR_ENV_NAME = re.compile(r"^PRIMUS_LENS_[A-Z0-9_]+$")
+_OUR_ENV_NAME = re.compile(r"^(PRIMUS_LENS|OTEL)_[A-Z0-9_]+$")  # ours, and OpenTelemetry's for the OTLP sink
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")  # a DNS subdomain
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 _UID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -80,6 +82,8 @@ class Settings:
     init_security_context: Mapping[str, Any] = field(
         default_factory=lambda: DEFAULT_SECURITY_CONTEXT)
     env: Tuple[Tuple[str, str], ...] = ()  # reporting configuration, added where not set
+    # (name, secret, key): variables read from a Secret in the pod's namespace, added where not set
+    secret_env: Tuple[Tuple[str, str, str], ...] = ()
     downward_api: bool = True
     workload_uid_from_annotation: bool = True
     # Without a containers annotation, a pod annotated with this key gets only the container it
@@ -93,7 +97,7 @@ class Settings:
                 "sourcePath": "source_path", "mountPath": "mount_path",
                 "volumeName": "volume_name", "volumeSizeLimit": "volume_size_limit",
                 "initContainerName": "init_container_name", "initResources": "init_resources",
-                "initSecurityContext": "init_security_context", "env": "env",
+                "initSecurityContext": "init_security_context", "env": "env", "secretEnv": "secret_env",
                 "downwardAPI": "downward_api",
                 "workloadUidFromAnnotation": "workload_uid_from_annotation",
                 "mainContainerAnnotation": "main_container_annotation"}
@@ -118,6 +122,10 @@ class Settings:
             if name in values and not isinstance(values[name], Mapping):
                 raise SettingsError(f"{name} must be an object")
         values["env"] = _settings_env(values.get("env", {}))
+        values["secret_env"] = _settings_secret_env(values.get("secret_env", {}))
+        twice = {name for name, _ in values["env"]} & {name for name, _, _ in values["secret_env"]}
+        if twice:
+            raise SettingsError(f"env and secretEnv both set {', '.join(sorted(twice))}")
         settings = cls(**values)
         settings._check()
         return settings
@@ -156,17 +164,39 @@ class Settings:
 
 
 def _settings_env(raw: Any) -> Tuple[Tuple[str, str], ...]:
-    """Reporting variables from the chart: PRIMUS_LENS_* names only, string values."""
+    """Reporting variables from the chart: PRIMUS_LENS_* and OTEL_* names only, string values."""
     if not isinstance(raw, Mapping):
         raise SettingsError("env must be an object of NAME: value")
     pairs = []
     for name, value in sorted(raw.items()):
-        if not isinstance(name, str) or not _OUR_ENV_NAME.match(name):
-            raise SettingsError(f"env: {name!r} is not a PRIMUS_LENS_* variable name")
+        _check_env_name("env", name)
         if not isinstance(value, str):
             raise SettingsError(f"env: the value of {name} must be a string")
         pairs.append((name, value))
     return tuple(pairs)
+
+
+def _settings_secret_env(raw: Any) -> Tuple[Tuple[str, str, str], ...]:
+    """Variables from a Secret (the OTLP headers: credentials stay out of the chart's ConfigMap):
+    ``{NAME: {"name": secret, "key": key}}``."""
+    if not isinstance(raw, Mapping):
+        raise SettingsError("secretEnv must be an object of NAME: {name, key}")
+    entries = []
+    for name, ref in sorted(raw.items()):
+        _check_env_name("secretEnv", name)
+        if not isinstance(ref, Mapping) or set(ref) != {"name", "key"}:
+            raise SettingsError(f"secretEnv: {name} must be an object with exactly name and key")
+        if not isinstance(ref["name"], str) or not _SECRET_NAME.match(ref["name"]):
+            raise SettingsError(f"secretEnv: the secret name of {name} must be a DNS subdomain")
+        if not isinstance(ref["key"], str) or not _SECRET_KEY.match(ref["key"]):
+            raise SettingsError(f"secretEnv: the key of {name} must be a Secret data key")
+        entries.append((name, ref["name"], ref["key"]))
+    return tuple(entries)
+
+
+def _check_env_name(where: str, name: Any) -> None:
+    if not isinstance(name, str) or not _OUR_ENV_NAME.match(name):
+        raise SettingsError(f"{where}: {name!r} is not a PRIMUS_LENS_* or OTEL_* variable name")
 
 
 def unknown_env_names(settings: Settings, known: AbstractSet[str]) -> List[str]:
@@ -395,6 +425,10 @@ def _container_patch(index: int, container: Dict[str, Any], annotations: Mapping
     for name, value in settings.env:
         if name not in defined:
             added.append({"name": name, "value": value})
+    for name, secret, key in settings.secret_env:
+        if name not in defined:  # optional: a namespace without the Secret still starts its pods
+            added.append({"name": name, "valueFrom": {
+                "secretKeyRef": {"name": secret, "key": key, "optional": True}}})
 
     if container.get("env") is None:
         ops.append({"op": "add", "path": f"{base}/env", "value": added})

@@ -67,12 +67,19 @@ class Writer:
             return None
 
 
+def lens_reports(config: Config) -> bool:
+    """Whether the Lens sink runs: reporting on, and an identity the server can file rows under."""
+    return config.api_reporting and config.has_identity
+
+
 def process_reports(config: Config, topology: Topology) -> Tuple[bool, str]:
-    """Whether this process sends the runs it owns, and why (doctor and debug say it)."""
-    if not config.api_reporting:
-        return False, "PRIMUS_LENS_WANDB_API_REPORTING=false"
-    if not config.has_identity:
-        return False, "no POD_NAME or WORKLOAD_UID: local record only"
+    """Whether this process sends the runs it owns to any sink (Lens, OTLP), and why (doctor
+    and debug say it).  One decision for every sink, so each exports a row once per job."""
+    if not config.otlp:
+        if not config.api_reporting:
+            return False, "PRIMUS_LENS_WANDB_API_REPORTING=false"
+        if not config.has_identity:
+            return False, "no POD_NAME or WORKLOAD_UID: local record only"
     policy, rank = config.report_ranks, topology.rank
     if policy in ("owner", "all"):
         return True, (f"PRIMUS_LENS_REPORT_RANKS={policy}: every process that owns a wandb run "

@@ -93,10 +93,11 @@ class Cursor:
     ``save``: until one succeeds, a restart would resend what was acknowledged since.
     """
 
-    def __init__(self, record_path: str) -> None:
+    def __init__(self, record_path: str, suffix: str = CURSOR_SUFFIX) -> None:
+        """``suffix`` names the sink whose position this is (each sink has its own)."""
         self.record_path = record_path
-        self.path = sibling(record_path, CURSOR_SUFFIX)
-        self.paths = (self.path, fallback(record_path, CURSOR_SUFFIX))
+        self.path = sibling(record_path, suffix)
+        self.paths = (self.path, fallback(record_path, suffix))
         self.offset = 0
         self.dirty = False  # the offset moved but is not saved anywhere yet
         self._head: Optional[Tuple[int, str]] = None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from .. import state
 from ..config import Config
@@ -30,22 +30,35 @@ def _new_imports_lock() -> None:
 
 
 def http_client(config: Config, read_timeout: float) -> Any:
-    """An httpx client configured as documented (timeouts, headers, TLS, proxy behaviour)."""
+    """An httpx client for the Lens server, configured as documented (timeouts, headers, TLS,
+    proxy behaviour)."""
+    headers = {"Content-Type": "application/json", "User-Agent": "primus-lens-inject",
+               **dict(config.api_headers)}
+    return client(f"{config.api_base_url}/wandb/logs", headers, read_timeout,
+                  config.connect_timeout, config.api_verify, config.api_ca_bundle,
+                  trust_env=config.api_use_proxy)
+
+
+def client(url: str, headers: Dict[str, str], read_timeout: float, connect_timeout: float,
+           verify: bool = True, ca_file: Optional[str] = None,
+           client_cert: Optional[Tuple[str, Optional[str]]] = None,
+           trust_env: bool = False) -> Any:
+    """An httpx client for POSTs to ``url``: a CA file and a client certificate (file, key
+    file) given as an SSL context, which every httpx version takes."""
     with IMPORTS:  # importing httpx and building its SSL context load modules lazily
         import ssl
 
         import httpx
 
-        verify: Any = config.api_verify
-        if config.api_verify and config.api_ca_bundle:
-            verify = ssl.create_default_context(cafile=config.api_ca_bundle)
-        headers = {"Content-Type": "application/json", "User-Agent": "primus-lens-inject",
-                   **dict(config.api_headers)}
-        timeout = httpx.Timeout(read_timeout, connect=config.connect_timeout)
-        client = httpx.Client(timeout=timeout, headers=headers, verify=verify,
-                              trust_env=config.api_use_proxy)
-        client.build_request("POST", f"{config.api_base_url}/wandb/logs", content=b"{}")  # warm
-        return client
+        tls: Any = verify
+        if verify and (ca_file or client_cert):
+            tls = ssl.create_default_context(cafile=ca_file)
+            if client_cert:
+                tls.load_cert_chain(client_cert[0], client_cert[1])
+        timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
+        made = httpx.Client(timeout=timeout, headers=headers, verify=tls, trust_env=trust_env)
+        made.build_request("POST", url, content=b"{}")  # warm
+        return made
 
 
 def probe(config: Config) -> str:

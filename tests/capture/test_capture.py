@@ -194,7 +194,8 @@ def test_values_are_strict_json_and_distinguishable(train):
     assert data["nested"] == {"deep": {"x": "Infinity"}}
     assert data["lst"] == [1, 2.5, "NaN"]
     assert data["bytes"] == {"_type": "bytes", "length": 3}
-    assert data["hist"]["_type"] == "wandb.Histogram" and data["hist"]["log_type"] == "histogram"
+    # wandb.Histogram([1, 2, 3]): 64 equal bins from 1 to 3 holding 3 values
+    assert data["hist"] == {"_type": "histogram", "bins": 64, "min": 1.0, "max": 3.0, "count": 3}
     assert data["table"]["_type"] == "wandb.Table" and data["table"]["rows"] == 2
     assert data["table"]["columns"] == 1
     assert disabled["data"]["weird"] == {"_type": "unreadable", "class": "__main__.Weird"}

@@ -62,6 +62,7 @@ def test_torch_scalars_and_tensors(train):
         run = wandb.init(project="torch")
         loss = torch.tensor(0.5)
         run.log({"loss": loss, "vec": torch.ones(3), "one": torch.tensor([4]),
+                 "grid": torch.arange(6).reshape(2, 3), "wide": torch.zeros(33),
                  "half": torch.tensor(1.5, dtype=torch.float16), "nan": torch.tensor(float("nan"))})
         loss.add_(1.0)                 # changed in place after logging: the record keeps 0.5
         run.finish()
@@ -70,6 +71,8 @@ def test_torch_scalars_and_tensors(train):
     data = line["data"]
     assert data["loss"] == 0.5 and data["one"] == 4 and data["half"] == 1.5
     assert data["nan"] == "NaN"
-    assert data["vec"] == {"_type": "torch.Tensor", "shape": [3], "dtype": "torch.float32"}
+    # up to 32 elements wandb keeps a list (nested for a matrix), and so does the record
+    assert data["vec"] == [1.0, 1.0, 1.0] and data["grid"] == [[0, 1, 2], [3, 4, 5]]
+    assert data["wide"] == {"_type": "torch.Tensor", "shape": [33], "dtype": "torch.float32"}
 
 

@@ -99,30 +99,12 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "
 
 def stored_rows(receiver: Receiver) -> Dict[str, int]:
     stats = receiver.stats()
-    return {table: stats[table] for table in ("logs", "metrics", "detections", "steps")}
+    return {table: stats[table] for table in ("logs", "metrics", "detections", "steps", "otlp")}
 
 
-NOTHING_STORED = {"logs": 0, "metrics": 0, "detections": 0, "steps": 0}
+NOTHING_STORED = {"logs": 0, "metrics": 0, "detections": 0, "steps": 0, "otlp": 0}
 
 
-@pytest.fixture
-def make_receiver() -> Iterator[Callable[..., Receiver]]:
-    started: List[Receiver] = []
-
-    def make(**kwargs: Any) -> Receiver:
-        receiver = Receiver(**kwargs)
-        receiver.start()
-        started.append(receiver)
-        return receiver
-
-    yield make
-    for receiver in started:
-        receiver.close()
-
-
-@pytest.fixture
-def receiver(make_receiver: Callable[..., Receiver]) -> Receiver:
-    return make_receiver()
 
 
 # --------------------------------------------------------------------------------------------
@@ -607,7 +589,8 @@ def test_faults_can_be_changed_over_http(receiver: Receiver) -> None:
     reply = control(receiver, "POST", "faults", {"fail_rate": 1, "fail_endpoints": ["logs"], "seed": 1})
     assert reply.status == 200
     expected = {"delay": 0.0, "delay_max": 0.0, "fail_rate": 1.0, "fail_endpoints": ["logs"],
-                "garbage_rate": 0.0, "garbage_status": 502, "no_workload_for": 0.0, "seed": 1}
+                "garbage_rate": 0.0, "garbage_status": 502, "no_workload_for": 0.0,
+                "otlp_fail_status": 503, "otlp_retry_after": None, "otlp_reject_rate": 0.0, "seed": 1}
     assert reply.json() == expected
     assert control(receiver, "GET", "faults").json() == expected
     assert post(receiver, "logs", one_log()).status == 500
@@ -621,7 +604,10 @@ def test_faults_can_be_changed_over_http(receiver: Receiver) -> None:
     ({"fail_rate": 2}, "fail_rate must be between 0 and 1, not 2"),
     ({"delay": "1"}, "delay must be a finite number, not '1'"),
     ({"fail_endpoints": ["batch"]},
-     "fail_endpoints must list some of detection, metrics, logs, not ['batch']"),
+     "fail_endpoints must list some of detection, metrics, logs, otlp, not ['batch']"),
+    ({"otlp_fail_status": 200}, "otlp_fail_status must be an HTTP status from 400 to 599, not 200"),
+    ({"otlp_retry_after": 1.5}, "otlp_retry_after must be a whole number of seconds, not 1.5"),
+    ({"otlp_reject_rate": -0.1}, "otlp_reject_rate must be between 0 and 1, not -0.1"),
     ({"garbage_status": 299}, "garbage_status must be an HTTP status from 200 to 599, not 299"),
     ({"seed": 1.5}, "seed must be an integer, not 1.5"),
     ([], "the body must be a JSON object of fault settings"),
@@ -663,7 +649,7 @@ def test_read_endpoints_filter_what_arrived(receiver: Receiver) -> None:
     assert read("stats") == {"requests": {"/v1/wandb/detection": {"200": 1},
                                           "/v1/wandb/logs": {"200": 2, "400": 1},
                                           "/v1/wandb/metrics": {"200": 1}},
-                             "logs": 2, "metrics": 2, "detections": 1, "steps": 2}
+                             "logs": 2, "metrics": 2, "detections": 1, "steps": 2, "otlp": 0}
     reply = control(receiver, "GET", "logs?step=1")
     assert reply.status == 400
     assert reply.json() == {"error": "unknown filter(s) step; known: run_id, pod, workload"}

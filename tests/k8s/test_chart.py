@@ -109,6 +109,12 @@ def test_older_kubernetes_is_refused(home: Path) -> None:
     ("injection.mainContainerAnnotation=bad key", "/injection/mainContainerAnnotation"),
     ("tls.certManager.issuerRef.kind=ClusterIssuer", "/tls/certManager/issuerRef"),
     ("selectors.byNamespaceLabel=false,selectors.byPodLabel=false", "enable byNamespaceLabel"),
+    ("otlp.enabled=true", "/otlp/endpoint"),
+    ("otlp.endpoint=otel-collector:4318", "/otlp/endpoint"),
+    ("otlp.protocol=grpc", "/otlp/protocol"),
+    ("otlp.compression=zstd", "/otlp/compression"),
+    ("otlp.timeoutMs=-1", "/otlp/timeoutMs"),
+    ("otlp.headersSecret.name=Bad_Name", "/otlp/headersSecret/name"),
 ])
 def test_values_schema_rejects(home: Path, setting: str, complaint: str) -> None:
     proc = helm("template", "x", str(CHART), "--set", setting, home=home)
@@ -236,7 +242,8 @@ def test_config_is_what_the_webhook_reads(default: List[Dict[str, Any]]) -> None
     assert settings.image == "ghcr.io/amd-agi/primus-lens-inject:0.1.0"
     assert settings.mount_dir == "/opt/primus-lens"
     assert dict(settings.env) == {"PRIMUS_LENS_WANDB_API_REPORTING": "true"}, (
-        "no endpoint: the injector's default preset applies")
+        "no endpoint: the injector's default preset applies; no OTLP")
+    assert settings.secret_env == ()
     assert admission.unknown_env_names(settings, KNOWN_ENV) == []
     assert settings.downward_api and settings.workload_uid_from_annotation
     assert settings.main_container_annotation == "primus-safe.main.container"
@@ -303,7 +310,13 @@ def test_nondefault_values(nondefault: List[Dict[str, Any]]) -> None:
         "PRIMUS_LENS_API_PRESET": "robust",
         "PRIMUS_LENS_WANDB_API_REPORTING": "false",
         "PRIMUS_LENS_WANDB_OUTPUT_PATH": "/scratch/lens",
-        "PRIMUS_LENS_WANDB_ENHANCE_METRICS": "true", "PRIMUS_LENS_GPU_SCOPE": "node"}
+        "PRIMUS_LENS_WANDB_ENHANCE_METRICS": "true", "PRIMUS_LENS_GPU_SCOPE": "node",
+        "PRIMUS_LENS_OTLP": "true",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "https://otel-collector.observability.svc:4318",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json", "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "20000",
+        "OTEL_RESOURCE_ATTRIBUTES": "k8s.cluster.name=mi300x-a,deployment.environment=prod"}
+    assert settings.secret_env == (("OTEL_EXPORTER_OTLP_HEADERS", "otlp-token", "authorization"),)
     assert not settings.downward_api and not settings.workload_uid_from_annotation
     assert settings.main_container_annotation == ""
     assert settings.init_resources == {"requests": {"cpu": "5m", "memory": "16Mi"},
@@ -417,3 +430,35 @@ def test_safe_pod_gets_only_its_main_container_and_the_robust_preset(home: Path)
     assert Config.from_env({k: v for k, v in env.items() if v is not None}).api_base_url == (
         API_PRESETS["robust"])
     assert admission.unknown_env_names(settings, KNOWN_ENV) == []
+
+
+def test_otlp_value_points_injected_pods_at_a_collector(home: Path) -> None:
+    """otlp.enabled: the webhook gives each selected container the sink's switch and the standard
+    OpenTelemetry variables next to the downward API identity the sink turns into k8s.* resource
+    attributes; a container's own settings stay."""
+    docs = render(home, "--set", "otlp.enabled=true,otlp.endpoint=http://otel-collector.observability.svc:4318,"
+                  "otlp.headersSecret.name=otlp-headers")
+    settings = admission.Settings.from_mapping(json.loads(only(docs, "ConfigMap")["data"]["config.json"]))
+    pod = yaml.safe_load((FIXTURES / "pytorchjob-worker.yaml").read_text())
+    own = {"name": "OTEL_RESOURCE_ATTRIBUTES", "value": "team=a"}
+    pod["spec"]["containers"][0].setdefault("env", []).append(own)
+    reply, outcome = admission.review(json.dumps(admission_review(pod)).encode(), settings)
+    patched = apply_response(pod, reply)
+    validate_pod(patched)
+    assert outcome.injected == [pod["spec"]["containers"][0]["name"]]
+    env = {entry["name"]: entry for entry in patched["spec"]["containers"][0]["env"]}
+    assert {name: env[name].get("value") for name in (
+        "PRIMUS_LENS_OTLP", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL")} == {
+        "PRIMUS_LENS_OTLP": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability.svc:4318",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
+    assert env["OTEL_EXPORTER_OTLP_HEADERS"]["valueFrom"] == {
+        "secretKeyRef": {"name": "otlp-headers", "key": "headers", "optional": True}}
+    assert env["OTEL_RESOURCE_ATTRIBUTES"] == own
+    assert {name: env[name]["valueFrom"]["fieldRef"]["fieldPath"] for name in (
+        "POD_NAME", "POD_UID", "POD_NAMESPACE", "NODE_NAME")} == {
+        "POD_NAME": "metadata.name", "POD_UID": "metadata.uid", "POD_NAMESPACE": "metadata.namespace",
+        "NODE_NAME": "spec.nodeName"}
+    assert "OTEL_EXPORTER_OTLP_COMPRESSION" not in env and "OTEL_EXPORTER_OTLP_TIMEOUT" not in env
+    assert admission.unknown_env_names(settings, KNOWN_ENV) == []
+    config = Config.from_env({name: entry["value"] for name, entry in env.items() if "value" in entry})
+    assert config.otlp and config.otlp_endpoint == "http://otel-collector.observability.svc:4318"

@@ -222,7 +222,17 @@ def test_malformed_pods_are_admitted_unchanged_with_a_reason(broken: Any) -> Non
     ({"image": "i", "mountPath": "/a:/b"}, "mount_path must be an absolute path"),
     ({"image": "i", "mountPath": "/"}, "mount_path must be an absolute path"),
     ({"image": "i", "imagePullPolicy": "Sometimes"}, "imagePullPolicy must be"),
-    ({"image": "i", "env": {"PATH": "/bin"}}, "not a PRIMUS_LENS_* variable"),
+    ({"image": "i", "env": {"PATH": "/bin"}}, "not a PRIMUS_LENS_* or OTEL_* variable name"),
+    ({"image": "i", "secretEnv": {"HEADERS": {"name": "s", "key": "k"}}}, "not a PRIMUS_LENS_* or OTEL_*"),
+    ({"image": "i", "secretEnv": {"OTEL_EXPORTER_OTLP_HEADERS": {"name": "s"}}}, "exactly name and key"),
+    ({"image": "i", "secretEnv": {"OTEL_EXPORTER_OTLP_HEADERS": {"name": "S_1", "key": "k"}}},
+     "must be a DNS subdomain"),
+    ({"image": "i", "secretEnv": {"OTEL_EXPORTER_OTLP_HEADERS": {"name": "s", "key": "a/b"}}},
+     "must be a Secret data key"),
+    ({"image": "i", "secretEnv": []}, "secretEnv must be an object"),
+    ({"image": "i", "env": {"OTEL_EXPORTER_OTLP_HEADERS": "a=b"},
+      "secretEnv": {"OTEL_EXPORTER_OTLP_HEADERS": {"name": "s", "key": "k"}}},
+     "env and secretEnv both set OTEL_EXPORTER_OTLP_HEADERS"),
     ({"image": "i", "env": {"PRIMUS_LENS_WANDB_DEBUG": True}}, "must be a string"),
     ({"image": "i", "downwardAPI": "yes"}, "must be true or false"),
     ({"image": "i", "volumeName": "Bad_Name"}, "must be a DNS label"),
@@ -239,6 +249,54 @@ def test_unknown_reporting_variables_are_flagged() -> None:
     settings = admission.Settings.from_mapping({"image": "i", "env": {
         "PRIMUS_LENS_API_BASE_URL": "http://x", "PRIMUS_LENS_TYPO": "1"}})
     assert admission.unknown_env_names(settings, KNOWN_ENV) == ["PRIMUS_LENS_TYPO"]
+
+
+def test_opentelemetry_variables_are_not_flagged_as_unknown() -> None:
+    settings = admission.Settings.from_mapping({"image": "i", "env": {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_RESOURCE_ATTRIBUTES": "k8s.cluster.name=a"}})
+    assert admission.unknown_env_names(settings, KNOWN_ENV) == []
+
+
+# -- the OTLP sink: what the chart's otlp value hands the webhook -----------------------------------
+
+OTLP_SETTINGS = admission.Settings.from_mapping({
+    "image": "i",
+    "env": {"PRIMUS_LENS_OTLP": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.obs.svc:4318",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+    "secretEnv": {"OTEL_EXPORTER_OTLP_HEADERS": {"name": "otlp-headers", "key": "headers"}}})
+HEADERS_FROM_SECRET = {"name": "OTEL_EXPORTER_OTLP_HEADERS", "valueFrom": {
+    "secretKeyRef": {"name": "otlp-headers", "key": "headers", "optional": True}}}
+
+
+def test_otlp_settings_add_the_sink_variables_after_the_identity() -> None:
+    reply, _ = admission.review(json.dumps(admission_review(pod())).encode(), OTLP_SETTINGS)
+    operations = json.loads(base64.b64decode(reply["response"]["patch"]))
+    [env] = [op for op in operations if op["path"] == "/spec/containers/0/env"]
+    assert [entry["name"] for entry in env["value"]] == [
+        "PYTHONPATH", "POD_NAME", "POD_UID", "POD_NAMESPACE", "NODE_NAME",
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL", "PRIMUS_LENS_OTLP",
+        "OTEL_EXPORTER_OTLP_HEADERS"]
+    assert env["value"][-4:] == [
+        {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://otel-collector.obs.svc:4318"},
+        {"name": "OTEL_EXPORTER_OTLP_PROTOCOL", "value": "http/protobuf"},
+        {"name": "PRIMUS_LENS_OTLP", "value": "true"},
+        HEADERS_FROM_SECRET]
+    after = apply_response(pod(), reply)
+    validate_pod(after)
+    assert run(after, OTLP_SETTINGS) == after, "a second admission changes nothing"
+
+
+def test_otlp_variables_the_container_sets_are_kept() -> None:
+    own = [{"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://own-collector:4318"},
+           {"name": "OTEL_EXPORTER_OTLP_HEADERS",
+            "valueFrom": {"secretKeyRef": {"name": "mine", "key": "h"}}},
+           {"name": "PRIMUS_LENS_OTLP", "value": "false"}]
+    before = pod({"name": "m", "image": "i", "env": own})
+    after = run(before, OTLP_SETTINGS)
+    env = after["spec"]["containers"][0]["env"]
+    assert env[:3] == own
+    assert [entry["name"] for entry in env[3:]] == [
+        "PYTHONPATH", "POD_NAME", "POD_UID", "POD_NAMESPACE", "NODE_NAME", "OTEL_EXPORTER_OTLP_PROTOCOL"]
 
 
 # -- patches the API server accepts, whatever the pod already holds -------------------------------

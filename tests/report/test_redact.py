@@ -267,8 +267,8 @@ def test_leaf_values_become_plain_json() -> None:
     assert out == {
         "nan": "NaN", "inf": "Infinity", "ninf": "-Infinity", "big": str(10**30),
         "huge": "[TRUNCATED: integer of 10001 bits]", "np_f": 1.5, "np_i": 7, "np_nan": "NaN",
-        "np_arr": {"_type": "numpy.ndarray", "shape": [2, 3], "dtype": "float64"},
-        "np_str": WITHHELD, "obj": {"_type": "test_redact.Secretive"},
+        "np_arr": [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], "np_str": WITHHELD,
+        "obj": {"_type": "test_redact.Secretive"},
         "bytes": {"_type": "bytes", "length": 7}, "label": "plain", "nul": WITHHELD,
         "5": "int_key", "1.5": "float_key", "null": "none_key", "true": "bool_key",
         "<tuple>": "tuple_key",

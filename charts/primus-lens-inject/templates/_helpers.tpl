@@ -63,6 +63,18 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- with .Values.reporting.apiPreset }}{{ $_ := set $env "PRIMUS_LENS_API_PRESET" . }}{{ end -}}
 {{- with .Values.reporting.apiBaseUrl }}{{ $_ := set $env "PRIMUS_LENS_API_BASE_URL" . }}{{ end -}}
 {{- with .Values.reporting.outputPath }}{{ $_ := set $env "PRIMUS_LENS_WANDB_OUTPUT_PATH" . }}{{ end -}}
+{{- $secretEnv := dict -}}
+{{- with .Values.otlp }}{{ if .enabled -}}
+{{- $_ := set $env "PRIMUS_LENS_OTLP" "true" -}}
+{{- $_ := set $env "OTEL_EXPORTER_OTLP_ENDPOINT" .endpoint -}}
+{{- $_ := set $env "OTEL_EXPORTER_OTLP_PROTOCOL" .protocol -}}
+{{- with .compression }}{{ $_ := set $env "OTEL_EXPORTER_OTLP_COMPRESSION" . }}{{ end -}}
+{{- with .timeoutMs }}{{ $_ := set $env "OTEL_EXPORTER_OTLP_TIMEOUT" (int64 . | toString) }}{{ end -}}
+{{- with .resourceAttributes }}{{ $_ := set $env "OTEL_RESOURCE_ATTRIBUTES" . }}{{ end -}}
+{{- with .headersSecret.name -}}
+{{- $_ := set $secretEnv "OTEL_EXPORTER_OTLP_HEADERS" (dict "name" . "key" $.Values.otlp.headersSecret.key) -}}
+{{- end -}}
+{{- end }}{{ end -}}
 {{- $env = merge (deepCopy .Values.reporting.extraEnv) $env -}}
 {{- $config := dict
       "image" (include "pli.image" .)
@@ -76,6 +88,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
       "downwardAPI" .Values.identity.downwardAPI
       "workloadUidFromAnnotation" .Values.identity.workloadUidFromAnnotation
       "mainContainerAnnotation" .Values.injection.mainContainerAnnotation -}}
+{{- with $secretEnv }}{{ $_ := set $config "secretEnv" . }}{{ end -}}
 {{- toPrettyJson $config -}}
 {{- end -}}
 

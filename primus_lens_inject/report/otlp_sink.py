@@ -1,0 +1,187 @@
+"""The OTLP sink: the record's rows as OTLP/HTTP metrics, from a cursor of its own
+(``wandb_metrics.otlp.cursor``), with the guarantees of every ``sink.RowsSink``.
+
+Imported only when ``PRIMUS_LENS_OTLP=true``.  Answers are classified as the OTLP/HTTP
+specification says: 2xx accepted (a ``partial_success`` that rejected points is still accepted:
+said once, not retried, the rejected points counted); 429, 502, 503 and 504 retried with backoff,
+or after ``Retry-After`` when the endpoint gives one; transport errors retried; every other 4xx and
+5xx not retried: the batch is dropped (it stays in the record) and said once.  401, 403, 404, 405
+and redirects mean a wrong endpoint or credentials, which every later batch would meet too: the
+sink stops in this process, said once, and keeps its cursor, so a process started with a fixed
+configuration sends the rows from there.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import gzip
+import os
+import socket
+import time
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+
+from .. import log
+from ..config import Config
+from ..topology import Topology
+from . import otlp, owner, transport, wire
+from .policy import DROP, OK, RETRY, STOP
+from .sink import Batch, Control, RowsSink, answered
+
+CURSOR_SUFFIX = ".otlp.cursor"
+METRICS_PATH = "/v1/metrics"
+RETRYABLE = frozenset((429, 502, 503, 504))
+REFUSED = frozenset((401, 403, 404, 405))  # every later batch would be refused the same way
+RETRY_AFTER_MAX = 300.0  # seconds: a longer Retry-After is cut to this
+GZIP_LEVEL = 1  # the sink runs beside training: the cheapest level, most of the gain
+
+
+class Settings(NamedTuple):
+    """The OTLP exporter settings in effect, metrics-specific variables winning."""
+
+    endpoint: str
+    headers: Tuple[Tuple[str, str], ...]
+    timeout: float  # seconds
+    gzip: bool
+    protocol: str
+    certificate: Optional[str]
+    client_certificate: Optional[str]
+    client_key: Optional[str]
+
+
+def settings(config: Config) -> Settings:
+    def pick(name: str) -> Any:
+        specific = getattr(config, f"otlp_metrics_{name}")
+        return getattr(config, f"otlp_{name}") if specific is None else specific
+
+    endpoint = config.otlp_metrics_endpoint or config.otlp_endpoint + METRICS_PATH
+    return Settings(endpoint, pick("headers"), pick("timeout") / 1000.0,
+                    pick("compression") == "gzip",
+                    pick("protocol"), pick("certificate"), pick("client_certificate"),
+                    pick("client_key"))
+
+
+def classify(status: int, message: str) -> Tuple[str, str]:
+    """(action, reason) of an OTLP/HTTP answer; ``status`` 0: no answer (transport error)."""
+    if 200 <= status < 300:
+        return OK, ""
+    if status == 0:
+        return RETRY, message or "connection failed"
+    if status in RETRYABLE:
+        return RETRY, f"endpoint busy or unavailable (HTTP {status})"
+    if status in REFUSED or 300 <= status < 400:
+        return STOP, (f"endpoint refused the credentials or the address (HTTP {status}); check "
+                      "OTEL_EXPORTER_OTLP_(METRICS_)ENDPOINT and _HEADERS")
+    return DROP, f"endpoint rejected the batch (HTTP {status}{': ' + message if message else ''})"
+
+
+def retry_after(value: Optional[str]) -> Optional[float]:
+    """Seconds from a ``Retry-After`` header (seconds or an HTTP date), at most
+    ``RETRY_AFTER_MAX``; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX)
+
+
+class OtlpRows(RowsSink):
+    """Every row of a reporting writer, once per job, to ``{endpoint}/v1/metrics``."""
+
+    name = "otlp"
+    cursor_suffix = CURSOR_SUFFIX
+
+    def __init__(self, control: Control, config: Config, topology: Topology, record_path: str,
+                 writers: owner.Writers, untagged: owner.Writer) -> None:
+        super().__init__(control, config, record_path, writers, untagged)
+        self.settings = settings(config)
+        self.endpoint = self.settings.endpoint
+        self.topology = topology
+        self.encoder = otlp.Encoder(self.settings.protocol)
+        self._resources: Dict[Tuple[int, str], List[Tuple[str, Any]]] = {}
+        self._asked: Optional[float] = None  # Retry-After of the last answer
+
+    def open_client(self) -> Any:
+        s = self.settings
+        headers = {"Content-Type": otlp.content_type(s.protocol),
+                   "User-Agent": "primus-lens-inject", **dict(s.headers)}
+        if s.gzip:
+            headers["Content-Encoding"] = "gzip"
+        cert = (s.client_certificate, s.client_key) if s.client_certificate else None
+        return transport.client(self.endpoint, headers, s.timeout,
+                                min(s.timeout, self.config.connect_timeout),
+                                ca_file=s.certificate, client_cert=cert,
+                                trust_env=self.config.api_use_proxy)
+
+    def entry(self, row: Dict[str, Any], writer: owner.Writer) -> Tuple[Optional[Dict[str, Any]],
+                                                                         str]:
+        return wire.log_entry(row["step"], row["timestamp"], row["data"])  # rank: a resource
+
+    def encode(self, batch: Batch, now: float) -> List[bytes]:
+        writer, run_id, entries = batch
+        body, _points = self.encoder.body(self._resource(writer, run_id), entries)
+        return [gzip.compress(body, GZIP_LEVEL) if self.settings.gzip else body]
+
+    def _resource(self, writer: owner.Writer, run_id: str) -> List[Tuple[str, Any]]:
+        key = (id(writer), run_id)
+        found = self._resources.get(key)
+        if found is None:
+            config = self.config
+            pod = {"pod_name": writer.identity.get("pod_name") or config.pod_name,
+                   "pod_uid": writer.identity.get("pod_uid") or config.pod_uid,
+                   "namespace": config.pod_namespace, "node_name": config.node_name}
+            instance = f"{pod['pod_name'] or socket.gethostname()}/rank{writer.rank}"
+            if len(self._resources) > 64:
+                self._resources.clear()
+            found = self._resources[key] = otlp.resource_attributes(
+                config.otel_service_name, instance, pod, self.topology, writer.rank, run_id,
+                os.environ.get("WANDB_PROJECT", ""), config.otel_resource_attributes)
+        return found
+
+    def retry_after(self) -> Optional[float]:
+        return self._asked
+
+    def post(self, client: Any, body: bytes) -> Tuple[str, str]:
+        self._asked = None
+        content = b""
+        try:
+            response = client.post(self.endpoint, content=body)
+            status, content = response.status_code, response.content
+            message = "" if 200 <= status < 300 else _status_text(content)
+            if status in RETRYABLE:
+                self._asked = retry_after(response.headers.get("Retry-After"))
+        except Exception as exc:  # httpx.TransportError and anything below it
+            status, message = 0, f"{type(exc).__name__}: {exc}"
+        action, reason = classify(status, message)
+        answered(self.stats, action, reason, f"OTLP export to {self.endpoint}",
+                 f"otlp-{action}-{status}")
+        if action == OK:
+            self._partial(content)
+        return action, reason
+
+    def _partial(self, content: bytes) -> None:
+        rejected, message = otlp.partial_success(content, self.settings.protocol == "http/json")
+        if rejected:
+            self.stats.dropped["data points rejected by the OTLP endpoint"] += rejected
+        if rejected or message:
+            log.warn(f"OTLP export to {self.endpoint}: the endpoint accepted a batch partly "
+                     f"({rejected} data points rejected: {message or 'no reason given'}); "
+                     "not retried", key=f"otlp-partial-{message[:40]}")
+
+    def stopped(self, reason: str) -> None:
+        super().stopped(reason)
+        log.warn(f"OTLP export to {self.endpoint} stopped: {reason}; rows stay in the local "
+                 "record and its OTLP cursor, a process started with a fixed configuration "
+                 "sends them", key="otlp-stopped")
+
+
+def _status_text(content: bytes) -> str:
+    """A short reason from an error body (OTLP sends a ``google.rpc.Status``; any text will do),
+    printable and short."""
+    text = content[:200].decode("utf-8", "replace")
+    return "".join(c if c.isprintable() else " " for c in text).strip()[:120]
