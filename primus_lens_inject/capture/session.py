@@ -343,12 +343,13 @@ class Session:
 
         ``wandb_ends_later`` (atexit): wandb's own teardown comes next and finishes the runs
         it was not asked to finish; a followed run's last rows reach its log only then.  With
-        such a run open, this only writes and sends what is there, and ``after_wandb_exit``
-        does the rest."""
+        such a run open, this commits the other runs' pending rows, writes and sends what is
+        there, and ``after_wandb_exit`` does the rest."""
         deadline = self._end_deadline()
         limit = self._record_deadline(deadline)
         if wandb_ends_later and not self._closing and self._following_open():
             self._awaiting_wandb = True
+            self._end_runs(followed=False)
             guard.run_guarded("flush", lambda: self._flush_until(deadline, limit), restart=False)
             return
         if self._closing:  # another end path is at work: wait for it, within the budget
@@ -375,16 +376,26 @@ class Session:
             return any(entry.rows.followed and not entry.rows.finished
                        for entry in self.runs.values())
 
+    def _end_runs(self, followed: Optional[bool] = None, wait_for_log: float = 0.0) -> None:
+        """Queue the end of every open run (only the followed or only the other ones, if asked):
+        pending rows become rows; a followed run's log is read to its end, waiting for its exit
+        record until ``wait_for_log`` (``time.monotonic()``)."""
+        with self._lock:
+            open_rows = [entry.rows for entry in self.runs.values() if not entry.rows.closed
+                         and (followed is None or entry.rows.followed == followed)]
+        if self.record is None:
+            return
+        for rows in open_rows:
+            rows.closed = True
+            rows.log_end_by = wait_for_log
+            self.record.append(end_of_run(rows))
+
     def _close_until(self, deadline: float, limit: float) -> None:
         try:
-            with self._lock:
-                open_rows = [entry.rows for entry in self.runs.values() if not entry.rows.closed]
             if self.record is not None:
-                for rows in open_rows:
-                    rows.closed = True
-                    if self._wandb_done:  # its exit record is written, or will not be
-                        rows.log_end_by = min(limit, time.monotonic() + RECORD_FLOOR)
-                    self.record.append(end_of_run(rows))
+                # after wandb's teardown a followed run's exit record is written, or will not be
+                self._end_runs(wait_for_log=min(limit, time.monotonic() + RECORD_FLOOR)
+                               if self._wandb_done else 0.0)
                 self.record.close(limit)
             if self.reporter is not None:
                 self.reporter.close(max(0.0, deadline - time.monotonic()))
