@@ -151,6 +151,7 @@ class Follower:
         self.log = TransactionLog(path)
         self.record_class = record_class  # wandb's ``Record`` message class
         self.first_step = first_step
+        self.last_step = first_step - 1  # the newest step read so far
         self.ended = False
 
     def poll(self) -> List[Row]:
@@ -168,4 +169,5 @@ class Follower:
                 step, timestamp, data = history_row(record.history)
                 if step >= self.first_step and data:
                     rows.append(Row(step, timestamp or time.time(), data))
+                    self.last_step = max(self.last_step, step)
         return rows

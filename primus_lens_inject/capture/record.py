@@ -284,6 +284,9 @@ class RecordWriter:
                 else:  # the user's keys win over the system figures
                     self._values_out += len(data)
                     done = rows.log({**sample, **data} if sample else data, step, commit, timestamp)
+                    if rows.follower is not None:  # kept until wandb's log shows these steps
+                        rows.shadow.extend(done)
+                        continue
                 for row in done:
                     chunks.append(self._line(rows, row))
                     size += len(chunks[-1])
@@ -305,15 +308,27 @@ class RecordWriter:
             self._followed.append(rows)
 
     def _followed_rows(self, rows: RunRows) -> List[Row]:
+        follower = rows.follower
         try:
-            return rows.follower.poll()
-        except Exception as exc:  # never seen; the rows stay in wandb's own log
-            log.warn(f"cannot read wandb's transaction log {rows.follower.log.path} "
+            done = follower.poll()
+        except Exception as exc:  # never seen: back to the log calls, where there are any
+            log.warn(f"cannot read wandb's transaction log {follower.log.path} "
                      f"({type(exc).__name__}: {exc}); run {rows.run_id}'s rows from here on "
-                     "are only in wandb's history", key=f"follow-{rows.run_id}")
-            rows.finished = True
+                     + ("come from its log calls, without what wandb adds" if rows.queue_calls
+                        else "are only in wandb's history"), key=f"follow-{rows.run_id}")
+            rows.follower = None
             self._followed.remove(rows)
-            return []
+            return self._unshown(rows, follower.last_step)
+        while rows.shadow and rows.shadow[0].step <= follower.last_step:
+            rows.shadow.popleft()
+        return done
+
+    @staticmethod
+    def _unshown(rows: RunRows, last_step: int) -> List[Row]:
+        """The rows of a followed run's calls whose steps wandb's log has not shown."""
+        done = [row for row in rows.shadow if row.step > last_step]
+        rows.shadow.clear()
+        return done
 
     def _followed_lines(self) -> bytes:
         """New rows of every followed run, read from wandb's transaction logs."""
@@ -325,12 +340,20 @@ class RecordWriter:
         if rows.follower is None or rows.finished:
             return rows.finish()
         done = self._followed_rows(rows)
-        while not rows.follower.ended and time.monotonic() < rows.log_end_by:
+        while rows.follower is not None and not rows.follower.ended \
+                and time.monotonic() < rows.log_end_by:
             time.sleep(POLL_SECONDS)  # wandb-core writes its last records a moment later
             done += self._followed_rows(rows)
         if rows in self._followed:
             self._followed.remove(rows)
-        rows.finished = True
+        follower = rows.follower
+        tail = rows.finish()  # the calls' pending row; the run is finished from here on
+        if follower is None:  # reading wandb's log failed just now: the calls have the rest
+            done += tail
+        elif not follower.ended:  # the process ends before wandb wrote it all (SIGTERM): the
+            rows.shadow.extend(tail)  # rest from the calls, which carry wandb's steps
+            done += self._unshown(rows, follower.last_step)
+        rows.shadow.clear()
         return done
 
     def _write(self) -> bool:

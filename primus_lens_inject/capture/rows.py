@@ -10,10 +10,12 @@ calls it (one at a time, in call order), so it needs no lock of its own.
 
 from __future__ import annotations
 
+import collections
 import time
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Deque, Dict, List, NamedTuple, Optional
 
 APPROX_KEY = "_primus_step_approx"  # in a row whose step wandb may have given differently
+SHADOW_ROWS = 20_000  # rows of a followed run's calls kept until wandb's log shows their steps
 
 
 class Row(NamedTuple):
@@ -37,7 +39,11 @@ class RunRows:
         # Set on the training thread when the run's rows start coming from wandb's transaction
         # log (``capture.history``): its ``log`` calls are no longer queued.
         self.followed = False
+        self.queue_calls = True  # False once only wandb's log knows the steps (tensorboard)
         self.follower: Any = None  # the writer thread's ``history.Follower``
+        # A followed run's rows made from its ``log`` calls, kept (by the writer) until wandb's
+        # log shows their steps: the record's rows if the process ends before wandb wrote them.
+        self.shadow: Deque[Row] = collections.deque(maxlen=SHADOW_ROWS)
         self.approx = ""  # why this run's steps may differ from wandb's ("" when they do not)
         self.log_end_by = 0.0  # at the run's end, wait until this ``time.monotonic()`` for
         # wandb to write the rest of a followed run's log (its exit record)
@@ -77,6 +83,7 @@ class RunRows:
         pending is wandb's pending row too, which it will record at ``self.step``."""
         self.follower = follower
         self._pending = {}
+        self.shadow.clear()
 
     def finish(self) -> List[Row]:
         """The run ends: what is pending becomes the last row, and later calls are ignored."""
@@ -98,5 +105,6 @@ class RunRows:
         copy.closed = self.closed
         copy.who = self.who
         copy.followed = self.followed  # the parent's reader of wandb's log has those rows
+        copy.queue_calls = self.queue_calls and not self.followed
         copy.approx = self.approx
         return copy

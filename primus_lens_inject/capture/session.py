@@ -167,8 +167,8 @@ class Session:
         entry = self.runs.get(id(run))
         rows = entry.rows if entry is not None else self.adopt(run)
         record = self.record
-        if record is None or rows.closed or rows.followed:  # a disabled-mode run still "logs"
-            return  # after finish; a followed run's rows are read from wandb's log
+        if record is None or rows.closed or not rows.queue_calls:  # a disabled-mode run still
+            return  # "logs" after finish; a tensorboard run's steps are only in wandb's log
         step = call[STEP]
         if step is not None:
             try:
@@ -233,6 +233,7 @@ class Session:
                      key=f"no-transaction-log-{why}")
             return
         rows.followed = True
+        rows.queue_calls = why != TENSORBOARD  # other runs' calls still carry wandb's steps
         self.record.append(follow_log(rows, path, record_class))
         log.debug("run_followed", run_id=rows.run_id, reason=why, path=path)
 
