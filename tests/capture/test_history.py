@@ -8,16 +8,20 @@ independent reader (tests/wandb_history.py), whole and fed the file a few bytes 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from typing import Any, Dict, List
 
 import pytest
 import wandb_history
 
 from primus_lens_inject.capture.history import BLOCK, Follower, TransactionLog, history_row
+from primus_lens_inject.capture.record import NO_SAMPLE, RecordWriter, end_of_run
+from primus_lens_inject.capture.rows import APPROX_KEY, RunRows
 
 ROWS = 40
 
@@ -120,3 +124,21 @@ def test_history_row_rebuilds_nested_keys_and_spells_non_finite_numbers() -> Non
     assert (step, timestamp) == (5, 1700000000.5)
     assert data == {"train": {"loss": 0.25, "gap": "NaN"},
                     "h": {"_type": "histogram", "bins": 2, "min": -1.0, "max": 0.0, "count": 5}}
+
+
+def test_rows_whose_step_wandb_may_have_given_differently_are_marked(tmp_path: Any) -> None:
+    """A tensorboard run whose transaction log cannot be read (session.follow says so once):
+    its rows come from the log calls, and each carries ``_primus_step_approx`` = 1, a number,
+    so the wire sends the mark too."""
+    writer = RecordWriter(str(tmp_path / "wandb_metrics.jsonl"))
+    exact, approximate = RunRows("exact"), RunRows("approx")
+    approximate.approx = "tensorboard sync"
+    for rows in (exact, approximate):
+        for i in range(3):
+            writer.append((rows, {"i": i}, None, None, time.time(), NO_SAMPLE))
+        writer.append(end_of_run(rows))
+    assert writer.close(time.monotonic() + 10)
+    lines = [json.loads(line) for line in (tmp_path / "wandb_metrics.jsonl").read_text().splitlines()]
+    marks = {(line["run_id"], line["step"]): line["data"].get(APPROX_KEY) for line in lines}
+    assert marks == {("exact", 0): None, ("exact", 1): None, ("exact", 2): None,
+                     ("approx", 0): 1, ("approx", 1): 1, ("approx", 2): 1}

@@ -5,11 +5,14 @@ training script under the injector delivers every row (docs/otlp.md)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 import pytest
-from conftest import run_training
+from conftest import BOOTSTRAP_DIR, run_training
+from fakes.fake_gpu_state import STATE_ENV, write
+from fakes.libs import FAKES
 from google.protobuf import json_format
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -259,6 +262,42 @@ def test_system_figures_arrive_under_semantic_convention_names(tmp_path):
         assert cpu.unit == "1" and cpu.value == pytest.approx(row["data"]["_primus_sys_cpu_percent"] / 100)
         rss = points[("process.memory.usage", at)]
         assert rss.unit == "By" and rss.value == row["data"]["_primus_sys_process_rss_bytes"]
+
+
+def test_gpu_figures_arrive_under_the_hardware_conventions_names(tmp_path):
+    """A real training run on the (fake) NVML of one H100: every recorded row's GPU figures reach
+    the endpoint as ``hw.*`` metrics with their units, scaled, at the row's time."""
+    state = str(tmp_path / "gpu-state.json")
+    write(state, {"nvml": {"driver_version": "550.54.15", "devices": [{
+        "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-aaaa0000-1111-2222-3333-444455556666",
+        "bus_id": "00000000:1B:00.0", "memory_total": 80 << 30, "memory_used": 3 << 30,
+        "util_gpu": 77, "power_mw": 250_500, "temperature": 66}]}})
+    with OtlpServer() as server:
+        result = run_training(tmp_path, SCRIPT, env=otlp_env(
+            server.url, PYTHONPATH=f"{FAKES}{os.pathsep}{BOOTSTRAP_DIR}",
+            PRIMUS_LENS_WANDB_ENHANCE_METRICS="true", PRIMUS_LENS_GPU_BACKEND="nvml",
+            OTLP_TEST_ROWS="10", **{STATE_ENV: state}))
+        assert result.proc.returncode == 0, result.stderr
+        record = result.record()
+        points = {(p.name, p.time_unix_nano): p for p in server.points()}
+    gpu = {"hw.id": "gpu", "hw.type": "gpu"}
+    expected = {  # metric -> (unit, point attributes, value)
+        "hw.gpu.utilization": ("1", gpu, 0.77),
+        "hw.gpu.memory.usage": ("By", gpu, float(3 << 30)),
+        "hw.gpu.memory.limit": ("By", gpu, float(80 << 30)),
+        "hw.power": ("W", gpu, 250.5),
+        "hw.temperature": ("Cel", {"hw.id": "gpu.gpu", "hw.type": "temperature",
+                                   "hw.parent": "gpu", "hw.sensor_location": "gpu"}, 66.0),
+    }
+    assert len(record) == 10
+    for row in record:
+        assert row["data"]["_primus_gpu_util_percent"] == 77.0
+        at = int(row["timestamp"] * 1e9)
+        for name, (unit, point_attributes, value) in expected.items():
+            point = points[(name, at)]
+            assert (point.unit, point.attributes) == (unit, point_attributes), name
+            assert point.value == pytest.approx(value), name
+            assert point.resource["k8s.pod.name"] == POD
 
 
 def test_sink_off_loads_no_otlp_module(tmp_path):
