@@ -179,7 +179,9 @@ def test_record_locked_by_another_process_never_blocks_logging(tmp_path):
 
 def test_hostile_values_huge_int_nul_keys_and_a_3_mb_row(tmp_path):
     with Receiver(port=0) as server:
-        proc = Proc(tmp_path, "hostile_values.py", "offline", env=reporting_env(server.url))
+        # a budget that a loaded machine cannot spend on a 3.5 MB row: this test is about values
+        proc = Proc(tmp_path, "hostile_values.py", "offline",
+                    env=reporting_env(server.url, PRIMUS_LENS_SHUTDOWN_TIMEOUT="60"))
         run_id = proc.expect("logged")[1]
         # The writer survived the 5000-digit int: every row reaches the file while the
         # process lives (before, they arrived only at exit and SIGKILL lost them).

@@ -127,7 +127,10 @@ def history_row(history: Any) -> Tuple[int, float, Dict[str, Any]]:
     timestamp = 0.0
     for item in history.item:
         path = list(item.nested_key) or [item.key]
-        value = json.loads(item.value_json)
+        try:
+            value = json.loads(item.value_json)
+        except ValueError:  # never seen from wandb; the row's other values still count
+            value = {"_type": "unreadable"}
         if len(path) == 1 and path[0] in WANDB_KEYS:
             if path[0] == "_step" and isinstance(value, int):
                 step = value
@@ -136,7 +139,9 @@ def history_row(history: Any) -> Tuple[int, float, Dict[str, Any]]:
             continue
         target = data
         for part in path[:-1]:  # a nested dict arrives one leaf per item
-            target = target.setdefault(part, {})
+            if type(target.get(part)) is not dict:
+                target[part] = {}
+            target = target[part]
         target[path[-1]] = value
     if step is None:
         step = history.step.num

@@ -113,7 +113,8 @@ def test_history_row_rebuilds_nested_keys_and_spells_non_finite_numbers() -> Non
     for path, value in ((["_step"], "5"), (["_timestamp"], "1700000000.5"), (["_runtime"], "3"),
                         (["train", "loss"], "0.25"), (["train", "gap"], "NaN"),
                         (["h", "_type"], '"histogram"'), (["h", "values"], "[2, 3]"),
-                        (["h", "packedBins"], '{"min": -1.0, "size": 0.5, "count": 2}')):
+                        (["h", "packedBins"], '{"min": -1.0, "size": 0.5, "count": 2}'),
+                        (["bad"], "{not json")):
         item = history.item.add()
         if len(path) == 1:
             item.key = path[0]
@@ -123,7 +124,8 @@ def test_history_row_rebuilds_nested_keys_and_spells_non_finite_numbers() -> Non
     step, timestamp, data = history_row(history)
     assert (step, timestamp) == (5, 1700000000.5)
     assert data == {"train": {"loss": 0.25, "gap": "NaN"},
-                    "h": {"_type": "histogram", "bins": 2, "min": -1.0, "max": 0.0, "count": 5}}
+                    "h": {"_type": "histogram", "bins": 2, "min": -1.0, "max": 0.0, "count": 5},
+                    "bad": {"_type": "unreadable"}}
 
 
 def test_rows_whose_step_wandb_may_have_given_differently_are_marked(tmp_path: Any) -> None:
