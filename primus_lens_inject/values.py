@@ -85,13 +85,6 @@ def _scalar_like(value: Any) -> Any:
     return described
 
 
-def _count(values: Any) -> Any:
-    total = 0
-    for n in values:
-        total += n
-    return total
-
-
 def histogram_summary(counts: Any, bins: Any) -> Dict[str, Any]:
     """A histogram's summary numbers: how many bins, the lowest and highest edge, the total count.
 
@@ -106,7 +99,7 @@ def histogram_summary(counts: Any, bins: Any) -> Dict[str, Any]:
         else:
             n, low, high = len(bins) - 1, float(bins[0]), float(bins[-1])
         return {"_type": "histogram", "bins": n, "min": _float(low), "max": _float(high),
-                "count": freeze_value(_count(counts))}
+                "count": freeze_value(sum(counts))}
     except Exception:
         return {"_type": "histogram"}
 
