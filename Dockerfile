@@ -4,7 +4,8 @@
 #       development receiver, which .dockerignore leaves out; private dependencies in deps/), run
 #       as non-root. It is the webhook's init-container image (the tree is copied into the pod)
 #       and runs the webhook server itself.
-#   training-base: BASE_IMAGE (your training image) with the tree baked in and PYTHONPATH set.
+#   training-base: BASE_IMAGE (your training image) with the tree baked in, PYTHONPATH set and the
+#       .pth route installed for its python3 (TRAINING_PYTHON).
 #
 # The build installs the injector's dependencies from wheels in build/wheels (`make image-wheels`
 # downloads them), so it needs no registry access beyond the base images:
@@ -36,10 +37,17 @@ RUN python3 -m compileall -q /opt/primus-lens \
 
 # -- training-base: FROM your training image, tree baked in ----------------------------------------
 FROM ${BASE_IMAGE} AS training-base
+# The interpreter your jobs run (a conda env's python, say): it gets the .pth route below.
+ARG TRAINING_PYTHON=python3
 COPY --from=tree /opt/primus-lens /opt/primus-lens
-# Bytecode for the training image's own python3 too (best effort: an image without one, or one
-# whose USER cannot write here, keeps compiling in memory).
-RUN python3 -m compileall -q /opt/primus-lens || true
+# Bytecode for the training image's own interpreter too (best effort: an image without one, or one
+# whose USER cannot write here, keeps compiling in memory). Then two routes in, activating once:
+# the .pth file in TRAINING_PYTHON's site-packages survives a launcher that replaces PYTHONPATH
+# with its own sitecustomize (Primus's ODC launcher does); PYTHONPATH reaches every other
+# interpreter of the image. The build fails where the .pth cannot be written (a USER without
+# write access there: build as root, or set TRAINING_PYTHON).
+RUN { "${TRAINING_PYTHON}" -m compileall -q /opt/primus-lens || true; } \
+ && PYTHONPATH=/opt/primus-lens "${TRAINING_PYTHON}" -m primus_lens_inject install
 # Our directory first; the base image's own PYTHONPATH (if any) is kept after it.
 ENV PYTHONPATH=/opt/primus-lens${PYTHONPATH:+:${PYTHONPATH}}
 

@@ -25,10 +25,11 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) -e ".[test]"
 	@# torch only from a local CPU wheel (never a multi-GB download); tensor tests skip without it.
-	@# tensorboard and Lightning (for the integration tests) come after it, pinned to that torch.
+	@# tensorboard, Lightning, transformers and accelerate (integration and detection tests) come
+	@# with it, pinned to that torch (accelerate requires torch: never in the test extra).
 	@if ls $(TORCH_WHEELS)/torch-2.13.0*.whl >/dev/null 2>&1; then \
 	  $(PY) -m pip install $(PIP_FLAGS) --find-links $(TORCH_WHEELS) "torch==2.13.0" \
-	    tensorboard pytorch-lightning; \
+	    tensorboard pytorch-lightning "transformers>=4.46" "accelerate>=1.1"; \
 	else echo "note: no local torch wheel in $(TORCH_WHEELS); torch tests will be skipped"; \
 	  $(PY) -m pip install $(PIP_FLAGS) tensorboard; fi
 	touch $@

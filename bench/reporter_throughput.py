@@ -146,7 +146,7 @@ print(logged, time.perf_counter() - start - logged)
 def live(url: str, tmp: str, rate: int, seconds: float, otlp: bool = False) -> None:
     rows = int(rate * seconds)
     where = os.path.join(tmp, "live-otlp" if otlp else "live")
-    sink = {"PRIMUS_LENS_OTLP": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": url.rsplit("/v1", 1)[0]} \
+    sink = {"PRIMUS_LENS_OTLP": "true", "PRIMUS_LENS_OTLP_ENDPOINT": url.rsplit("/v1", 1)[0]} \
         if otlp else {"PRIMUS_LENS_WANDB_API_REPORTING": "true", "PRIMUS_LENS_API_BASE_URL": url}
     env = child_env(tmp, True, {**sink, "POD_NAME": "bench-0",
                                 "PRIMUS_LENS_WANDB_OUTPUT_PATH": where,

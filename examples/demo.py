@@ -5,7 +5,7 @@
    Collector (``POST /v1/metrics``);
 2. runs ``examples/train.py`` — plain wandb code, offline mode — under ``primus-lens run``, with
    enrichment on and a pod identity, reporting to that receiver through both sinks: Lens, and
-   OTLP (``PRIMUS_LENS_OTLP=true`` with the standard ``OTEL_EXPORTER_OTLP_ENDPOINT``);
+   OTLP (``PRIMUS_LENS_OTLP=true`` with ``PRIMUS_LENS_OTLP_ENDPOINT``);
 3. prints where the local record is and what it holds, and what each sink delivered.
 """
 
@@ -29,7 +29,7 @@ def receiver() -> tuple:
     proc = subprocess.Popen([sys.executable, "-m", "primus_lens_inject", "receive", "--port", "0", "--otlp",
                              "--db", str(OUT / "receiver.db")], stdout=subprocess.PIPE, text=True)
     lens, otlp = proc.stdout.readline().strip(), proc.stdout.readline().strip()
-    if "listening on" not in lens or "OTEL_EXPORTER_OTLP_ENDPOINT=" not in otlp:
+    if "listening on" not in lens or "PRIMUS_LENS_OTLP_ENDPOINT=" not in otlp:
         proc.kill()
         raise SystemExit(f"the receiver did not start: {lens!r} {otlp!r}")
     return proc, lens.rsplit(" ", 1)[1], otlp.rsplit("=", 1)[1]
@@ -51,7 +51,7 @@ def main() -> int:
         "PRIMUS_LENS_WANDB_OUTPUT_PATH": str(OUT / "metrics"),
         "PRIMUS_LENS_WANDB_ENHANCE_METRICS": "true",
         "PRIMUS_LENS_API_BASE_URL": base,
-        "PRIMUS_LENS_OTLP": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint,
+        "PRIMUS_LENS_OTLP": "true", "PRIMUS_LENS_OTLP_ENDPOINT": otlp_endpoint,
         "POD_NAME": "demo-trainer-0", "POD_NAMESPACE": "demo", "POD_UID": "00000000-demo",
         "PRIMUS_CONFIG": "examples/train.py",  # detection evidence, as a Primus job would carry
     })

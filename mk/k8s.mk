@@ -10,7 +10,7 @@
 #   make chart-lint     helm lint --strict, helm template + kubernetes-validate --strict (k8s $(K8S_MIN))
 #   make image-lint     hadolint the Dockerfile
 #   make image-test     build and run the image for real (tests/k8s/test_image.py)
-#   make bench-webhook  admission latency under 50 concurrent TLS requests
+#   make bench-webhook  admission latency under 50 concurrent TLS requests, and under attack
 
 TOOLS_DIR     ?= .tools
 HELM          := $(TOOLS_DIR)/helm/helm

@@ -15,18 +15,23 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Mapping, Optional, Tuple
 
 # Where the wandb routes are served, by installation (docs/reporting.md says why these):
 # lens: a stock Primus Lens install (spec §1.1): Service "primus-lens-telemetry-processor" in
 #   namespace "primus-lens", port 8989, route group /v1.
-# robust: its successor on SaFE clusters, the primus-robust add-on, whose always-installed API
-#   service (with the wandb training analyzer enabled) is robust-analyzer:8085 under /api/v1.
+# robust: its successor on SaFE clusters, the primus-robust add-on, 1.0.6 and later (the
+#   microservice layout): every HTTP route is served by the Service robust-api:8085 under /api/v1
+#   (robust-analyzer is a background worker there that answers only /healthz and /readyz).
+# robust-legacy: robust 1.0.0, one binary, robust-analyzer:8085 serving every route under /api/v1.
 API_PRESETS = {
     "lens": "http://primus-lens-telemetry-processor.primus-lens.svc.cluster.local:8989/v1",
-    "robust": "http://robust-analyzer.primus-robust.svc:8085/api/v1",
+    "robust": "http://robust-api.primus-robust.svc:8085/api/v1",
+    "robust-legacy": "http://robust-analyzer.primus-robust.svc:8085/api/v1",
 }
+ROBUST_PRESETS = ("robust", "robust-legacy")
+ROBUST_ROUTES = "/api/v1"  # what ROBUST_ANALYZER_URL (a host) is completed with
 DEFAULT_API_PRESET = "lens"
 DEFAULT_API_BASE_URL = API_PRESETS[DEFAULT_API_PRESET]
 
@@ -90,10 +95,23 @@ def _path(raw: str) -> str:
 
 
 def _url(raw: str) -> str:
+    """An http(s) URL with a host, and a port from 1 to 65535 where one is given."""
+    from urllib.parse import urlsplit
+
     value = raw.strip().rstrip("/")
     scheme, sep, rest = value.partition("://")
     if not sep or scheme.lower() not in ("http", "https") or not rest or " " in value:
         raise InvalidValue("expected an http:// or https:// URL")
+    parts = urlsplit(value)
+    try:
+        port = parts.port  # ValueError: not a number, or beyond 65535
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise InvalidValue(f"port {parts.netloc.rpartition(':')[2]!r} is not a number from 1 "
+                           "to 65535")
+    if not parts.hostname:
+        raise InvalidValue("expected a host name after ://")
     return value
 
 
@@ -176,10 +194,13 @@ class Problem:
     variable: str
     raw: str
     reason: str
+    used: str = field(default="", compare=False)  # what is used instead, where "the default"
+    # would not say it (the base URL's comes from the preset)
 
     def message(self) -> str:
         shown = self.raw if len(self.raw) <= 60 else self.raw[:57] + "..."
-        return f"ignoring {self.variable}={shown!r}: {self.reason}; using the default"
+        return (f"ignoring {self.variable}={shown!r}: {self.reason}; "
+                + (f"using {self.used} instead" if self.used else "using the default"))
 
 
 @dataclass(frozen=True)
@@ -221,12 +242,23 @@ class Config:
     api_preset: str = setting(
         "PRIMUS_LENS_API_PRESET", DEFAULT_API_PRESET, _choice(tuple(API_PRESETS)),
         "Where the server is: lens (Primus Lens's telemetry-processor, "
-        "`primus-lens-telemetry-processor.primus-lens:8989/v1`) or robust (SaFE's "
-        "primus-robust add-on, `robust-analyzer.primus-robust:8085/api/v1`).")
+        "`primus-lens-telemetry-processor.primus-lens:8989/v1`), robust (SaFE's primus-robust "
+        "add-on 1.0.6 and later, `robust-api.primus-robust:8085/api/v1`) or robust-legacy "
+        "(robust 1.0.0, `robust-analyzer.primus-robust:8085/api/v1`); see docs/reporting.md.")
     api_base_url: str = setting(
         "PRIMUS_LENS_API_BASE_URL", DEFAULT_API_BASE_URL, _url,
         "Base URL of the telemetry-processor, overriding the preset's; requests go to "
         "`{base}/wandb/logs` and `{base}/wandb/detection`.")
+    robust_analyzer_url: Optional[str] = setting(
+        "ROBUST_ANALYZER_URL", None, _url,
+        "robust's address as AMD's own agents read it, a host such as "
+        "`http://robust-api.primus-robust:8085`: the base URL becomes `{url}/api/v1` and robust's "
+        "answers apply, unless `PRIMUS_LENS_API_BASE_URL` is set.")
+    api_give_up_after: float = setting(
+        "PRIMUS_LENS_API_GIVE_UP_AFTER", 1800.0, _number(float, 0.0, 7 * 86400.0),
+        "Seconds of one identical failing answer (the same HTTP 500, say) after which the Lens "
+        "sink stops for the process, saying what the server answers (the record keeps every "
+        "row); see docs/reporting.md.")
     batch_size: int = setting(
         "PRIMUS_LENS_WANDB_BATCH_SIZE", 100, _number(int, 1, 500),
         "Most steps sent in one request (the server has no cap; we keep requests ≤ 1 MiB).")
@@ -272,60 +304,102 @@ class Config:
     otlp: bool = setting(
         "PRIMUS_LENS_OTLP", False, parse_bool,
         "Also export the rows as OTLP/HTTP metrics to an OpenTelemetry endpoint, configured by "
-        "the standard `OTEL_*` variables below; see docs/otlp.md.")
-    otlp_endpoint: str = setting(
-        "OTEL_EXPORTER_OTLP_ENDPOINT", DEFAULT_OTLP_ENDPOINT, _url,
-        "OTLP base URL; metrics go to `{endpoint}/v1/metrics`.")
+        "the `PRIMUS_LENS_OTLP_*` variables below; see docs/otlp.md.")
+    # The OTLP settings: PRIMUS_LENS_OTLP_* > OTEL_EXPORTER_OTLP_METRICS_* > OTEL_EXPORTER_OTLP_*
+    # (report/otlp_sink.settings).  The chart sets only our names: the OTEL_* ones are also read
+    # by every OpenTelemetry SDK in the process, wandb's own exporter to W&B among them.
+    otlp_endpoint: Optional[str] = setting(
+        "PRIMUS_LENS_OTLP_ENDPOINT", None, _url,
+        "OTLP base URL; metrics go to `{endpoint}/v1/metrics`. Unset: "
+        "`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`, then `OTEL_EXPORTER_OTLP_ENDPOINT`.")
     otlp_metrics_endpoint: Optional[str] = setting(
-        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", None, _url,
-        "Full OTLP metrics URL, used as it is; wins over `OTEL_EXPORTER_OTLP_ENDPOINT`.")
-    otlp_headers: Tuple[Tuple[str, str], ...] = setting(
-        "OTEL_EXPORTER_OTLP_HEADERS", (), _pairs,
+        "PRIMUS_LENS_OTLP_METRICS_ENDPOINT", None, _url,
+        "Full OTLP metrics URL, used as it is; wins over `PRIMUS_LENS_OTLP_ENDPOINT`.")
+    otlp_headers: Optional[Tuple[Tuple[str, str], ...]] = setting(
+        "PRIMUS_LENS_OTLP_HEADERS", None, _pairs,
         "OTLP request headers, `key=value,...` (URL-decoded); never logged.", secret=True)
-    otlp_metrics_headers: Optional[Tuple[Tuple[str, str], ...]] = setting(
-        "OTEL_EXPORTER_OTLP_METRICS_HEADERS", None, _pairs,
-        "The same for metrics only; wins over `OTEL_EXPORTER_OTLP_HEADERS`.", secret=True)
-    otlp_timeout: int = setting(
-        "OTEL_EXPORTER_OTLP_TIMEOUT", 10_000, _number(int, 1, 600_000),
-        "Milliseconds to wait for an OTLP answer.")
-    otlp_metrics_timeout: Optional[int] = setting(
-        "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", None, _number(int, 1, 600_000),
-        "The same for metrics only.")
-    otlp_compression: str = setting(
-        "OTEL_EXPORTER_OTLP_COMPRESSION", "none", _choice(OTLP_COMPRESSIONS),
-        "OTLP body compression: gzip or none.")
-    otlp_metrics_compression: Optional[str] = setting(
-        "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", None, _choice(OTLP_COMPRESSIONS),
-        "The same for metrics only.")
-    otlp_protocol: str = setting(
-        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf", _otlp_protocol,
-        "OTLP encoding: http/protobuf or http/json (grpc is refused with a warning).")
-    otlp_metrics_protocol: Optional[str] = setting(
-        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", None, _otlp_protocol,
-        "The same for metrics only.")
+    otlp_timeout: Optional[int] = setting(
+        "PRIMUS_LENS_OTLP_TIMEOUT", None, _number(int, 1, 600_000),
+        "Milliseconds to wait for an OTLP answer (default 10000).")
+    otlp_compression: Optional[str] = setting(
+        "PRIMUS_LENS_OTLP_COMPRESSION", None, _choice(OTLP_COMPRESSIONS),
+        "OTLP body compression: gzip or none (default none).")
+    otlp_protocol: Optional[str] = setting(
+        "PRIMUS_LENS_OTLP_PROTOCOL", None, _otlp_protocol,
+        "OTLP encoding: http/protobuf (default) or http/json (grpc is refused with a warning).")
     otlp_certificate: Optional[str] = setting(
-        "OTEL_EXPORTER_OTLP_CERTIFICATE", None, _path,
+        "PRIMUS_LENS_OTLP_CERTIFICATE", None, _path,
         "PEM file of CA certificates to verify the OTLP endpoint with.")
-    otlp_metrics_certificate: Optional[str] = setting(
-        "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", None, _path, "The same for metrics only.")
     otlp_client_certificate: Optional[str] = setting(
-        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", None, _path,
+        "PRIMUS_LENS_OTLP_CLIENT_CERTIFICATE", None, _path,
         "PEM client certificate for mutual TLS with the OTLP endpoint.")
-    otlp_metrics_client_certificate: Optional[str] = setting(
-        "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE", None, _path,
-        "The same for metrics only.")
     otlp_client_key: Optional[str] = setting(
-        "OTEL_EXPORTER_OTLP_CLIENT_KEY", None, _path,
+        "PRIMUS_LENS_OTLP_CLIENT_KEY", None, _path,
         "PEM private key of the client certificate.")
-    otlp_metrics_client_key: Optional[str] = setting(
-        "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY", None, _path, "The same for metrics only.")
+    otlp_resource_attributes: Optional[Tuple[Tuple[str, str], ...]] = setting(
+        "PRIMUS_LENS_OTLP_RESOURCE_ATTRIBUTES", None, _pairs,
+        "Extra OTLP resource attributes, `key=value,...` (URL-decoded).")
+    otlp_service_name: Optional[str] = setting(
+        "PRIMUS_LENS_OTLP_SERVICE_NAME", None, _text,
+        "OTLP `service.name` (wins over one in the resource attributes; "
+        "default `primus-lens-inject`).")
+    otel_endpoint: str = setting(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", DEFAULT_OTLP_ENDPOINT, _url,
+        "Fallback of `PRIMUS_LENS_OTLP_ENDPOINT`, for runs by hand (see docs/otlp.md).")
+    otel_metrics_endpoint: Optional[str] = setting(
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", None, _url,
+        "Fallback of `PRIMUS_LENS_OTLP_METRICS_ENDPOINT`; wins over "
+        "`OTEL_EXPORTER_OTLP_ENDPOINT`.")
+    otel_headers: Tuple[Tuple[str, str], ...] = setting(
+        "OTEL_EXPORTER_OTLP_HEADERS", (), _pairs,
+        "Fallback of `PRIMUS_LENS_OTLP_HEADERS` (wandb ≥ 0.31 also sends it to W&B: doctor "
+        "warns).", secret=True)
+    otel_metrics_headers: Optional[Tuple[Tuple[str, str], ...]] = setting(
+        "OTEL_EXPORTER_OTLP_METRICS_HEADERS", None, _pairs,
+        "Fallback of `PRIMUS_LENS_OTLP_HEADERS`; wins over `OTEL_EXPORTER_OTLP_HEADERS`.",
+        secret=True)
+    otel_timeout: int = setting(
+        "OTEL_EXPORTER_OTLP_TIMEOUT", 10_000, _number(int, 1, 600_000),
+        "Fallback of `PRIMUS_LENS_OTLP_TIMEOUT`.")
+    otel_metrics_timeout: Optional[int] = setting(
+        "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", None, _number(int, 1, 600_000),
+        "The same, metrics only; wins over `OTEL_EXPORTER_OTLP_TIMEOUT`.")
+    otel_compression: str = setting(
+        "OTEL_EXPORTER_OTLP_COMPRESSION", "none", _choice(OTLP_COMPRESSIONS),
+        "Fallback of `PRIMUS_LENS_OTLP_COMPRESSION`.")
+    otel_metrics_compression: Optional[str] = setting(
+        "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", None, _choice(OTLP_COMPRESSIONS),
+        "The same, metrics only; wins over `OTEL_EXPORTER_OTLP_COMPRESSION`.")
+    otel_protocol: str = setting(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf", _otlp_protocol,
+        "Fallback of `PRIMUS_LENS_OTLP_PROTOCOL`.")
+    otel_metrics_protocol: Optional[str] = setting(
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", None, _otlp_protocol,
+        "The same, metrics only; wins over `OTEL_EXPORTER_OTLP_PROTOCOL`.")
+    otel_certificate: Optional[str] = setting(
+        "OTEL_EXPORTER_OTLP_CERTIFICATE", None, _path,
+        "Fallback of `PRIMUS_LENS_OTLP_CERTIFICATE`.")
+    otel_metrics_certificate: Optional[str] = setting(
+        "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", None, _path,
+        "The same, metrics only; wins over `OTEL_EXPORTER_OTLP_CERTIFICATE`.")
+    otel_client_certificate: Optional[str] = setting(
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", None, _path,
+        "Fallback of `PRIMUS_LENS_OTLP_CLIENT_CERTIFICATE`.")
+    otel_metrics_client_certificate: Optional[str] = setting(
+        "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE", None, _path,
+        "The same, metrics only; wins over `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`.")
+    otel_client_key: Optional[str] = setting(
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY", None, _path,
+        "Fallback of `PRIMUS_LENS_OTLP_CLIENT_KEY`.")
+    otel_metrics_client_key: Optional[str] = setting(
+        "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY", None, _path,
+        "The same, metrics only; wins over `OTEL_EXPORTER_OTLP_CLIENT_KEY`.")
     otel_resource_attributes: Tuple[Tuple[str, str], ...] = setting(
         "OTEL_RESOURCE_ATTRIBUTES", (), _pairs,
-        "Extra OTLP resource attributes, `key=value,...` (URL-decoded).")
+        "Fallback of `PRIMUS_LENS_OTLP_RESOURCE_ATTRIBUTES`.")
     otel_service_name: str = setting(
         "OTEL_SERVICE_NAME", "", _text,
-        "OTLP `service.name` (wins over one in `OTEL_RESOURCE_ATTRIBUTES`; "
-        "default `primus-lens-inject`).")
+        "Fallback of `PRIMUS_LENS_OTLP_SERVICE_NAME`.")
     pod_name: str = setting(
         "POD_NAME", "", _text, "Pod name (downward API): the server's identity key.")
     pod_uid: str = setting(
@@ -351,13 +425,41 @@ class Config:
                 problems.append(value)
             elif value is not _UNSET:
                 values[var.field] = value
+        if "api_base_url" not in values and values.get("robust_analyzer_url"):
+            host = values["robust_analyzer_url"]
+            values["api_base_url"] = host if host.endswith(ROBUST_ROUTES) else host + ROBUST_ROUTES
         values.setdefault("api_base_url", API_PRESETS[values.get("api_preset", DEFAULT_API_PRESET)])
-        return cls(problems=tuple(problems), **values)
+        config = cls(**values)
+        # an invalid base URL is said once, with the URL used instead and where it comes from
+        used = f"{config.api_base_url} ({config.base_url_source})"
+        return replace(config, problems=tuple(
+            replace(p, used=used) if p.variable == "PRIMUS_LENS_API_BASE_URL" else p
+            for p in problems))
 
     @property
     def has_identity(self) -> bool:
         """The server needs a pod name or a workload UID (spec §2); without one we only record."""
         return bool(self.pod_name or self.workload_uid)
+
+    @property
+    def robust(self) -> bool:
+        """The server is primus-robust (a robust preset, or the base URL from
+        ``ROBUST_ANALYZER_URL``): its error texts are not public, so an unknown 400 is retried
+        for a while instead of dropped at once (``report.policy``)."""
+        return self.api_preset in ROBUST_PRESETS or self.base_url_source == "ROBUST_ANALYZER_URL"
+
+    @property
+    def base_url_source(self) -> str:
+        """Where ``api_base_url`` came from, as a user would name it (a preset nobody chose is
+        "the default preset"; one used because the base URL was invalid says so)."""
+        if self.api_base_url == API_PRESETS.get(self.api_preset):
+            chosen = "preset" if self.api_preset != DEFAULT_API_PRESET else "the default preset"
+            invalid = any(p.variable == "PRIMUS_LENS_API_BASE_URL" for p in self.problems)
+            return f"{chosen} {self.api_preset}" + (
+                ", PRIMUS_LENS_API_BASE_URL being invalid" if invalid else "")
+        if self.robust_analyzer_url and self.api_base_url.startswith(self.robust_analyzer_url):
+            return "ROBUST_ANALYZER_URL"
+        return "PRIMUS_LENS_API_BASE_URL"
 
     def default_of(self, name: str) -> Any:
         return next(f.default for f in fields(self) if f.name == name)
@@ -438,8 +540,7 @@ def markdown_table() -> str:
 def endpoint_hint(config: Config, problem: str) -> str:
     """What to say, once, when the endpoint answers 404 or its host name does not resolve: the
     URL that was tried, where it came from, and the presets there are."""
-    source = "PRIMUS_LENS_API_BASE_URL" if config.api_base_url != API_PRESETS.get(
-        config.api_preset) else f"preset {config.api_preset}"
+    source = config.base_url_source
     presets = "; ".join(f"{name}: {url}" for name, url in API_PRESETS.items())
     return (f"NO TELEMETRY ENDPOINT: {config.api_base_url} ({source}) {problem}. Presets "
             f"(PRIMUS_LENS_API_PRESET): {presets}; or set PRIMUS_LENS_API_BASE_URL to your "

@@ -1,9 +1,9 @@
 """What a credential looks like: the one list of rules for redacting free text we send or print.
 
-The detection report chooses what it sends by allow-list (``redact.py``), but some text has to
-pass as it is: run names and tags, metric keys, our own stderr lines, ``doctor`` and the status
-file.  Every such string goes through ``redact_text`` here, which replaces with ``REDACTED``
-(rules and examples in docs/detection.md):
+The detection report chooses what it sends by allow-list (``report/evidence.py``), but some text
+has to pass as it is: run names and tags, metric keys, our own stderr lines, ``doctor`` and the
+status file.  Every such string goes through ``redact_text`` here, which replaces with
+``REDACTED`` (rules and examples in docs/detection.md):
 
 * authorization values with their credential: ``Authorization: Basic …``, ``Authorization=Token
   …``, ``Bearer …``, ``Basic <base64 of user:password>`` anywhere;
@@ -13,13 +13,20 @@ file.  Every such string goes through ``redact_text`` here, which replaces with 
 * well-known token formats, under whatever name (cloud keys, GitHub, Hugging Face, OpenAI, Slack,
   Google, JWTs, PEM private keys, ...);
 * values of secret ``name=value`` / ``name: value`` / ``--name value`` pairs, where a name is
-  secret if one of its snake/kebab/camel word parts says so (``is_secret_key``);
+  secret if one of its snake/kebab/camel word parts says so, or it is one word ending in a secret
+  word (``dbpass``, ``hftoken``: ``is_secret_key``); in a URL's query also ``code``, ``ticket``,
+  ``hmac`` and ``sid``;
+* the values of the credential flags of common clients (``mysql -pSECRET``, ``sshpass -p X``,
+  ``curl -u user:password``: ``client_secrets``);
 * random-looking strings shortly after a secret word (``secret wJalrXUtnFEMI/K7MDENG…``).
 
-``scrub`` adds the injector's own secrets (the values of ``PRIMUS_LENS_API_HEADERS`` and of the
-OTLP exporter's ``OTEL_EXPORTER_OTLP[_METRICS]_HEADERS``, and the userinfo of
-``PRIMUS_LENS_API_BASE_URL``), removed by exact match before the rules run, for every
-line we print or keep beside the record.  Nothing here raises on a ``str`` or mutates anything.
+``redact_label`` (and ``redact_key``, cached, for metric keys) also replaces every random-looking
+word, for names that must pass where a token may stand alone.  ``scrub`` adds the injector's own
+secrets (the values of ``PRIMUS_LENS_API_HEADERS`` and of the OTLP sink's headers,
+``PRIMUS_LENS_OTLP_HEADERS`` and ``OTEL_EXPORTER_OTLP[_METRICS]_HEADERS``; the userinfo and
+secret query values of ``PRIMUS_LENS_API_BASE_URL`` and of the OTLP endpoints), removed by exact
+match before the rules run, for every line we print or keep beside the record.  Nothing here
+raises on a ``str`` or mutates anything.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import functools
 import json
 import os
 import re
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import unquote
 
 REDACTED = "[REDACTED]"
@@ -43,28 +50,51 @@ _WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 # Any of these words anywhere in the name.
 SECRET_WORDS = frozenset((
     "apikey", "auth", "authorization", "authentication", "bearer", "cert", "certificate", "certs",
-    "cookie", "cookies", "credential", "credentials", "creds", "csrf", "jwt", "otp", "passcode",
-    "passphrase", "passwd", "password", "passwords", "privkey", "private", "pw", "pwd", "secret",
-    "secrets", "session", "sessionid", "sig", "signature", "tok", "xsrf",
+    "cookie", "cookies", "credential", "credentials", "creds", "csrf", "jwt", "oauth", "otp",
+    "passcode", "passphrase", "passwd", "password", "passwords", "privkey", "private", "pw",
+    "pwd", "secret", "secrets", "session", "sessionid", "sig", "signature", "tok", "xsrf",
 ))
 # These as the name's last word (after qualifiers such as "id" or "2"): the name is a key or a
 # token ("api_key", "github_pat", "hf_token_2"), unlike "num_key_value_heads" or "max_tokens".
 _SECRET_LAST_WORDS = frozenset(("key", "token", "pass", "pat"))
-_QUALIFIERS = frozenset(("id", "value", "val", "str", "string", "b64", "base64", "hex", "raw",
-                         "env", "var", "file"))
+_QUALIFIERS = frozenset((
+    "id", "value", "val", "str", "string", "b64", "base64", "hex", "raw", "env", "var", "file",
+    "new", "old", "prev", "previous", "cur", "current", "next", "tmp", "temp", "bak", "backup",
+    "orig", "alt", "primary", "secondary", "default", "override", "plain", "enc", "encoded",
+))
 # Tokenizer settings are "tokens" of another kind: "pad_token", "eos_token_id", ...
 _SPECIAL_TOKENS = frozenset(("pad", "bos", "eos", "unk", "sep", "cls", "mask", "sos", "eot",
                              "start", "end", "image", "audio", "video", "special"))
-# Secret compounds written without separators ("apikey", "mysecretvalue").
+# Secret compounds written without separators ("apikey", "mysecretvalue"), in the joined words.
 _SECRET_FRAGMENTS = (
     "accesskey", "accesstoken", "apikey", "authtoken", "bearertoken", "clientsecret",
     "credential", "idtoken", "passphrase", "passwd", "password", "privatekey", "refreshtoken",
     "secret", "sessiontoken", "signature",
 )
+# Abbreviations of "password" inside one word ("passw", "dbpswd", "Passwort"); within one word
+# only, since across words "pass_weight" would hold "passw" too.
+_WORD_FRAGMENTS = ("passw", "pswd", "pswrd")
+# Compact names, one word ending in a secret word ("dbpass", "sshpass", "rootpw", "adminpwd",
+# "apitoken", "hftoken", "wandbkey"): the name's last word with one of these endings is secret
+# unless what comes before the ending is one of the listed ordinary beginnings ("bypass",
+# "compass", "monkey", "turkey", "padtoken", "maxtoken").
+COMPACT_ENDINGS = {
+    "pass": frozenset(("by", "com", "encom", "over", "under", "tres", "sur", "multi", "one", "two",
+                       "single", "double", "first", "second", "full", "forward", "backward",
+                       "fwd", "bwd", "render", "sub", "high", "low", "band", "all")),
+    "pw": frozenset(),
+    "pwd": frozenset(),
+    "key": frozenset(("mon", "don", "tur", "hoc", "joc", "whis", "lac", "flun", "malar", "hot",
+                      "turn", "smo", "po", "ho", "mic", "dic")),
+    "token": _SPECIAL_TOKENS | frozenset(("per", "max", "min", "num", "total", "avg", "mean",
+                                          "next", "prev", "last", "first", "each")),
+    "tok": frozenset(("tik",)),
+}
 
 
 # Every secret-looking name contains one of these (lower-cased): a quick first test for text.
-_SECRET_PARTS = tuple(sorted(SECRET_WORDS | _SECRET_LAST_WORDS | set(_SECRET_FRAGMENTS)))
+_SECRET_PARTS = tuple(sorted(SECRET_WORDS | _SECRET_LAST_WORDS | set(_SECRET_FRAGMENTS)
+                             | set(_WORD_FRAGMENTS) | set(COMPACT_ENDINGS)))
 
 
 def mentions_secret(text: str) -> bool:
@@ -73,19 +103,30 @@ def mentions_secret(text: str) -> bool:
     return any(part in lowered for part in _SECRET_PARTS)
 
 
+def _compact_secret(word: str) -> bool:
+    """One word made of a beginning and a secret ending ("dbpass", "hftoken", "wandbkey")."""
+    for ending, ordinary in COMPACT_ENDINGS.items():
+        if len(word) > len(ending) and word.endswith(ending) \
+                and word[:-len(ending)] not in ordinary:
+            return True
+    return False
+
+
 @functools.lru_cache(maxsize=4096)
 def is_secret_key(name: str) -> bool:
     """Whether a value stored under ``name`` (a key, a variable, a flag, a header) is a secret."""
     parts = [w.lower() for w in _WORDS.findall(name)]
     if not parts:
         return False
-    if any(w in SECRET_WORDS for w in parts):
+    if any(w in SECRET_WORDS or any(f in w for f in _WORD_FRAGMENTS) for w in parts):
         return True
     core = list(parts)
     while len(core) > 1 and (core[-1] in _QUALIFIERS or core[-1].isdigit()):
         core.pop()
     if core[-1] in _SECRET_LAST_WORDS:
         return not (core[-1] == "token" and len(core) > 1 and core[-2] in _SPECIAL_TOKENS)
+    if _compact_secret(core[-1]):
+        return True
     joined = "".join(parts)
     return any(fragment in joined for fragment in _SECRET_FRAGMENTS)
 
@@ -178,6 +219,11 @@ _PAIR = re.compile(
     r"(?<![\w-])--?(?P<flag>[A-Za-z][\w\-]*)(?:\s*=\s*|\s+(?!-))"
     r"|(?<![\w.\-])(?P<name>[A-Za-z_][\w.\-]*)[\"']?\s*[=:]\s*"
 )
+# Query parameters that carry a credential under a name that is ordinary elsewhere: an OAuth
+# authorization code or an Azure Functions key (``?code=``), a CAS ticket, an HMAC, a session id.
+QUERY_SECRET_NAMES = frozenset(("code", "ticket", "hmac", "sid"))
+_QUERY_HINT = re.compile(r"[?&#](?:" + "|".join(sorted(QUERY_SECRET_NAMES)) + r")=",
+                         re.IGNORECASE)
 # Authorization schemes (IANA registry and common custom ones): after a secret name the
 # credential that follows the scheme word belongs to the value too.
 AUTH_SCHEMES = frozenset((
@@ -249,13 +295,23 @@ def _secret_value(text: str, start: int) -> Optional[Tuple[int, str]]:
     return value.end(), quote
 
 
+def _secret_pair(text: str, match: re.Match) -> bool:
+    """A secret-looking name, or in a URL's query or fragment one of ``QUERY_SECRET_NAMES``."""
+    name = match.group("flag") or match.group("name")
+    if is_secret_key(name):
+        return True
+    return match.group("name") is not None and name.lower() in QUERY_SECRET_NAMES \
+        and match.start() > 0 and text[match.start() - 1] in "?&#" \
+        and text[match.end() - 1] == "="
+
+
 def _redact_pairs(text: str) -> str:
-    if not mentions_secret(text):
+    if not mentions_secret(text) and not _QUERY_HINT.search(text):
         return text
     pieces: List[str] = []
     pos = 0
     for match in _PAIR.finditer(text):
-        if match.start() < pos or not is_secret_key(match.group("flag") or match.group("name")):
+        if match.start() < pos or not _secret_pair(text, match):
             continue  # inside a value already replaced, or not a secret
         found = _secret_value(text, match.end())
         if found is None:
@@ -289,6 +345,100 @@ def _redact_near_secret_words(text: str) -> str:
     return _CANDIDATE.sub(replace, text)
 
 
+# --- arguments of common clients ----------------------------------------------------------------
+
+# Command-line clients whose flags carry a credential under a name that says nothing (``mysql
+# -p``, ``curl -u user:password``): the flags whose value is secret, per client.  A one-letter
+# flag also takes its value attached (``-pSECRET``); a word without dashes is a subcommand whose
+# first argument that is not a flag is the secret if it looks random (``wandb login KEY``).
+# Flags with a secret name (``--password``, ``--token``, ``--api-key``) need no entry: the name
+# rules catch them.
+CLIENT_FLAGS: Dict[str, Tuple[str, ...]] = {
+    **dict.fromkeys(("mysql", "mysqldump", "mysqladmin", "mysqlimport", "mysqlcheck",
+                     "mysqlshow", "mysqlsh", "mariadb", "mariadb-dump", "mariadb-admin",
+                     "sshpass", "mongo", "mongosh", "mongodump", "mongorestore", "mongoexport",
+                     "mongoimport", "ncftp", "ncftpget", "ncftpput", "7z", "7za", "rar", "unrar"),
+                    ("-p",)),
+    **dict.fromkeys(("curl", "smbclient"), ("-u", "--user", "-U", "--proxy-user")),
+    **dict.fromkeys(("ldapsearch", "ldapmodify", "ldapadd", "ldapdelete", "ldapwhoami",
+                     "ldappasswd"), ("-w",)),
+    **dict.fromkeys(("sqlcmd", "bcp", "zip", "unzip"), ("-P",)),
+    **dict.fromkeys(("http", "https", "xh"), ("-a",)),
+    "redis-cli": ("-a",),
+    "lftp": ("-u",),
+    "openssl": ("-pass", "-passin", "-passout", "-k"),
+    **dict.fromkeys(("wandb", "vault"), ("login",)),
+    # wrapped by sshpass, their own "-p" is a port: they end the client before them
+    **dict.fromkeys(("ssh", "scp", "sftp", "rsync"), ()),
+}
+_SEPARATORS = frozenset((";", "&&", "||", "|", "&"))
+_CLIENT = re.compile(r"(?<![\w.\-])(?:" + "|".join(
+    re.escape(c) for c in sorted(CLIENT_FLAGS, key=lambda c: (-len(c), c))) + r")(?=[ \t])")
+_ARGUMENT = re.compile(r"(?:\"[^\"]*\"|'[^']*'|[^\s\"'])+")  # a shell word, quotes and all
+_COMMAND_END = re.compile(r"[\n;|&]")
+
+
+def client_secrets(args: Sequence[Any]) -> Dict[int, int]:
+    """The secret arguments of a command line (``args`` as a program receives them, or several
+    commands joined by ``;``, ``&&``, ``|``): index -> where the secret starts in that argument
+    (``-pSECRET`` at 2, ``--user=u:p`` after its ``=``, a separate value at 0)."""
+    found: Dict[int, int] = {}
+    flags: Tuple[str, ...] = ()
+    pending = ""  # "next": the next argument unless it is a flag; "positional": the next non-flag
+    for index, arg in enumerate(args):
+        if type(arg) is not str or arg in _SEPARATORS:  # never asks an object anything
+            flags, pending = (), ""
+            continue
+        client = CLIENT_FLAGS.get(arg.rsplit("/", 1)[-1])
+        if client is not None:
+            flags, pending = client, ""
+            continue
+        if pending and not arg.startswith("-"):
+            if pending == "next" or looks_random(arg):  # "wandb login KEY", not "login page"
+                found[index] = 0
+            pending = ""
+            continue
+        if pending == "next":
+            pending = ""
+        for flag in flags:
+            if arg == flag:
+                pending = "next" if flag.startswith("-") else "positional"
+            elif flag.startswith("-") and arg.startswith(flag + "="):
+                found[index] = len(flag) + 1
+            elif len(flag) == 2 and flag.startswith("-") and arg.startswith(flag):
+                found[index] = 2  # "-pSECRET"
+    return found
+
+
+def _redact_command(match: re.Match, text: str, pieces: List[str], pos: int) -> Tuple[int, int]:
+    """Replace the secret arguments of the command starting at ``match`` (up to the end of its
+    line or the next ``;``, ``|`` or ``&``); (where the text is written up to, the command's end)."""
+    end_match = _COMMAND_END.search(text, match.end())
+    end = end_match.start() if end_match else len(text)
+    spans = list(_ARGUMENT.finditer(text, match.start(), end))
+    for index, offset in sorted(client_secrets([m.group() for m in spans]).items()):
+        arg = spans[index]
+        word = arg.group()
+        quoted = offset == 0 and len(word) > 1 and word[0] in "\"'" and word[-1] == word[0]
+        pieces += [text[pos:arg.start() + (1 if quoted else offset)], REDACTED]
+        pos = arg.end() - (1 if quoted else 0)
+    return pos, end
+
+
+def _redact_arguments(text: str) -> str:
+    pieces: List[str] = []
+    pos = search_from = 0
+    while True:
+        match = _CLIENT.search(text, search_from)
+        if match is None:
+            break
+        pos, search_from = _redact_command(match, text, pieces, pos)
+    if not pieces:
+        return text
+    pieces.append(text[pos:])
+    return "".join(pieces)
+
+
 def redact_text(text: str) -> str:
     """``text`` with every credential these rules recognise replaced by ``REDACTED``."""
     if len(text) > SCAN_LIMIT:
@@ -299,21 +449,31 @@ def redact_text(text: str) -> str:
     text = _BASIC.sub(_basic, text)
     text = _redact_userinfo(text)
     text = _BARE_USERINFO.sub(REDACTED + "@", text)
+    text = _redact_arguments(text)
     text = _redact_pairs(text)
     return _redact_near_secret_words(text)
 
 
+def redact_label(text: str) -> str:
+    """``redact_text``, then every random-looking word replaced too: for names that must pass
+    (metric keys, run names, tags), where a key or token may stand alone with no secret word near."""
+    return redact_random_words(redact_text(text))
+
+
 @functools.lru_cache(maxsize=8192)
 def redact_key(key: str) -> str:
-    """``redact_text`` for names that repeat (metric keys): cached per key."""
-    return redact_text(key)
+    """``redact_label`` for names that repeat (metric keys): cached per key."""
+    return redact_label(key)
 
 
 # --- the injector's own secrets -------------------------------------------------------------------
 
 HEADERS_VARIABLE = "PRIMUS_LENS_API_HEADERS"
 BASE_URL_VARIABLE = "PRIMUS_LENS_API_BASE_URL"
-OTLP_HEADERS_VARIABLES = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS")
+URL_VARIABLES = (BASE_URL_VARIABLE, "PRIMUS_LENS_OTLP_ENDPOINT", "PRIMUS_LENS_OTLP_METRICS_ENDPOINT",
+                 "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+OTLP_HEADERS_VARIABLES = ("PRIMUS_LENS_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS",
+                          "OTEL_EXPORTER_OTLP_METRICS_HEADERS")
 _MIN_OWN = 4  # shorter values would blot out ordinary text and protect nothing
 _MIN_WORD = 8  # the same for single words of a longer value
 
@@ -332,15 +492,23 @@ def _header_values(raw: str) -> List[str]:
     return values
 
 
-def _passwords(url: str) -> List[str]:
-    """The userinfo of ``url`` and its password (the user name alone is an ordinary word)."""
+def _url_secrets(url: str) -> List[str]:
+    """The userinfo of ``url`` and its password (the user name alone is an ordinary word), and
+    the values of its query that sit under a secret name or look random (``?code=…``)."""
     _scheme, sep, rest = url.strip().partition("://")
     rest = _SPACE.split(rest, maxsplit=1)[0] if rest else ""
-    at = rest.rfind("@")
-    if not sep or at < 0:
+    if not sep:
         return []
-    userinfo = rest[:at]
-    return [userinfo, userinfo.partition(":")[2]]
+    out = []
+    at = rest.rfind("@")
+    if at >= 0:
+        userinfo = rest[:at]
+        out += [userinfo, userinfo.partition(":")[2]]
+    for pair in re.split(r"[&;]", rest[at + 1:].partition("?")[2].partition("#")[0]):
+        name, _sep, value = pair.partition("=")
+        if is_secret_key(name) or name.lower() in QUERY_SECRET_NAMES or looks_random(value):
+            out.append(value)
+    return out
 
 
 def _pieces(value: str) -> List[str]:
@@ -355,12 +523,13 @@ def _pieces(value: str) -> List[str]:
 
 
 @functools.lru_cache(maxsize=8)
-def _own_secrets(headers: str, base_url: str, otlp_headers: Tuple[str, ...] = ()
+def _own_secrets(headers: str, urls: Tuple[str, ...], otlp_headers: Tuple[str, ...] = ()
                  ) -> Tuple[str, ...]:
     found = {headers.strip(), *(raw.strip() for raw in otlp_headers)}
     otlp_values = [unquote(part.partition("=")[2].strip())  # OTel's key=value,... form
                    for raw in otlp_headers for part in raw.split(",")]
-    for value in _header_values(headers) + _passwords(base_url) + otlp_values:
+    url_values = [value for url in urls for value in _url_secrets(url)]
+    for value in _header_values(headers) + url_values + otlp_values:
         for piece in _pieces(value):
             found.update((piece, unquote(piece)))
     return tuple(sorted((s for s in found if len(s) >= _MIN_OWN), key=lambda s: (-len(s), s)))
@@ -368,9 +537,11 @@ def _own_secrets(headers: str, base_url: str, otlp_headers: Tuple[str, ...] = ()
 
 def own_secrets(environ: Optional[Mapping[str, str]] = None) -> Tuple[str, ...]:
     """Our configured credentials (header values and their words, the OTLP exporter's header
-    values, base URL userinfo and its parts, raw and percent-decoded), longest first."""
+    values, the userinfo of the Lens and OTLP endpoints and its parts and their secret query
+    values, raw and percent-decoded), longest first."""
     env = os.environ if environ is None else environ
-    return _own_secrets(env.get(HEADERS_VARIABLE) or "", env.get(BASE_URL_VARIABLE) or "",
+    return _own_secrets(env.get(HEADERS_VARIABLE) or "",
+                        tuple(env.get(name) or "" for name in URL_VARIABLES),
                         tuple(env.get(name) or "" for name in OTLP_HEADERS_VARIABLES))
 
 

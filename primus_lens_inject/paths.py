@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import tempfile
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 if TYPE_CHECKING:  # annotations only: the leaf stays free of runtime imports
     from .config import Config
@@ -22,6 +23,10 @@ if TYPE_CHECKING:  # annotations only: the leaf stays free of runtime imports
 
 FILE_NAME = "wandb_metrics.jsonl"
 PRIVATE_DIR = "spool"  # under ``fallback_root()``: one private spool per process
+JOB_PREFIX = "job-"  # under ``fallback_root()``: one fallback record tree per job
+# Variables that name the job a process belongs to, most specific first: two jobs of one user on
+# one machine must never share a fallback record (their rows would interleave under one name).
+JOB_VARIABLES = ("WORKLOAD_UID", "POD_NAME", "SLURM_JOB_ID")
 
 
 def default_root(environ: Optional[Dict[str, str]] = None) -> str:
@@ -35,6 +40,18 @@ def fallback_root() -> str:
     """This user's directory in the temporary directory: for a record (or a file beside it)
     that cannot be kept where it belongs."""
     return os.path.join(tempfile.gettempdir(), f"primus-lens-{os.getuid()}")
+
+
+def job_name(environ: Optional[Dict[str, str]] = None) -> Tuple[str, bool]:
+    """The name of this process's job for its fallback record, and whether another process of
+    the same job (a restart, ``primus-lens doctor`` in the same pod) finds the same name: the
+    first of ``JOB_VARIABLES`` that is set, else this process's own ``pid-<pid>``."""
+    env = os.environ if environ is None else environ
+    for name in JOB_VARIABLES:
+        value = (env.get(name) or "").strip()
+        if value:
+            return re.sub(r"[^A-Za-z0-9._-]", "_", value)[:100], True
+    return f"pid-{os.getpid()}", False
 
 
 def record_path(root: str, node: int, local_rank: int) -> str:
@@ -55,10 +72,13 @@ class RecordLocation:
     """Where a process writes its record.
 
     ``path`` is "" when it keeps none (``SAVE_LOCAL=false`` and nothing to report).  ``fallback``
-    is tried when ``path`` cannot be opened ("" for a private spool: it is in the fallback root
-    already).  ``private`` is the root of a spool of this process alone ("" otherwise): with
-    ``SAVE_LOCAL=false`` a reporting process still delivers from a record, one that no other
-    process shares (so none can remove rows from it) and that the reporter removes once sent.
+    is tried when ``path`` cannot be opened, and takes the rows ``path`` cannot take at the
+    process end ("" for a private spool: it is in the fallback root already); it is the job's
+    own (``job_name``), and ``fallback_known`` says whether another process of the job can
+    name it (false: it carries the writer's pid).  ``private`` is the root of a spool of this
+    process alone ("" otherwise): with ``SAVE_LOCAL=false`` a reporting process still delivers
+    from a record, one that no other process shares (so none can remove rows from it) and that
+    the reporter removes once sent.
     """
 
     path: str
@@ -66,6 +86,7 @@ class RecordLocation:
     private: str
     node: int
     local_rank: int
+    fallback_known: bool = True
 
     def candidates(self) -> List[str]:
         """Every record file of this node and rank that a process configured like this one may
@@ -75,6 +96,10 @@ class RecordLocation:
             pattern = record_path(os.path.join(fallback_root(), PRIVATE_DIR, "*"), self.node,
                                   self.local_rank)
             return sorted(glob.glob(pattern))
+        if self.fallback and not self.fallback_known:  # named by each writer's pid
+            pattern = record_path(os.path.join(fallback_root(), JOB_PREFIX + "pid-*"), self.node,
+                                  self.local_rank)
+            return [path for path in (self.path, *sorted(glob.glob(pattern))) if path]
         return [path for path in (self.path, self.fallback) if path]
 
 
@@ -88,8 +113,10 @@ def record_location(config: Config, topology: Topology, reporting: bool = True) 
     node, rank = topology.node, topology.local_rank
     if config.save_local:
         root = config.output_path or default_root()
-        return RecordLocation(record_path(root, node, rank),
-                              record_path(fallback_root(), node, rank), "", node, rank)
+        job, known = job_name({"WORKLOAD_UID": config.workload_uid, "POD_NAME": config.pod_name,
+                               "SLURM_JOB_ID": os.environ.get("SLURM_JOB_ID", "")})
+        fallback = record_path(os.path.join(fallback_root(), JOB_PREFIX + job), node, rank)
+        return RecordLocation(record_path(root, node, rank), fallback, "", node, rank, known)
     if not reporting:
         return RecordLocation("", "", "", node, rank)
     private = os.path.join(fallback_root(), PRIVATE_DIR, f"{os.getpid()}-{os.urandom(4).hex()}")

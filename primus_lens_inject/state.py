@@ -11,6 +11,8 @@ Everything process-wide lives here, so a reader finds it in one place:
 * the exit hooks: ``atexit``, a multiprocessing child's finalizers (it leaves through
   ``os._exit``) and SIGTERM, each handing the process end to the session; and a second
   ``atexit`` hook that runs after wandb's own teardown, for what only wandb finishes writing.
+  Both exit hooks work to one deadline, the session's (set by the first): a process end has
+  one budget, however many hooks it runs.
 
 The session is held by type ``Ending`` only: capture builds it, this leaf just keeps it.
 """
@@ -42,7 +44,8 @@ class Ending(Protocol):
         teardown runs after this, and ``after_wandb_exit`` follows it."""
 
     def after_wandb_exit(self) -> None:
-        """wandb's own teardown is over: finish what waited for it."""
+        """wandb's own teardown is over: finish what waited for it, within what is left of the
+        deadline ``shutdown`` set (not a budget of its own)."""
 
 
 # -- configuration and topology --------------------------------------------------------------

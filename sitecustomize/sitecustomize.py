@@ -6,15 +6,30 @@ therefore runs that one too (``_chain``), exactly once, as if we were not there.
 registers a post-import hook for ``wandb``: nothing of the package is imported, no thread or
 socket is started until the program itself imports wandb.  Written for every CPython 3 (and
 parseable by 2.7): standard library only, no f-strings, and it never raises.
+
+The .pth route (``primus-lens install``, the training-base image) runs this same file by path
+under another module name, before site.py imports any sitecustomize: it then does not chain, and
+a sitecustomize copy of it that runs afterwards finds the first one active and stays inactive.
 """
 
-import os
 import sys
 
 _SWITCH = "PRIMUS_LENS_WANDB_HOOK"
 _OFF = ("0", "false", "no", "off", "n", "f")
 _STATE = "_primus_lens_bootstrap"  # sys.modules key under which doctor finds this module
-_HERE = os.path.dirname(os.path.abspath(__file__))
+# ``os`` is imported inside each function, never held as a global: the hook keeps this module
+# alive to the interpreter's very end (until wandb is imported), and with it whatever its globals
+# hold.  Holding os would keep os and the modules it imported alive into the interpreter's
+# teardown, which then clears them the slow way: a third of what we add to `python -c pass`.
+
+
+def _here():
+    import os
+
+    return os.path.dirname(os.path.abspath(__file__))
+
+
+_HERE = _here()
 
 chained = None  # path of the sitecustomize run after us, for doctor
 status = "inactive"  # why the injector is (not) active in this process, for doctor
@@ -94,6 +109,12 @@ class _PostImportHook(object):
 
 def _patch_wandb(module):
     global status
+    import os
+
+    if _HERE not in sys.path and os.path.isdir(os.path.join(_HERE, "primus_lens_inject")):
+        # The image tree reached by the .pth route, under a launcher that replaced PYTHONPATH:
+        # the package is beside us but not on sys.path.  Last, as deps/: the app's copies win.
+        sys.path.append(_HERE)
     from primus_lens_inject.capture import patch  # the package: beside us (image) or installed
 
     status = patch.install(module)
@@ -101,6 +122,8 @@ def _patch_wandb(module):
 
 def _activate():
     global status
+    import os
+
     if _STATE in sys.modules:  # the .pth route, or a baked and a mounted copy on PYTHONPATH
         status = "inactive: another copy of the bootstrap is already active"
         return
@@ -124,6 +147,8 @@ def _may_hold_sitecustomize(entries):
     more than everything else we do at start-up, so only a hit (or an entry that is not a plain
     directory, such as a zip file, which only the machinery can read) goes on to ``_chain``.
     """
+    import os
+
     suffixes = [".py", ".pyc"]
     try:
         import _imp  # built in and already imported by every CPython 3
@@ -147,6 +172,8 @@ def _may_hold_sitecustomize(entries):
 def _chain():
     """Run the sitecustomize that Python would have run without us: the next one on sys.path."""
     global chained
+    import os
+
     entries = [os.path.abspath(entry or os.curdir) for entry in sys.path]
     later = entries[entries.index(_HERE) + 1:] if _HERE in entries else entries
     later = [entry for entry in later if entry != _HERE]
@@ -187,6 +214,8 @@ def _chain():
 
 def _main():
     global status
+    import os
+
     on = os.environ.get(_SWITCH, "").strip().lower() not in _OFF
     if on and sys.version_info >= (3, 9):
         try:

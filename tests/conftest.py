@@ -135,6 +135,13 @@ def run_training(tmp: Path, script: str, env: Optional[Dict[str, str]] = None,
     return Training(proc, tmp, tmp / "out")
 
 
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel under test (built from this checkout when the session did not build one), for
+    tests that install it into virtualenvs of their own."""
+    return LAYOUT.wheel or installs.build_dists(tmp_path_factory.mktemp("dist"))[1]
+
+
 @pytest.fixture
 def train(tmp_path: Path):
     """``train(script, env=..., expect_rc=0)`` runs a script and checks its exit status."""

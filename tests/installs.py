@@ -4,7 +4,8 @@
     wheel   ``python -m build`` makes the sdist and, from it, the wheel; pip installs the wheel
             (no dependencies) into a fresh virtualenv, with its ``primus-lens`` console script
     image   the tree ``Dockerfile`` lays out under /opt/primus-lens, its COPY lines replayed, and
-            a fresh virtualenv without our package to run it, as a training image has
+            a fresh virtualenv without our package to run it, as a training image has (the
+            webhook's case; ``training_base`` adds the .pth route the training-base stage installs)
 
 Both virtualenvs take wandb and every other dependency from a base interpreter's site-packages,
 named in a path file: a plain sys.path entry, whose own .pth files are never processed, so the
@@ -46,11 +47,11 @@ class Layout:
     wheel: Optional[Path] = None  # the wheel installed (wheel mode)
 
 
-def _run(command: List[str], timeout: float = 300) -> str:
+def _run(command: List[str], timeout: float = 300, env: Optional[Dict[str, str]] = None) -> str:
     # Not in the checkout: `python -c` would import its primus_lens_inject from the directory.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                          cwd=tempfile.gettempdir(),
-                          env={k: v for k, v in os.environ.items() if not k.startswith("PYTHON")})
+                          cwd=tempfile.gettempdir(), env={**clean, **(env or {})})
     if proc.returncode != 0:
         raise RuntimeError(f"{shlex.join(command)} failed ({proc.returncode}):\n"
                            f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
@@ -94,14 +95,21 @@ def wheel_virtualenv(path: Path, base_python: str, wheel: Path) -> str:
     return python
 
 
+def wheel_with_pth(path: Path, base_python: str, wheel: Path) -> str:
+    """``wheel_virtualenv`` plus the .pth route, written by its own ``primus-lens install``."""
+    python = wheel_virtualenv(path, base_python, wheel)
+    _run([str(Path(python).parent / "primus-lens"), "install"])
+    return python
+
+
 def installed_bootstrap(python: str) -> Path:
     """Where pip put the bootstrap for this interpreter."""
     return Path(_run([python, "-c", "import primus_lens_inject._bootstrap as b; "
                                     "print(b.__path__[0])"]).strip())
 
 
-def _dockerfile_copies(dockerfile: Path, stage: str) -> Iterator[Tuple[List[str], str]]:
-    """(sources, destination) of each ``COPY`` from the build context in one stage."""
+def _dockerfile_instructions(dockerfile: Path, stage: str, name: str) -> Iterator[str]:
+    """The arguments of each ``name`` instruction (COPY, RUN) in one stage, continuations joined."""
     text = dockerfile.read_text().replace("\\\n", " ")
     current = None
     for line in text.splitlines():
@@ -110,10 +118,17 @@ def _dockerfile_copies(dockerfile: Path, stage: str) -> Iterator[Tuple[List[str]
             continue
         if words[0].upper() == "FROM":
             current = words[-1] if len(words) >= 4 and words[-2].upper() == "AS" else None
-        elif words[0].upper() == "COPY" and current == stage:
-            args = [w for w in words[1:] if not w.startswith("--")]
-            if len(words[1:]) == len(args):  # --from=... copies from another stage
-                yield args[:-1], args[-1]
+        elif words[0].upper() == name and current == stage:
+            yield line.strip()[len(words[0]):].strip()
+
+
+def _dockerfile_copies(dockerfile: Path, stage: str) -> Iterator[Tuple[List[str], str]]:
+    """(sources, destination) of each ``COPY`` from the build context in one stage."""
+    for arguments in _dockerfile_instructions(dockerfile, stage, "COPY"):
+        words = arguments.split()
+        args = [w for w in words if not w.startswith("--")]
+        if len(words) == len(args):  # --from=... copies from another stage
+            yield args[:-1], args[-1]
 
 
 def image_tree(dest: Path, dockerfile: Path = ROOT / "Dockerfile") -> Path:
@@ -133,6 +148,23 @@ def image_tree(dest: Path, dockerfile: Path = ROOT / "Dockerfile") -> Path:
                 folder.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(origin, folder / origin.name if into_directory else where)
     return dest
+
+
+def training_base(tree: Path, path: Path, base_python: str,
+                  dockerfile: Path = ROOT / "Dockerfile") -> str:
+    """A virtualenv (see ``virtualenv``) set up as the Dockerfile's ``training-base`` stage sets
+    up a training image: the stage's RUN line that installs the .pth route, replayed with this
+    virtualenv's python as TRAINING_PYTHON and ``tree`` (from ``image_tree``) for
+    /opt/primus-lens; its python. PYTHONPATH is the caller's to set, as the stage's ENV does."""
+    python = virtualenv(path, base_python)
+    commands = [command for command in _dockerfile_instructions(dockerfile, "training-base", "RUN")
+                if "primus_lens_inject install" in command]
+    if not commands:
+        raise RuntimeError(f"{dockerfile}: the training-base stage installs no .pth route")
+    for command in commands:
+        _run(["sh", "-c", command.replace(IMAGE_ROOT, shlex.quote(str(tree)))],
+             env={"TRAINING_PYTHON": python})
+    return python
 
 
 def prepare(mode: str, base_python: str, workdir: Path) -> Layout:

@@ -53,13 +53,14 @@ BAD = {
 def test_each_setting_is_declared_once_and_documented():
     settings = [f.name for f in fields(Config) if f.name != "problems"]
     assert [var.field for var in VARIABLES] == settings
-    assert len({var.name for var in VARIABLES}) == len(VARIABLES) == 48
+    assert len({var.name for var in VARIABLES}) == len(VARIABLES) == 48 + 2 + 11  # + robust, + OTLP
     table = markdown_table().splitlines()
     assert len(table) == 2 + len(VARIABLES)
     assert table[2] == ("| `PRIMUS_LENS_WANDB_HOOK` | `true` | Master switch. false: the bootstrap "
                         "imports nothing, patches nothing, starts nothing. |")
     assert [var.name for var in VARIABLES if var.secret] == [
-        "PRIMUS_LENS_API_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS"]
+        "PRIMUS_LENS_API_HEADERS", "PRIMUS_LENS_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_METRICS_HEADERS"]
 
 
 def test_values_are_parsed_as_documented():

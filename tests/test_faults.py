@@ -405,3 +405,257 @@ def test_stalled_writer_bounds_memory_by_values_and_keeps_steps(tmp_path, monkey
         == [(i, i) for i in range(kept)] + [(3000, 3000)]
     err = capsys.readouterr().err
     assert "is locked by another process" in err and "logged rows are not in it" in err
+
+
+# -- 12. rows the record cannot take at the process end: spilled, or counted ---------------------
+
+def spilled_record(tmp: Path) -> Path:
+    """The one fallback record of the test's TMPDIR (per job: here the writer's pid)."""
+    (path,) = (tmp / "tmp").glob("primus-lens-*/job-*/node_0/rank_0/wandb_metrics.jsonl")
+    return path
+
+
+def test_record_locked_past_the_process_end_spills_to_the_fallback(tmp_path):
+    """Reporting on: the count is in the reporter's status file (with it off, the record writes
+    one of its own: the next two tests)."""
+    holder = Proc(tmp_path, "hold_lock.py", str(record_path(tmp_path)))
+    holder.expect("locked")
+    with Receiver(port=0) as server:
+        proc = Proc(tmp_path, "train_steps.py", "disabled", "4001",
+                    env=reporting_env(server.url, PRIMUS_LENS_SHUTDOWN_TIMEOUT="2"))
+        proc.expect("phase")
+        proc.expect("done")
+        status, _out, err = proc.end(timeout=60)  # the lock is still held when the process ends
+    holder.send()
+    assert holder.end(timeout=30)[0] == 0
+    assert status == 0
+    check_stderr(err, "is locked by another process",
+                 "could not take its last 4001 rows at exit (locked by another process); "
+                 "they are in ")
+    spill = spilled_record(tmp_path)
+    assert [row["data"]["i"] for row in record_rows(spill)] == list(range(4001))
+    assert record_path(tmp_path).read_bytes() == b""
+    assert status_of(tmp_path)["record"] == {
+        "path": str(record_path(tmp_path)), "rows_left_out": 0, "rows_spilled_at_exit": 4001,
+        "rows_lost_at_exit": 0, "spill_path": str(spill), "reason": "locked by another process"}
+
+
+def test_record_locked_and_no_fallback_counts_every_row_lost(tmp_path):
+    # the job's fallback record cannot be made: a file where its directory belongs
+    blocked = tmp_path / "tmp" / f"primus-lens-{os.getuid()}" / "job-trainer-7" / "node_0"
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("not a directory")
+    holder = Proc(tmp_path, "hold_lock.py", str(record_path(tmp_path)))
+    holder.expect("locked")
+    proc = Proc(tmp_path, "train_steps.py", "disabled", "4001",
+                env={"PRIMUS_LENS_SHUTDOWN_TIMEOUT": "2", "POD_NAME": "trainer-7"})
+    proc.expect("phase")
+    proc.expect("done")
+    status, _out, err = proc.end(timeout=60)
+    holder.send()
+    assert holder.end(timeout=30)[0] == 0
+    assert status == 0
+    check_stderr(err, "4001 logged rows are not in the local record")
+    record = status_of(tmp_path)["record"]
+    assert (record["rows_lost_at_exit"], record["rows_spilled_at_exit"]) == (4001, 0)
+    assert record["reason"].startswith("locked by another process; ")
+
+
+def test_disk_that_never_frees_spills_the_rest_to_the_fallback(tmp_path, small_disk):
+    proc = Proc(tmp_path, "train_steps.py", "disabled", "100", "wait", "3900",
+                env={"PRIMUS_LENS_WANDB_OUTPUT_PATH": str(small_disk),
+                     "PRIMUS_LENS_SHUTDOWN_TIMEOUT": "2"})
+    proc.expect("phase")
+    path = record_path(tmp_path, root="disk")
+    assert wait_until(lambda: path.exists() and path.read_bytes().count(b"\n") == 100)
+    fill(small_disk, leave_pages=0)  # and never freed
+    proc.send()
+    proc.expect("phase")
+    proc.expect("done")
+    status, _out, err = proc.end(timeout=60)
+    assert status == 0
+    check_stderr(err, "No space left on device", "could not take its last 3900 rows at exit",
+                 "cannot write the reporting status")  # beside the full record: beside the spill
+    spill = spilled_record(tmp_path)
+    assert [row["data"]["i"] for row in record_rows(path)] == list(range(100))
+    assert [row["data"]["i"] for row in record_rows(spill)] == list(range(100, 4000))
+    status = json.loads(spill.with_suffix(".status.json").read_text())
+    assert (status["record"]["rows_spilled_at_exit"], status["record"]["rows_lost_at_exit"]) \
+        == (3900, 0)
+
+
+# -- 13. one budget for the whole process end -----------------------------------------------------
+
+class BlackHole:
+    """A server that accepts connections (the kernel does, up to the backlog) and never answers."""
+
+    def __enter__(self) -> str:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+
+    def __exit__(self, *exc) -> None:
+        self.sock.close()
+
+
+BUDGET = 3.0  # PRIMUS_LENS_SHUTDOWN_TIMEOUT in these tests
+SLACK = 1.0  # scheduling on a loaded machine, between two steps that follow each other
+
+
+class DeadServer:
+    """An address where nothing listens: every connection is refused at once."""
+
+    def __enter__(self) -> str:
+        from test_reporting import free_port
+
+        return f"http://127.0.0.1:{free_port()}/v1"
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+@pytest.mark.parametrize("server", [BlackHole, DeadServer])
+def test_followed_run_without_finish_keeps_one_budget_for_both_exit_hooks(tmp_path, server):
+    """A followed run that exits without ``finish()`` against a server that never answers or
+    is not there: the late hook (after wandb's teardown) gets only what is left of the atexit
+    hook's budget (before: a budget of its own, 10.4-11.1 s for a 5 s budget).  The times come
+    from the process itself (``time.monotonic()`` printed by atexit hooks around ours)."""
+    with server() as url:
+        proc = Proc(tmp_path, "exit_without_finish.py", "30", "offline", "follow",
+                    env=reporting_env(url, PRIMUS_LENS_SHUTDOWN_TIMEOUT=str(BUDGET),
+                                      PRIMUS_LENS_API_TIMEOUT="120"))
+        proc.expect("done")
+        # read line by line: ``communicate`` would miss what ``readline`` has buffered already
+        exiting = float(proc.expect("exiting", timeout=120)[1])
+        torn = float(proc.expect("torn down", timeout=120)[2])
+        ended = float(proc.expect("ended", timeout=120)[1])
+        status, _out, err = proc.end(timeout=120)
+    assert status == 0, err
+    stamps = {"exiting": exiting, "torn down": torn, "ended": ended}
+    from primus_lens_inject.capture.session import RECORD_FLOOR
+
+    # the late hook: what is left of the one budget, or the record's floor to read the log
+    assert ended - torn <= max(BUDGET - (torn - exiting), RECORD_FLOOR) + SLACK, stamps
+    # the whole process end: one budget, the record's floor, and wandb's own teardown (which is
+    # not ours: a generous margin for it on a loaded machine)
+    assert ended - exiting < BUDGET + RECORD_FLOOR + 15
+    # wandb itself prints "socket.send() raised exception." when such a run exits (without the
+    # injector too): only our lines are checked
+    ours = "\n".join(line for line in err.splitlines() if line.startswith("primus-lens:"))
+    silent = server is BlackHole  # it fails nothing: only the budget's end can say it
+    check_stderr(ours, "the process end's budget (3 s) ran out waiting for an answer" if silent
+                 else "ConnectError")
+    assert [row["data"]["i"] for row in record_rows(record_path(tmp_path))] == list(range(30))
+    report = status_of(tmp_path)
+    assert report["last_error"] == "no answer within the process end's budget" if silent \
+        else "ConnectError" in report["last_error"]
+    assert report["state"] == "exited with a backlog"
+
+
+# -- 14. what a newcomer met: doctor, the base URL, a name that does not resolve -----------------
+
+OTLP_SCRIPT = (SCRIPTS / "otlp_run.py").read_text()
+
+
+def test_doctor_speaks_of_every_sink_and_knows_a_dead_sender(tmp_path):
+    """Lens off, OTLP on and delivering: doctor does not say "nothing is sent", shows no Lens
+    sender "starting"; a sender killed mid-run is not shown as running; exit status 0 (active)."""
+    from conftest import run_cli, run_training
+    from test_otlp import otlp_env
+
+    with Receiver(port=0, otlp=True) as receiver:
+        env = otlp_env(receiver.otlp_endpoint, OTLP_TEST_ROWS="20")
+        result = run_training(tmp_path, OTLP_SCRIPT, env=env)
+        assert result.proc.returncode == 0, result.stderr
+        doctor = run_cli(["doctor"], training_env(tmp_path, env), cwd=tmp_path)
+    assert doctor.returncode == 0, doctor.stderr
+    lines = doctor.stdout.splitlines()
+    assert "nothing is sent" not in doctor.stdout
+    assert "reporting: off (PRIMUS_LENS_WANDB_API_REPORTING=false); the OTLP sink sends the rows " \
+           "(otlp below)" in lines
+    assert not any(line.startswith("  sender (pid") for line in lines)  # Lens never ran
+    assert any(line.startswith("  sender: exited, all delivered; 20 rows sent") for line in lines)
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    with Receiver(port=0) as server:
+        env = reporting_env(server.url)
+        proc = Proc(killed, "train_steps.py", "offline", "50", "wait", env=env)
+        proc.expect("phase")
+        assert wait_until(lambda: record_path(killed).with_suffix(".status.json").exists()
+                          and status_of(killed)["rows_sent"] == 50)
+        assert status_of(killed)["state"] == "running"
+        proc.popen.kill()
+        proc.end(timeout=30)
+        doctor = run_cli(["doctor"], training_env(killed, env), cwd=killed)
+    assert doctor.returncode == 0, doctor.stderr
+    (sender,) = [line for line in doctor.stdout.splitlines() if line.startswith("  sender (pid")]
+    assert f"(pid {proc.popen.pid}): not running (process {proc.popen.pid} ended without " \
+           "closing; last: running); 50 rows sent" in sender
+
+
+def test_doctor_exits_non_zero_when_not_active(tmp_path):
+    from conftest import run_cli
+
+    doctor = run_cli(["doctor"], training_env(tmp_path, bootstrap=False), cwd=tmp_path)
+    assert doctor.stdout.startswith("injector: NOT ACTIVE")
+    assert doctor.returncode == 3, doctor.stderr
+
+
+def test_invalid_base_url_and_a_name_that_does_not_resolve_are_one_line_each(tmp_path):
+    """Port 99999 is refused; the line names what is used instead (the default preset, which
+    nobody chose, is called that); the in-cluster name does not resolve here: one line, not a
+    retry line besides it."""
+    from conftest import run_training
+
+    from primus_lens_inject.config import DEFAULT_API_BASE_URL
+
+    result = run_training(tmp_path, (SCRIPTS / "train_steps.py").read_text(), args=[
+        "offline", "5"], env=reporting_env("http://127.0.0.1:99999/v1",
+                                            PRIMUS_LENS_SHUTDOWN_TIMEOUT="2"))
+    assert result.proc.returncode == 0, result.stderr
+    lines = result.injector_lines()
+    assert lines[0] == (
+        "primus-lens: ignoring PRIMUS_LENS_API_BASE_URL='http://127.0.0.1:99999/v1': port "
+        f"'99999' is not a number from 1 to 65535; using {DEFAULT_API_BASE_URL} (the default "
+        "preset lens) instead")
+    assert lines[1].startswith(f"primus-lens: NO TELEMETRY ENDPOINT: {DEFAULT_API_BASE_URL} (the "
+                               "default preset lens, PRIMUS_LENS_API_BASE_URL being invalid) "
+                               "does not resolve.")
+    assert len(lines) == 2, lines
+
+
+def test_gpu_source_stuck_at_exit_does_not_extend_it(tmp_path):
+    """A GPU file that blocks every reader for ever (a FIFO nobody writes, in place of the
+    amdgpu sysfs file; a hung driver does the same): the sampler's stop waits only inside the
+    budget (before: 2 s more, whatever the budget).  Times from the process's own atexit hooks;
+    disabled mode: wandb's teardown adds nothing."""
+    from conftest import BOOTSTRAP_DIR
+    from fakes import amdgpu_sysfs
+
+    spec = amdgpu_sysfs.gpu(0)
+    sysfs = amdgpu_sysfs.build(str(tmp_path / "root"), [spec])
+    budget = 0.2
+    proc = Proc(tmp_path, "exit_without_finish.py", "5", "disabled", "wait", env={
+        "PYTHONPATH": str(BOOTSTRAP_DIR), "PRIMUS_LENS_WANDB_ENHANCE_METRICS": "true",
+        "PRIMUS_LENS_GPU_BACKEND": "sysfs", "PRIMUS_LENS_SYSFS_ROOT": sysfs,
+        "PRIMUS_LENS_SAMPLE_INTERVAL": "0.1", "PRIMUS_LENS_SHUTDOWN_TIMEOUT": str(budget)})
+    proc.expect("done")
+    busy = Path(amdgpu_sysfs.device_dir(sysfs, spec)) / "gpu_busy_percent"
+    busy.unlink()
+    os.mkfifo(busy)
+    time.sleep(1.0)  # ten sampling intervals: the sampler thread is stuck opening it
+    proc.send()
+    exiting = float(proc.expect("exiting", timeout=120)[1])
+    proc.expect("torn down", timeout=120)
+    ended = float(proc.expect("ended", timeout=120)[1])
+    status, _out, err = proc.end(timeout=120)
+    assert status == 0, err
+    from primus_lens_inject.metrics.sampler import STOP_WAIT
+
+    # the budget, with a generous margin for load, and still short of the old STOP_WAIT
+    assert ended - exiting < budget + 1.3 < STOP_WAIT, (exiting, ended)
+    assert [line for line in err.splitlines() if line.startswith("primus-lens:")] == []

@@ -19,10 +19,12 @@ writer's thread uses these objects.
 from __future__ import annotations
 
 import json
+import os
 import struct
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..paths import close_quietly
 from ..values import freeze, histogram_summary
 from .rows import Row
 
@@ -59,20 +61,50 @@ def record_class() -> Any:
 
 
 class TransactionLog:
-    """Complete records appended to a wandb transaction log since the last ``read``."""
+    """Complete records appended to a wandb transaction log since the last ``read``.
+
+    The file is opened once and read through that descriptor: a log deleted while wandb-core
+    writes it keeps growing (wandb-core writes to the same file), and the descriptor still reads
+    it.  ``lost`` says why it cannot be followed any more: gone before it was opened, shrunk
+    below what was read (truncated), unreadable."""
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.lost = ""  # why the log cannot be followed ("" while it can)
+        self.grew_at = time.monotonic()  # when its size last changed (or reading began)
+        self._fd = -1
+        self._size = -1
         self._pos = HEADER  # the next chunk's offset; always at a chunk boundary
         self._partial = b""  # a record's first and middle chunks, waiting for its last
 
-    def read(self) -> List[bytes]:
+    def close(self) -> None:
+        if self._fd >= 0:
+            close_quietly(self._fd)
+            self._fd = -1
+
+    def _new_bytes(self) -> bytes:
+        """What the file holds after ``_pos`` (at most ``READ_BYTES``); sets ``lost``."""
         try:
-            with open(self.path, "rb") as f:
-                f.seek(self._pos)
-                raw = f.read(READ_BYTES)
-        except OSError:
+            if self._fd < 0:
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            size = os.fstat(self._fd).st_size
+            if size < self._size:  # wandb-core only appends
+                self.lost = f"truncated from {self._size} to {size} bytes"
+                return b""
+            if size != self._size:
+                self._size, self.grew_at = size, time.monotonic()
+            return os.pread(self._fd, min(READ_BYTES, size - self._pos), self._pos) \
+                if size > self._pos else b""
+        except FileNotFoundError:
+            self.lost = "deleted before it could be read"
+        except OSError as exc:
+            self.lost = exc.strerror or str(exc)
+        return b""
+
+    def read(self) -> List[bytes]:
+        if self.lost:
             return []
+        raw = self._new_bytes()
         records: List[bytes] = []
         at = 0  # into ``raw``; the file offset is ``self._pos + at``
         while True:
@@ -118,6 +150,31 @@ def _summarised(value: Any) -> Any:
     return {key: _summarised(item) for key, item in value.items()}
 
 
+def item_value(item: Any) -> Any:
+    """The value of one ``HistoryItem``.
+
+    Every wandb writes ``value_json``, the value as JSON text.  wandb 0.31 added beside it a
+    typed ``oneof value`` (``none``, ``boolean``, ``integer``, ``number``, ``text``, or ``json``
+    for what has no scalar case), written with ``x_history_value_encoding="json,typed"``; wandb
+    plans to make it the default and to drop the JSON form.  An item with an empty
+    ``value_json`` is read from the typed field (never empty: even a JSON empty string is
+    ``""`` with its quotes)."""
+    text = item.value_json
+    if text:
+        return json.loads(text)
+    try:
+        kind = item.WhichOneof("value")
+    except ValueError:  # a wandb before 0.31: no typed field, and the JSON form is empty
+        kind = None
+    if kind is None:
+        raise ValueError("a history item without a value")
+    if kind == "none":
+        return None
+    if kind == "json":
+        return json.loads(item.json)
+    return getattr(item, kind)  # boolean, integer, number, text: the Python value itself
+
+
 def history_row(history: Any) -> Tuple[int, float, Dict[str, Any]]:
     """(step, timestamp, data) of one ``HistoryRecord``: nested keys rebuilt (wandb-core stores
     a dict, a histogram's JSON too, one leaf per item), wandb's own keys taken out, histograms
@@ -128,7 +185,7 @@ def history_row(history: Any) -> Tuple[int, float, Dict[str, Any]]:
     for item in history.item:
         path = list(item.nested_key) or [item.key]
         try:
-            value = json.loads(item.value_json)
+            value = item_value(item)
         except ValueError:  # never seen from wandb; the row's other values still count
             value = {"_type": "unreadable"}
         if len(path) == 1 and path[0] in WANDB_KEYS:
@@ -158,6 +215,18 @@ class Follower:
         self.first_step = first_step
         self.last_step = first_step - 1  # the newest step read so far
         self.ended = False
+
+    @property
+    def lost(self) -> str:
+        """Why the log cannot be followed any more ("" while it can)."""
+        return self.log.lost
+
+    def idle_since(self, start: float) -> float:
+        """Seconds since the file last grew, counting from ``start`` at the earliest."""
+        return time.monotonic() - max(start, self.log.grew_at)
+
+    def close(self) -> None:
+        self.log.close()
 
     def poll(self) -> List[Row]:
         rows: List[Row] = []

@@ -1,6 +1,6 @@
 """Patching wandb, once, right after the program imports it.
 
-Wrapped at class level, before any run exists (see research/wandb-and-gpu.md §1):
+Wrapped at class level, before any run exists:
 
 * ``Run.log`` — ``wandb.log`` is a bound ``run.log``, so both reach this one wrapper exactly once;
 * ``Run.finish`` and ``Run._finish`` — ``with wandb.init() as run`` exits through ``_finish`` only;

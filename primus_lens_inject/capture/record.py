@@ -12,12 +12,17 @@ a row reaches the kernel (and survives SIGKILL) well within a second.  Keeping t
 training thread matters more than its size suggests: right after a wandb call every cache is
 cold, and each line of our code touched there costs several times its warm price.  ``flush`` and
 ``close`` (finish, exit, SIGTERM) ask the writer and wait for it within a deadline.
+
+For a followed run (``capture.history``) the writer also reads wandb's transaction log, after
+the queued calls of each round, and writes what it shows: a tensorboard run's rows, or the
+amendments of rows already written from calls (``capture.reconcile``).
 """
 
 from __future__ import annotations
 
 import collections
 import fcntl
+import math
 import os
 import threading
 import time
@@ -25,8 +30,10 @@ from typing import Any, Deque, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from .. import guard, log
 from ..paths import close_quietly
+from ..report.spool import AMENDMENT
 from ..values import STRICT_JSON, freeze
 from .history import Follower
+from .reconcile import UNSET, Amendment, Reconciler
 from .rows import APPROX_KEY, Row, RunRows
 
 ENABLED_KEY = "_primus_lens_enabled"  # in every row of the record, never sent to wandb
@@ -38,6 +45,9 @@ MAX_QUEUED_VALUES = 1_000_000  # ... or top-level values in them (a row may hold
 ROUND_BYTES = 16 << 20  # encoded bytes the writer takes from the queue in one round
 BACKPRESSURE_MAX = 1.0  # the longest one ``log`` call waits for a writer that makes progress
 HARD_LIMIT = 200_000  # queued calls (mostly bare steps) beyond which calls are not queued
+LOG_IDLE = 1.0  # seconds a run's end waits for wandb's log to grow before it stops waiting
+SPILL_AFTER = 0.5  # seconds a closing writer retries a record that cannot take its rows (locked,
+# disk full) before it writes them to the fallback record instead
 
 
 class Follow(NamedTuple):
@@ -87,6 +97,15 @@ def encode(run_id: str, step: int, timestamp: float, data: Dict[str, Any], who: 
     return text.encode("ascii") + b"\n"
 
 
+def encode_amendment(run_id: str, change: Amendment, who: str = "") -> bytes:
+    """One amendment line (``capture.reconcile``): wandb's changes to the row of its step."""
+    line: Dict[str, Any] = {"timestamp": change.timestamp, "step": change.step, "run_id": run_id,
+                            "who": who, AMENDMENT: 1, "data": change.changes}
+    if change.unset:
+        line[UNSET] = change.unset
+    return STRICT_JSON.encode(line).encode("ascii") + b"\n"
+
+
 def open_append(path: str) -> int:
     """Read-write, so that a writer can look at the last byte before appending (a torn line)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -97,6 +116,33 @@ def open_append(path: str) -> int:
 # step as wandb did, so the rows after it keep their true steps.  Never mutated (no row is made
 # from an empty call).
 DROPPED: Dict[str, Any] = {}
+
+
+class ExitCount:
+    """The rows a closing writer could not put in its record: ``spilled`` went to the fallback
+    record ``spill_path`` instead, ``lost`` went nowhere (wandb has them); ``reason`` is why the
+    record could not take them.  ``say`` prints it once; the session copies it into the status
+    file (``as_dict``)."""
+
+    def __init__(self) -> None:
+        self.spilled = 0
+        self.lost = 0
+        self.spill_path = ""
+        self.reason = ""
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"rows_spilled_at_exit": self.spilled, "rows_lost_at_exit": self.lost,
+                "spill_path": self.spill_path, "reason": self.reason}
+
+    def say(self, path: str) -> None:
+        if self.spilled:
+            log.warn(f"the local record {path} could not take its last {self.spilled} rows at "
+                     f"exit ({self.reason}); they are in {self.spill_path} instead",
+                     key="record-spilled")
+        if self.lost:
+            log.warn(f"{self.lost} logged rows are not in the local record {path} at exit "
+                     f"({self.reason}) and no fallback took them; wandb has them",
+                     key="record-lost-at-exit")
 
 
 class RecordWriter:
@@ -112,6 +158,11 @@ class RecordWriter:
     def __init__(self, path: str, fallback: Optional[str] = None) -> None:
         self.path = path
         self.dropped = 0  # logged calls whose values are not in the record
+        self.exit = ExitCount()  # what a closing writer could not put in the record
+        self._spill_to = ""  # where rows go that the record cannot take at close ("": nowhere)
+        self._spill_at = math.inf  # ``time.monotonic()`` from which a closing writer spills
+        self._spilling = False  # the writer writes to ``exit.spill_path`` now
+        self._given_up = False  # ``close`` stopped waiting: the writer must write nothing more
         self._fd = -1
         self._queue: Deque[Call] = collections.deque()
         self._unwritten = b""  # encoded lines a write could not place yet
@@ -136,6 +187,11 @@ class RecordWriter:
         return self._fd >= 0
 
     @property
+    def can_spill(self) -> bool:
+        """Whether rows the record cannot take at close have another place to go."""
+        return bool(self._spill_to)
+
+    @property
     def stalled(self) -> str:
         """Why rows cannot reach the file right now; "" when the writer keeps up."""
         return self._stalled
@@ -151,6 +207,7 @@ class RecordWriter:
                          + ("; trying " + fallback if fallback and candidate != fallback else ""))
                 continue
             self.path = candidate
+            self._spill_to = fallback if fallback and candidate != fallback else ""
             return
         log.warn("local record disabled: no writable location; training continues")
 
@@ -206,18 +263,44 @@ class RecordWriter:
         return guard.wait_until(lambda: self._done >= ticket, deadline)
 
     def close(self, deadline: float) -> bool:
-        """Write everything, sync the file and stop the writer, waiting until ``deadline``."""
+        """Write everything, sync the file and stop the writer, waiting until ``deadline``.
+
+        A record that cannot take the rows (locked past our end, a disk that does not free) is
+        retried for ``SPILL_AFTER`` (at most a third of the time left); then the rows go to the
+        fallback record.  What neither took by ``deadline`` is counted in ``exit``, and one
+        line says what happened."""
         self._stop = True
         if self._thread is None:
             return not self._queue
+        now = time.monotonic()
+        self._spill_at = now + min(SPILL_AFTER, max(0.0, deadline - now) / 3)
         self._wake.set()
-        return guard.wait_until(lambda: self._closed, deadline)
+        closed = guard.wait_until(lambda: self._closed, deadline)
+        if not closed:
+            self._given_up = True
+            self.exit.lost = self._unwritten.count(b"\n") + self._queued_rows()
+            self.exit.reason = self.exit.reason or self._stalled or "the writer did not finish"
+        self.exit.say(self.path)
+        return closed
+
+    def _queued_rows(self) -> int:
+        """The queued calls that would have made rows (those that kept their values)."""
+        for _ in range(3):
+            try:
+                calls = list(self._queue)
+            except RuntimeError:  # the writer took one meanwhile: it is stopping, look again
+                continue
+            return sum(1 for call in calls
+                       if type(call[DATA]) is dict and call[DATA] is not DROPPED)
+        return len(self._queue)
 
     def abandon_after_fork(self) -> None:
         """In a forked child: the queued rows are the parent's to write; drop them and the fd."""
         self._queue = collections.deque()
         self._unwritten = b""
         self._values_in = self._values_out = 0
+        for rows in self._followed:
+            rows.follower.close()
         self._followed = []
         self._tickets = threading.Lock()
         self._wake = threading.Event()
@@ -230,7 +313,7 @@ class RecordWriter:
 
     def _run(self) -> None:
         last = time.monotonic()
-        while not self._closed:
+        while not self._closed and not self._given_up:
             self._wake.wait(POLL_SECONDS)
             self._wake.clear()
             ticket, now = self._asked, time.monotonic()
@@ -242,6 +325,8 @@ class RecordWriter:
                     if self._stop and not self._queue:
                         self._sync()
                         self._closed = True
+                elif self._stop and time.monotonic() >= self._spill_at:
+                    self._spill()
             if self.dropped > self._said_dropped:
                 self._said_dropped = self.dropped
                 log.warn(f"the local record {self.path} fell behind ({self._stalled or 'stalled'});"
@@ -254,14 +339,14 @@ class RecordWriter:
         most); True when all is written.  Calls queued meanwhile wait for the next time."""
         if self._unwritten and not self._write():
             return False
-        if self._followed:
-            self._unwritten = self._followed_lines()
-            if self._unwritten and not self._write():
-                return False
         left = len(self._queue)
         while left > 0:
             self._unwritten, taken = self._encode_queued(min(left, MAX_QUEUED))
             left -= taken
+            if self._unwritten and not self._write():
+                return False
+        if self._followed:  # after the calls: a step the log shows has its call's row already
+            self._unwritten = b"".join([self._read_log(rows) for rows in list(self._followed)])
             if self._unwritten and not self._write():
                 return False
         return True
@@ -277,19 +362,15 @@ class RecordWriter:
             taken += 1
             try:
                 if data is None:
-                    done = self._last_rows(rows)
+                    chunks.append(self._last_lines(rows))
                 elif type(data) is Follow:
                     self._follow(rows, data)
                     continue
                 else:  # the user's keys win over the system figures
                     self._values_out += len(data)
                     done = rows.log({**sample, **data} if sample else data, step, commit, timestamp)
-                    if rows.follower is not None:  # kept until wandb's log shows these steps
-                        rows.shadow.extend(done)
-                        continue
-                for row in done:
-                    chunks.append(self._line(rows, row))
-                    size += len(chunks[-1])
+                    chunks.append(self._call_lines(rows, done))
+                size += len(chunks[-1])
             except Exception as exc:  # one odd row must not cost the others
                 self.dropped += 1
                 log.warn(f"a logged row could not be written to the local record "
@@ -301,60 +382,103 @@ class RecordWriter:
             row.data[APPROX_KEY] = 1
         return encode(rows.run_id, row.step, row.timestamp, row.data, rows.who)
 
+    def _call_lines(self, rows: RunRows, done: List[Row]) -> bytes:
+        """Lines of the rows a run's calls made; a followed run's are checked against what its
+        log already wrote (``reconcile``)."""
+        reconciler = rows.reconciler
+        return b"".join([self._line(rows, row) for row in done
+                         if reconciler is None or reconciler.early_row(row)])
+
     def _follow(self, rows: RunRows, request: Follow) -> None:
-        """The calls before this one made the run's rows so far; wandb's log has the rest."""
+        """The calls before this one made the run's rows so far; wandb's log has the rest.  A run
+        whose calls still carry wandb's steps keeps making rows from them, written at once, and
+        the log amends them (``reconcile``)."""
         if rows.follower is None and not rows.finished:
-            rows.follow(Follower(request.path, request.record_class, rows.step))
+            rows.follow(Follower(request.path, request.record_class, rows.step),
+                        Reconciler() if rows.queue_calls else None)
             self._followed.append(rows)
 
-    def _followed_rows(self, rows: RunRows) -> List[Row]:
+    def _read_log(self, rows: RunRows) -> bytes:
+        """Lines of a followed run from what its log shows now: rows and amendments."""
         follower = rows.follower
         try:
             done = follower.poll()
-        except Exception as exc:  # never seen: back to the log calls, where there are any
-            log.warn(f"cannot read wandb's transaction log {follower.log.path} "
-                     f"({type(exc).__name__}: {exc}); run {rows.run_id}'s rows from here on "
-                     + ("come from its log calls, without what wandb adds" if rows.queue_calls
-                        else "are only in wandb's history"), key=f"follow-{rows.run_id}")
-            rows.follower = None
-            self._followed.remove(rows)
-            return self._unshown(rows, follower.last_step)
-        while rows.shadow and rows.shadow[0].step <= follower.last_step:
-            rows.shadow.popleft()
-        return done
+        except Exception as exc:  # never seen: the log is given up, as a lost one
+            done = []
+            follower.log.lost = f"{type(exc).__name__}: {exc}"
+        reconciler, chunks = rows.reconciler, []
+        for row in done:
+            out = row if reconciler is None else reconciler.log_row(row, rows.step)
+            if type(out) is Amendment:
+                chunks.append(encode_amendment(rows.run_id, out, rows.who))
+            elif out is not None:
+                chunks.append(self._line(rows, out))
+        if follower.lost:
+            self._unfollow(rows)
+        return b"".join(chunks)
 
-    @staticmethod
-    def _unshown(rows: RunRows, last_step: int) -> List[Row]:
-        """The rows of a followed run's calls whose steps wandb's log has not shown."""
-        done = [row for row in rows.shadow if row.step > last_step]
-        rows.shadow.clear()
-        return done
-
-    def _followed_lines(self) -> bytes:
-        """New rows of every followed run, read from wandb's transaction logs."""
-        return b"".join(self._line(rows, row) for rows in list(self._followed)
-                        for row in self._followed_rows(rows))
-
-    def _last_rows(self, rows: RunRows) -> List[Row]:
-        """The run ended: its pending row, or what is left in wandb's log for a followed run."""
-        if rows.follower is None or rows.finished:
-            return rows.finish()
-        done = self._followed_rows(rows)
-        while rows.follower is not None and not rows.follower.ended \
-                and time.monotonic() < rows.log_end_by:
-            time.sleep(POLL_SECONDS)  # wandb-core writes its last records a moment later
-            done += self._followed_rows(rows)
-        if rows in self._followed:
-            self._followed.remove(rows)
+    def _unfollow(self, rows: RunRows) -> None:
+        """The run's log cannot be followed: its rows come from its calls from here on.  A run
+        whose calls carry wandb's steps loses only what wandb adds; a tensorboard run's calls
+        are queued again, with steps from the last one the log showed, marked approximate."""
         follower = rows.follower
-        tail = rows.finish()  # the calls' pending row; the run is finished from here on
-        if follower is None:  # reading wandb's log failed just now: the calls have the rest
-            done += tail
-        elif not follower.ended:  # the process ends before wandb wrote it all (SIGTERM): the
-            rows.shadow.extend(tail)  # rest from the calls, which carry wandb's steps
-            done += self._unshown(rows, follower.last_step)
-        rows.shadow.clear()
-        return done
+        follower.close()
+        rows.follower = rows.reconciler = None
+        self._followed.remove(rows)
+        if not rows.queue_calls:
+            rows.step = max(rows.step, follower.last_step + 1)
+            rows.approx = "its transaction log was lost"
+            rows.queue_calls = True  # read by the training thread's next call
+        log.warn(f"cannot follow wandb's transaction log {follower.log.path} of run "
+                 f"{rows.run_id} ({follower.lost}); from here on its rows come from its log "
+                 + ("calls, with wandb's steps but without what wandb adds (a step metric's "
+                    "value, watch's histograms)" if not rows.approx else
+                    "calls, their steps marked approximate (_primus_step_approx)"),
+                 key=f"follow-{rows.run_id}")
+
+    def _last_lines(self, rows: RunRows) -> bytes:
+        """The run ended: its pending row, and for a followed run what is left in wandb's log.
+        The log is waited for until its exit record, ``rows.log_end_by`` or ``LOG_IDLE``
+        without growth, whichever comes first: a log that is lost or stopped growing is not
+        waited for, and the calls' rows are in the record already."""
+        chunks = []
+        if rows.followed and not rows.finished:
+            start, polls = time.monotonic(), 0
+            if rows.follower is not None:
+                chunks.append(self._read_log(rows))
+            while rows.follower is not None and not rows.follower.ended \
+                    and time.monotonic() < rows.log_end_by \
+                    and rows.follower.idle_since(start) < LOG_IDLE:
+                time.sleep(POLL_SECONDS)  # wandb-core writes its last records a moment later
+                polls += 1
+                chunks.append(self._read_log(rows))
+            follower = rows.follower
+            log.debug("followed_run_end", run_id=rows.run_id, polls=polls,
+                      ended=follower is not None and follower.ended)
+            if follower is not None:
+                follower.close()
+                self._followed.remove(rows)
+                rows.follower = None
+        chunks.append(self._call_lines(rows, rows.finish()))
+        rows.reconciler = None
+        return b"".join(chunks)
+
+    def _spill(self) -> None:
+        """The process ends and the record cannot take its last rows: from now on they go to the
+        fallback record (once; the next rounds write them there)."""
+        self._spill_at = math.inf
+        self.exit.reason = self._stalled
+        if not self._spill_to:
+            return
+        try:
+            fd = open_append(self._spill_to)
+        except OSError as exc:
+            self.exit.reason += f"; {self._spill_to}: {exc.strerror or exc}"
+            return
+        close_quietly(self._fd)
+        self._fd = fd
+        self._spilling = True
+        self.exit.spill_path = self._spill_to
 
     def _write(self) -> bool:
         """Append ``_unwritten`` as whole lines under the file's lock, never waiting for it.
@@ -400,6 +524,8 @@ class RecordWriter:
                     fcntl.flock(fd, fcntl.LOCK_UN)
                 except OSError:
                     pass
+        if self._spilling:
+            self.exit.spilled += data.count(b"\n")
         self._unwritten = b""
         self._stalled = ""
         return True

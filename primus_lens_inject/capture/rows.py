@@ -10,12 +10,10 @@ calls it (one at a time, in call order), so it needs no lock of its own.
 
 from __future__ import annotations
 
-import collections
 import time
-from typing import Any, Deque, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
 APPROX_KEY = "_primus_step_approx"  # in a row whose step wandb may have given differently
-SHADOW_ROWS = 20_000  # rows of a followed run's calls kept until wandb's log shows their steps
 
 
 class Row(NamedTuple):
@@ -39,11 +37,12 @@ class RunRows:
         # Set on the training thread when the run's rows start coming from wandb's transaction
         # log (``capture.history``): its ``log`` calls are no longer queued.
         self.followed = False
-        self.queue_calls = True  # False once only wandb's log knows the steps (tensorboard)
+        self.queue_calls = True  # False once only wandb's log knows the steps (tensorboard),
+        # True again when that log is lost (set by the writer, ``record.RecordWriter._unfollow``)
         self.follower: Any = None  # the writer thread's ``history.Follower``
-        # A followed run's rows made from its ``log`` calls, kept (by the writer) until wandb's
-        # log shows their steps: the record's rows if the process ends before wandb wrote them.
-        self.shadow: Deque[Row] = collections.deque(maxlen=SHADOW_ROWS)
+        # The writer's ``reconcile.Reconciler`` of a followed run whose calls still make rows
+        # (they carry wandb's steps): their rows are written at once, and wandb's log amends them.
+        self.reconciler: Any = None
         self.approx = ""  # why this run's steps may differ from wandb's ("" when they do not)
         self.log_end_by = 0.0  # at the run's end, wait until this ``time.monotonic()`` for
         # wandb to write the rest of a followed run's log (its exit record)
@@ -78,12 +77,15 @@ class RunRows:
             self.step += 1
         return done
 
-    def follow(self, follower: Any) -> None:
-        """From here on the run's rows come from ``follower`` (``capture.history``): what is
-        pending is wandb's pending row too, which it will record at ``self.step``."""
+    def follow(self, follower: Any, reconciler: Any) -> None:
+        """From here on wandb's log (``follower``, ``capture.history``) has the run's rows.  With
+        a ``reconciler`` the calls' rows are still made, and compared with the log's; without
+        one (tensorboard: the calls do not know wandb's steps) only the log makes rows, and what
+        is pending is wandb's pending row too, which it will record at ``self.step``."""
         self.follower = follower
-        self._pending = {}
-        self.shadow.clear()
+        self.reconciler = reconciler
+        if reconciler is None:
+            self._pending = {}
 
     def finish(self) -> List[Row]:
         """The run ends: what is pending becomes the last row, and later calls are ignored."""

@@ -33,6 +33,7 @@ from ..metrics.sampler import Sampler
 from ..paths import record_location
 from ..report import owner
 from ..report.reporter import Reporter
+from ..report.status import write_status
 from ..topology import Topology
 from ..values import PLAIN_TYPES, freeze
 from . import history
@@ -127,6 +128,9 @@ class Session:
         self._closed = False  # ... and ended
         self._awaiting_wandb = False  # atexit left followed runs to ``after_wandb_exit``
         self._wandb_done = False  # ... which runs after wandb wrote its last records
+        # runs whose detection report waits for their first row (HF's Trainer and Lightning fill
+        # wandb.config after init): id(run) -> the modules on the stack at init
+        self._undetected: Dict[int, Tuple[str, ...]] = {}
 
     # -- the training thread's path -------------------------------------------------------
 
@@ -166,6 +170,8 @@ class Session:
         """wandb accepted the call: queue it for the writer thread, which makes the rows."""
         entry = self.runs.get(id(run))
         rows = entry.rows if entry is not None else self.adopt(run)
+        if self._undetected:  # a run's first row: its configuration is complete now
+            self._detect(run)
         record = self.record
         if record is None or rows.closed or not rows.queue_calls:  # a disabled-mode run still
             return  # "logs" after finish; a tensorboard run's steps are only in wandb's log
@@ -194,9 +200,9 @@ class Session:
             self._deadline = None  # a new run: its end gets a whole shutdown budget
         self._patch_run(run)
         if self.reporter is not None and writer.report:
-            from ..report.runfacts import RunFacts
+            from ..report.runfacts import caller_modules
 
-            self.reporter.add_run(RunFacts.from_run(run))
+            self._undetected[id(run)] = caller_modules()
         log.debug("run_adopted", run_id=rows.run_id, start_step=rows.step,
                   run_class=type(run).__name__)
         return rows
@@ -210,10 +216,13 @@ class Session:
             self.follow(run, TENSORBOARD)
 
     def follow(self, run: Any, why: str) -> None:
-        """From now on take the run's rows from wandb's transaction log (``history``), because
-        of ``why``.  Where wandb writes none (disabled mode) it records nothing beyond ``log``
-        either; where it should but the log cannot be found, tensorboard rows would move the
-        steps: the run's rows are marked approximate (``rows.APPROX_KEY``), said once."""
+        """From now on read wandb's view of the run's rows from its transaction log
+        (``history``), because of ``why``: a tensorboard run's rows come from there alone; the
+        other integrations' calls still carry wandb's steps, so their rows are written at once
+        and the log amends them (``reconcile``).  Where wandb writes no log (disabled mode) it
+        records nothing beyond ``log`` either; where it should but the log cannot be found,
+        tensorboard rows would move the steps: the run's rows are marked approximate
+        (``rows.APPROX_KEY``), said once."""
         if run is None:
             return
         entry = self.runs.get(id(run))
@@ -246,12 +255,32 @@ class Session:
         if entry is None or entry.rows.closed:
             return False  # ``finish`` runs ``_finish``, a ``with`` block may finish twice
         entry.rows.closed = True
+        self._detect(run)  # a run that never logged
         if entry.rows.followed:
             return True
         if self.record is not None:
             self.record.append(end_of_run(entry.rows))
         self.flush()
         return False
+
+    def _detect(self, run: Any) -> None:
+        """Hand the run's facts to the reporter, once: at its first row, else at its finish or
+        the process end.  O(top-level config keys) on the calling thread; the report is built on
+        the reporter's."""
+        at_init = self._undetected.pop(id(run), None)
+        if at_init is None or self.reporter is None:
+            return
+        from ..report.runfacts import RunFacts, caller_modules
+
+        callers = tuple(dict.fromkeys(at_init + caller_modules()))
+        self.reporter.add_run(RunFacts.from_run(run, callers))
+
+    def _detect_remaining(self) -> None:
+        """The process ends: runs that never logged and were not finished are reported now."""
+        for key in list(self._undetected):
+            entry = self.runs.get(key)
+            if entry is not None:
+                self._detect(entry.run)
 
     def after_finish(self, run: Any) -> None:
         """After wandb's ``finish`` of a followed run: its log is complete; read it to the end."""
@@ -316,8 +345,10 @@ class Session:
         return self._deadline
 
     def _record_deadline(self, deadline: float) -> float:
+        """A writer that keeps up, or that can spill to its fallback record at close, gets at
+        least ``RECORD_FLOOR``; a stalled one with nowhere to go only the budget."""
         record = self.record
-        if record is None or record.stalled:
+        if record is None or (record.stalled and not record.can_spill):
             return deadline
         return max(deadline, time.monotonic() + RECORD_FLOOR)
 
@@ -350,6 +381,7 @@ class Session:
         limit = self._record_deadline(deadline)
         if wandb_ends_later and not self._closing and self._following_open():
             self._awaiting_wandb = True
+            self._detect_remaining()
             self._end_runs(followed=False)
             guard.run_guarded("flush", lambda: self._flush_until(deadline, limit), restart=False)
             return
@@ -364,11 +396,11 @@ class Session:
                               restart=False)
 
     def after_wandb_exit(self) -> None:
-        """wandb's teardown is over: the followed runs' logs are complete.  A budget of its own:
-        the one before the teardown is spent or nearly."""
+        """wandb's teardown is over: the followed runs' logs are complete.  The same deadline as
+        the atexit hook's: one budget for the whole process end (the record still gets its
+        ``RECORD_FLOOR`` to read the logs to their end)."""
         if self._awaiting_wandb:
             self._awaiting_wandb = False
-            self._deadline = None
             self._wandb_done = True
             self.shutdown()
 
@@ -393,17 +425,34 @@ class Session:
 
     def _close_until(self, deadline: float, limit: float) -> None:
         try:
+            self._detect_remaining()
             if self.record is not None:
                 # after wandb's teardown a followed run's exit record is written, or will not be
                 self._end_runs(wait_for_log=min(limit, time.monotonic() + RECORD_FLOOR)
                                if self._wandb_done else 0.0)
                 self.record.close(limit)
+                self._note_record_exit(self.record)
             if self.reporter is not None:
                 self.reporter.close(max(0.0, deadline - time.monotonic()))
             if self.sampler is not None:
-                self.sampler.stop()
+                self.sampler.stop(deadline)
         finally:
             self._closed = True
+
+    def _note_record_exit(self, record: RecordWriter) -> None:
+        """Rows the record could not take (spilled to its fallback, lost at exit, left out while
+        it was stalled) go into the status file: the reporter's, written at its close, or one
+        of the record's own where nothing reports."""
+        if not (record.exit.spilled or record.exit.lost or record.dropped):
+            return
+        facts = {"path": record.path, "rows_left_out": record.dropped, **record.exit.as_dict()}
+        if self.reporter is not None:
+            self.reporter.stats.record = facts
+            return
+        status = {"pid": os.getpid(), "updated": time.time(), "state": "exited", "record": facts}
+        for path in dict.fromkeys((record.path, record.exit.spill_path)):
+            if path:
+                write_status(path, status)
 
     def fail(self, exc: BaseException) -> None:
         """An internal error: the injector steps aside for the rest of this process."""

@@ -18,11 +18,11 @@ from typing import Any, Dict, List, Optional
 
 from .. import compat, credentials
 from ..config import Config, variable_rows
-from .bootstrap import PTH_LINE, bootstrap_dir, is_bootstrap, pth_path
+from .bootstrap import BOOTSTRAP_STATE, bootstrap_dir, is_bootstrap, pth_path, pth_state
 from .doctor_words import print_report
 
-BOOTSTRAP_STATE = "_primus_lens_bootstrap"
 PROBE_TIMEOUT = 3.0  # seconds, for connecting and for the answer: doctor must never hang
+NOT_ACTIVE = 3  # doctor's exit status when a training process here would run without us
 
 
 def _wandb_section() -> Dict[str, Any]:
@@ -66,14 +66,25 @@ def _layout(location: str) -> str:
     return "directory"
 
 
+def _shadowing(winner: Optional[str], ours: List[str]) -> Optional[str]:
+    """The first sitecustomize on sys.path when it is not ours and keeps ours from running:
+    ours comes after it, or it sits in a PYTHONPATH entry where ours would be (a launcher that
+    exports its own PYTHONPATH, as Primus's ODC launcher does). None otherwise: the image's own
+    sitecustomize in the standard library is no obstacle, just a sign that ours is not there."""
+    if winner is None or winner in ours:
+        return None
+    entry = os.path.dirname(winner)
+    if os.path.basename(winner).startswith("__init__."):  # a sitecustomize package
+        entry = os.path.dirname(entry)
+    pythonpath = {os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                  if p}
+    return winner if ours or entry in pythonpath else None
+
+
 def _bootstrap_section(config: Config) -> Dict[str, Any]:
     module = sys.modules.get(BOOTSTRAP_STATE)
     pth = pth_path()
-    try:
-        with open(pth) as f:
-            pth_current = f.read() == PTH_LINE
-    except OSError:
-        pth_current = None
+    pth_current = pth_state()
     found = _sitecustomizes(_startup_path())
     winner = found[0] if found else None
     ours = [path for path in found if is_bootstrap(path)]
@@ -94,7 +105,7 @@ def _bootstrap_section(config: Config) -> Dict[str, Any]:
         "status": getattr(module, "status", None),
         "chained_sitecustomize": getattr(module, "chained", None),
         "first_sitecustomize": winner,
-        "shadowed_by": winner if ours and winner not in ours else None,
+        "shadowed_by": _shadowing(winner, ours),
         "package": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         "pth_installed": pth_current is not None,
         "pth_path": pth,
@@ -118,24 +129,30 @@ def _why_not(config: Config, section: Dict[str, Any], module: Any,
                        "turns it off (kill switch); unset it to turn the injector on")
     if sys.flags.no_site:
         reasons.append("python runs with -S: neither sitecustomize nor .pth files are processed")
-    if section["shadowed_by"]:
+    shadowed = section["shadowed_by"] if pth_current is None else None  # a .pth is not shadowed
+    if shadowed and section["location"]:
         ours = os.path.dirname(section["location"])
-        reasons.append(f"another sitecustomize comes first on sys.path and wins: "
-                       f"{section['shadowed_by']}; put {ours} before "
-                       f"{os.path.dirname(section['shadowed_by'])} on PYTHONPATH")
+        reasons.append(f"another sitecustomize comes first on sys.path and wins: {shadowed}; put "
+                       f"{ours} before {os.path.dirname(shadowed)} on PYTHONPATH, or use the "
+                       ".pth route (`primus-lens install`), which no sitecustomize can shadow")
+    elif shadowed:
+        reasons.append(f"a sitecustomize that is not ours comes first on sys.path and never runs "
+                       f"ours: {shadowed} (a launcher that sets its own PYTHONPATH does this); "
+                       "the cure is the .pth route, which survives that: `primus-lens install` "
+                       "(the training-base image installs it)")
     ignored = sys.flags.ignore_environment and any(
         is_bootstrap(os.path.join(p, "sitecustomize.py"))
         for p in section["pythonpath"].split(os.pathsep) if p)
     if ignored:
         reasons.append("python runs with -E/-I, which ignores PYTHONPATH and with it the "
                        "bootstrap there; `primus-lens install` (the .pth route) works under -E/-I")
-    elif section["route"] is None:
+    elif section["route"] is None and not shadowed:
         reasons.append("the bootstrap is neither on PYTHONPATH nor installed as a .pth: use "
                        f"`primus-lens run -- CMD`, PYTHONPATH={section['directory']}, or "
                        "`primus-lens install`")
     if pth_current is False and config.hook and not sys.flags.no_site:
-        reasons.append(f"{section['pth_path']} is not this version's line: run `primus-lens "
-                       "install` again")
+        reasons.append(f"{section['pth_path']} (or the module it imports) is not what this "
+                       "version writes: run `primus-lens install` again")
     if not reasons:
         reasons.append("the bootstrap is in place but did not load in this process")
     return reasons
@@ -168,7 +185,8 @@ def _record_section(config: Config) -> Dict[str, Any]:
     return {
         "save_local": config.save_local,
         "path": shown,
-        "fallback": where.fallback or None,
+        "fallback": (where.fallback if where.fallback_known  # else named by the writer's pid
+                     else where.fallback.replace(f"pid-{os.getpid()}", "pid-<pid>")) or None,
         "private_spool": bool(where.private),
         "candidates": where.candidates(),
         "writable": _writable(os.path.dirname(where.path)) if where.path else None,
@@ -228,12 +246,36 @@ def _reporting_section(config: Config, candidates: List[str]) -> Dict[str, Any]:
         "report_ranks": config.report_ranks,
         "this_process": _who_reports(config),
     }
-    if not config.has_identity:
-        section["note"] = "no POD_NAME or WORKLOAD_UID: nothing is sent, the record still works"
+    if not config.has_identity:  # Lens files rows by pod; the OTLP sink needs no identity
+        section["note"] = "no POD_NAME or WORKLOAD_UID: nothing is sent to Lens" + (
+            "; the OTLP sink sends the rows (otlp below)" if config.otlp
+            else ", the record still works")
     if config.api_reporting:
         section["endpoint_check"] = _probe(config)
     section["sender"] = _sender_status(candidates)
     return section
+
+
+# wandb 0.31 exports its own telemetry with the OpenTelemetry SDK in online runs, to W&B; the SDK
+# adds these variables' headers to every request (docs/otlp.md, "Why our own variable names").
+WANDB_OTEL_SINCE = (0, 31)
+OTEL_HEADERS = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS")
+OFFLINE_MODES = ("offline", "disabled", "dryrun")
+
+
+def _otel_headers_warning(wandb_version: Optional[str]) -> Optional[str]:
+    """Why the standard OTLP headers variables are a leak here, or None: they are set, and a wandb
+    that exports its own telemetry would run online (``WANDB_MODE`` is not offline/disabled)."""
+    leaked = [name for name in OTEL_HEADERS if (os.environ.get(name) or "").strip()]
+    mode = (os.environ.get("WANDB_MODE") or "").strip().lower()
+    if not leaked or wandb_version is None or mode in OFFLINE_MODES \
+            or compat.parse_version(wandb_version) < WANDB_OTEL_SINCE:
+        return None
+    return (f"{' and '.join(leaked)} set: wandb {wandb_version} exports its own telemetry with "
+            "OpenTelemetry in online runs, to W&B (its /sdk/otel/v1/ routes), and the "
+            "OpenTelemetry SDK adds these headers to its requests, so your collector's "
+            "credentials are sent to W&B. Put them in PRIMUS_LENS_OTLP_HEADERS (the injector "
+            f"reads it first) and unset {' and '.join(leaked)}")
 
 
 def _otlp_section(config: Config, candidates: List[str]) -> Dict[str, Any]:
@@ -242,6 +284,7 @@ def _otlp_section(config: Config, candidates: List[str]) -> Dict[str, Any]:
 
     s = settings(config)
     sender = _sender_status(candidates) or {}
+    warning = _otel_headers_warning(_wandb_section()["installed"])
     return {
         "enabled": config.otlp,
         "endpoint": s.endpoint,
@@ -252,6 +295,7 @@ def _otlp_section(config: Config, candidates: List[str]) -> Dict[str, Any]:
         "tls": {"ca_file": s.certificate, "client_certificate": s.client_certificate,
                 "client_key": bool(s.client_key)},
         "sender": sender.get("otlp"),
+        "warnings": [warning] if warning else [],
     }
 
 
@@ -270,7 +314,25 @@ def _sender_status(candidates: List[str]) -> Optional[Dict[str, Any]]:
         if isinstance(status, dict) and (newest is None
                                          or status.get("updated", 0) > newest.get("updated", 0)):
             newest = status
+    if newest is not None:  # a status says "running" until its process closes it, or dies
+        alive = _alive(newest.get("pid"))
+        newest["process_alive"] = alive
+        if isinstance(newest.get("otlp"), dict):
+            newest["otlp"] = dict(newest["otlp"], pid=newest.get("pid"), process_alive=alive)
     return newest
+
+
+def _alive(pid: Any) -> Optional[bool]:
+    """Whether the process that wrote a status still runs here (None: not a pid)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's: it exists
+        return True
+    return True
 
 
 def collect(config: Optional[Config] = None) -> Dict[str, Any]:
@@ -302,4 +364,4 @@ def main(argv: List[str]) -> int:
         print(json.dumps(report, indent=2, default=str, sort_keys=True))
     else:
         print_report(report)
-    return 0
+    return 0 if report["bootstrap"]["active"] else NOT_ACTIVE

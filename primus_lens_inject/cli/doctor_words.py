@@ -108,7 +108,9 @@ def _print_gpu(report: Dict[str, Any]) -> None:
 def _print_reporting(report: Dict[str, Any]) -> None:
     rep = report["reporting"]
     if not rep["enabled"]:
-        print("reporting: off (PRIMUS_LENS_WANDB_API_REPORTING=false)")
+        print("reporting: off (PRIMUS_LENS_WANDB_API_REPORTING=false)"
+              + ("; the OTLP sink sends the rows (otlp below)" if report["otlp"]["enabled"]
+                 else "; nothing is sent, the record still works"))
     elif not rep["will_send"]:
         print(f"reporting: off: {rep.get('note')}")
     else:
@@ -122,14 +124,24 @@ def _print_reporting(report: Dict[str, Any]) -> None:
     if rep["identity"]:
         print(f"  identity: {_words(rep['identity'])}")
     sender = rep.get("sender")
-    if sender:
+    if sender and sender.get("endpoint"):  # the Lens sink ran (not only OTLP, or the record)
         print(f"  sender (pid {sender.get('pid')}): {_sender_words(sender)}")
+    record = (sender or {}).get("record")
+    if record:
+        print(f"  record at the last exit: {record.get('rows_spilled_at_exit')} rows spilled to "
+              f"{record.get('spill_path') or 'no fallback'}, {record.get('rows_lost_at_exit')} "
+              f"lost, {record.get('rows_left_out')} left out while stalled "
+              f"({record.get('reason') or 'stalled'})")
 
 
 def _sender_words(sender: Dict[str, Any]) -> str:
-    """A sink's counters from the status file beside the record."""
+    """A sink's counters from the status file beside the record; a state the process never
+    closed ("starting", "running") is not shown as current once that process is gone."""
     dropped = sum((sender.get("dropped") or {}).values())
-    return (f"{sender.get('state')}; {sender.get('rows_sent')} rows sent, "
+    state = sender.get("state")
+    if sender.get("process_alive") is False and not str(state).startswith(("exited", "stopped")):
+        state = f"not running (process {sender.get('pid')} ended without closing; last: {state})"
+    return (f"{state}; {sender.get('rows_sent')} rows sent, "
             f"{sender.get('retries')} retries, {dropped} dropped, backlog "
             f"{_size(sender.get('backlog_bytes'))}")
 
@@ -138,12 +150,15 @@ def _print_otlp(report: Dict[str, Any]) -> None:
     otlp = report["otlp"]
     if not otlp["enabled"]:
         print("otlp: off (PRIMUS_LENS_OTLP=false)")
-        return
-    headers = ", ".join(otlp["headers"]) or "none"
-    print(f"otlp: on, to {otlp['endpoint']} ({otlp['protocol']}, compression "
-          f"{otlp['compression']}, timeout {_words(otlp['timeout_s'], 's')}, headers: {headers})")
-    if otlp.get("sender"):
-        print(f"  sender: {_sender_words(otlp['sender'])}")
+    else:
+        headers = ", ".join(otlp["headers"]) or "none"
+        print(f"otlp: on, to {otlp['endpoint']} ({otlp['protocol']}, compression "
+              f"{otlp['compression']}, timeout {_words(otlp['timeout_s'], 's')}, "
+              f"headers: {headers})")
+        if otlp.get("sender"):
+            print(f"  sender: {_sender_words(otlp['sender'])}")
+    for warning in otlp["warnings"]:  # whether our sink is on or not: wandb's own leaks them
+        print(f"  warning: {warning}")
 
 
 def _print_configuration(report: Dict[str, Any]) -> None:

@@ -17,7 +17,16 @@ import shutil
 import sys
 from typing import Callable, List, Optional
 
-from .bootstrap import PTH_LINE, PTH_NAME, bootstrap_dir, pth_path
+from .bootstrap import (
+    PTH_LINE,
+    PTH_NAME,
+    SHIM_NAME,
+    bootstrap_dir,
+    current_shim_source,
+    pth_path,
+    pth_state,
+    shim_path,
+)
 
 # Interpreter options that keep the bootstrap out: -E and -I ignore PYTHONPATH, -S skips site.
 _ISOLATING = {"E": "-E ignores PYTHONPATH", "I": "-I ignores PYTHONPATH",
@@ -127,15 +136,26 @@ def _installed_record() -> Optional[str]:
     return path
 
 
+def _route_files() -> List[str]:
+    """The files of the .pth route: the shim, its bytecode, the .pth (the order they are written
+    in, so that no interpreter starting meanwhile imports a shim that is not there yet)."""
+    import importlib.util
+
+    shim = shim_path()
+    return [shim, importlib.util.cache_from_source(shim), pth_path()]
+
+
 def _set_recorded(record: Optional[str], recorded: bool) -> bool:
-    """Add the .pth to (or drop it from) RECORD; True when RECORD now says what was asked."""
+    """Add the route's files to (or drop them from) RECORD; True when RECORD now says so."""
     if record is None:
         return False
+    site = os.path.dirname(pth_path())
+    names = [os.path.relpath(path, site) for path in _route_files()]
     try:
         with open(record) as f:
-            lines = [line for line in f.read().splitlines() if line.split(",")[0] != PTH_NAME]
+            lines = [line for line in f.read().splitlines() if line.split(",")[0] not in names]
         if recorded:
-            lines.append(f"{PTH_NAME},,")
+            lines.extend(f"{name},," for name in names)
         with open(record, "w") as f:
             f.write("".join(line + "\n" for line in lines))
     except OSError:
@@ -144,15 +164,23 @@ def _set_recorded(record: Optional[str], recorded: bool) -> bool:
 
 
 def cmd_install(argv: List[str]) -> int:
-    _subparser("install", f"Write {PTH_NAME} into this interpreter's site-packages, so every "
-               "process of this environment loads the injector without PYTHONPATH (also under "
-               "python -I/-E). `pip uninstall primus-lens-inject` removes it too.").parse_args(argv)
-    path = pth_path()
+    _subparser("install", f"Write {PTH_NAME} (and {SHIM_NAME}, which it imports) into this "
+               "interpreter's site-packages, so every process of this environment loads the "
+               "injector without PYTHONPATH (also under python -I/-E, and under launchers that "
+               "replace PYTHONPATH). `pip uninstall primus-lens-inject` removes them too."
+               ).parse_args(argv)
+    import py_compile
+
+    shim, bytecode, path = _route_files()
     try:
+        with open(shim, "w") as f:
+            f.write(current_shim_source())
+        py_compile.compile(shim, cfile=bytecode, doraise=True)  # every start loads it: cache it
         with open(path, "w") as f:
             f.write(PTH_LINE)
-    except OSError as exc:
-        print(f"primus-lens install: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+    except (OSError, py_compile.PyCompileError) as exc:
+        print(f"primus-lens install: cannot write {os.path.dirname(path)}: "
+              f"{getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 1
     removal = ("`pip uninstall primus-lens-inject` or `primus-lens uninstall` removes it"
                if _set_recorded(_installed_record(), True)
@@ -163,11 +191,12 @@ def cmd_install(argv: List[str]) -> int:
 
 
 def cmd_uninstall(argv: List[str]) -> int:
-    _subparser("uninstall", f"Remove {PTH_NAME} from this interpreter's site-packages.").parse_args(argv)
-    path = pth_path()
+    _subparser("uninstall", f"Remove {PTH_NAME} and {SHIM_NAME} from this interpreter's "
+               "site-packages.").parse_args(argv)
+    *shim_files, path = _route_files()
     _set_recorded(_installed_record(), False)
     try:
-        os.remove(path)
+        os.remove(path)  # first: no start may import a shim that is gone
     except FileNotFoundError:
         print(f"not installed: {path} does not exist")
         return 0
@@ -175,6 +204,11 @@ def cmd_uninstall(argv: List[str]) -> int:
         print(f"primus-lens uninstall: cannot remove {path}: {exc.strerror or exc}",
               file=sys.stderr)
         return 1
+    for leftover in shim_files:
+        try:
+            os.remove(leftover)
+        except OSError:
+            pass  # already gone, or harmless without the .pth that imported it
     print(f"removed {path}")
     return 0
 
@@ -183,14 +217,12 @@ def cmd_check(argv: List[str]) -> int:
     """Exit 0 when the .pth is installed and intact, 1 otherwise (for scripts and images)."""
     _subparser("check", f"Exit 0 when {PTH_NAME} is installed and current, 1 otherwise.").parse_args(argv)
     path = pth_path()
-    try:
-        with open(path) as f:
-            intact = f.read() == PTH_LINE
-    except OSError:
+    intact = pth_state()
+    if intact is None:
         print(f"not installed: {path} does not exist")
         return 1
-    print(f"installed: {path}" if intact else f"modified: {path} differs from this version's line "
-          "(`primus-lens install` rewrites it)")
+    print(f"installed: {path}" if intact else f"modified: {path} or {shim_path()} differs from "
+          "what this version writes (`primus-lens install` rewrites them)")
     return 0 if intact else 1
 
 

@@ -11,10 +11,10 @@ import threading
 from typing import Dict, List, Optional
 
 from .faults import Faults
-from .receiver import DEFAULT_HOST, DEFAULT_PORT, Receiver
+from .receiver import DEFAULT_HOST, DEFAULT_PORT, LAYOUTS, Receiver
 
 READY_LINE = "primus-lens receiver listening on {url}"
-OTLP_LINE = "primus-lens receiver accepting OTLP/HTTP metrics: OTEL_EXPORTER_OTLP_ENDPOINT={endpoint}"
+OTLP_LINE = "primus-lens receiver accepting OTLP/HTTP metrics: PRIMUS_LENS_OTLP_ENDPOINT={endpoint}"
 
 
 def _parse_pods(specs: Optional[List[str]]) -> Optional[Dict[str, List[str]]]:
@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="primus-lens receive",
         description="Development stand-in for the Lens telemetry-processor: serves POST "
                     "/v1/wandb/{detection,metrics,logs,batch} like the real server, stores what it "
-                    "accepts in SQLite, shows it under /v1/_receiver/. See docs/receiver.md.")
+                    "accepts in SQLite, shows it under /v1/_receiver/ (open it in a browser "
+                    "once it runs). The options below are the whole reference; the faults can "
+                    "also be changed at run time.")
     parser.add_argument("--otlp", action="store_true",
                         help="also accept OTLP/HTTP metrics (POST /v1/metrics, protobuf or JSON) on the "
                              "same port, stored beside the Lens rows")
@@ -46,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--pods", action="append", metavar="POD[=UID+UID...],...",
                         help="the only pods the pod cache knows, optionally with their workload UIDs "
                              "(repeatable); without it every pod is its own workload wl-POD")
+    parser.add_argument("--layout", choices=tuple(LAYOUTS), default="lens",
+                        help="which server to answer as: " + "; ".join(
+                            f"{name}: {what}" for name, what in LAYOUTS.items())
+                        + " (default %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request on stderr")
     faults = parser.add_argument_group("faults (also settable at run time: POST /v1/_receiver/faults)")
     faults.add_argument("--delay", type=float, metavar="SECONDS", help="delay before each answer")
@@ -59,12 +65,20 @@ def _parser() -> argparse.ArgumentParser:
     faults.add_argument("--garbage-status", type=int, metavar="CODE", help="its status (default 502)")
     faults.add_argument("--no-workload-for", type=float, metavar="SECONDS",
                         help="answer 'no valid workload found' for pod names this long (-1: until changed)")
+    faults.add_argument("--no-workload-requests", type=int, metavar="N",
+                        help="answer 'no valid workload found' to the next N pod-name lookups")
+    faults.add_argument("--fail-requests", type=int, metavar="N",
+                        help="fail the next N bodies (of --fail-endpoints) with 500, then --fail-rate")
     faults.add_argument("--otlp-fail-status", type=int, metavar="CODE",
                         help="status of a failing OTLP request (default 503; fails per --fail-rate)")
     faults.add_argument("--otlp-retry-after", type=int, metavar="SECONDS",
                         help="Retry-After header on that answer (default none)")
     faults.add_argument("--otlp-reject-rate", type=float, metavar="P",
                         help="chance that each OTLP data point is refused (partial success)")
+    faults.add_argument("--otlp-html-for", type=int, metavar="N",
+                        help="answer the next N OTLP requests 200 with an HTML page, as a proxy may")
+    faults.add_argument("--otlp-max-body", type=int, metavar="BYTES",
+                        help="answer 413 to OTLP bodies larger than this, as a proxy's limit does")
     faults.add_argument("--seed", type=int, help="seed for the random faults")
     return parser
 
@@ -79,7 +93,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     settings = {name: getattr(args, name) for name in _FAULT_OPTIONS if getattr(args, name) is not None}
     try:
         receiver = Receiver(args.host, args.port, args.db, _parse_pods(args.pods), settings, args.verbose,
-                            args.otlp)
+                            args.otlp, args.layout)
     except ValueError as exc:
         parser.error(str(exc))
     except sqlite3.Error as exc:

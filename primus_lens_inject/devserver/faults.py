@@ -22,7 +22,9 @@ _FAIL_STATUSES = {status for status in _GARBAGE_STATUSES if status >= 400}
 @dataclasses.dataclass(frozen=True)
 class Faults:
     """What the receiver does wrong on purpose; all off by default.  Setting faults replaces all
-    of them (``{}`` clears) and restarts the no-workload window and the random sequence."""
+    of them (``{}`` clears) and restarts the no-workload window, the counts of the next requests
+    to fail (``no_workload_requests``, ``fail_requests``: faults by count, for tests that must not
+    depend on a clock) and the random sequence."""
 
     delay: float = 0.0  # seconds before each /v1/wandb/ (and OTLP) request is answered
     delay_max: float = 0.0  # above ``delay``: a uniformly random delay in [delay, delay_max]
@@ -31,9 +33,13 @@ class Faults:
     garbage_rate: float = 0.0  # chance of a non-JSON HTML answer instead of processing
     garbage_status: int = 502  # the HTTP status of that answer (200 is allowed)
     no_workload_for: float = 0.0  # seconds of "no valid workload found" for pod names; -1: until reset
+    no_workload_requests: int = 0  # the next N pod-name lookups find no workload (by count: no clock)
+    fail_requests: int = 0  # the next N bodies of fail_endpoints fail with 500, before fail_rate draws
     otlp_fail_status: int = 503  # what a failing OTLP request gets (with a google.rpc.Status)
     otlp_retry_after: Optional[int] = None  # seconds in a Retry-After header on that answer
     otlp_reject_rate: float = 0.0  # chance that each good OTLP point is refused (partial success)
+    otlp_html_for: int = 0  # the next N OTLP requests get 200 + an HTML page (a proxy's), unread
+    otlp_max_body: int = 0  # OTLP bodies over this many bytes get 413, as behind a proxy; 0: none
     seed: Optional[int] = None  # seeds the random choices; None: different every time
 
     @classmethod
@@ -58,6 +64,9 @@ class Faults:
                                                  and values["otlp_fail_status"] in _FAIL_STATUSES):
             raise ValueError(f"otlp_fail_status must be an HTTP status from 400 to 599, "
                              f"not {values['otlp_fail_status']!r}")
+        for name in ("otlp_html_for", "otlp_max_body", "no_workload_requests", "fail_requests"):
+            if name in values and not (_is_int(values[name]) and values[name] >= 0):
+                raise ValueError(f"{name} must be a whole number, not {values[name]!r}")
         retry_after = values.get("otlp_retry_after")
         if retry_after is not None and not (_is_int(retry_after) and retry_after >= 0):
             raise ValueError(f"otlp_retry_after must be a whole number of seconds, not {retry_after!r}")
@@ -100,6 +109,9 @@ class FaultState:
             self.faults = faults
             self._since = time.monotonic()
             self._random = random.Random(faults.seed)
+            self._html_left = faults.otlp_html_for
+            self._no_workload_left = faults.no_workload_requests
+            self._fail_left = faults.fail_requests
 
     def delay(self) -> float:
         with self._lock:
@@ -112,14 +124,35 @@ class FaultState:
 
     def fails(self, endpoint: str) -> bool:
         with self._lock:
-            return endpoint in self.faults.fail_endpoints and self._chance(self.faults.fail_rate)
+            if endpoint not in self.faults.fail_endpoints:
+                return False
+            if self._fail_left > 0:
+                self._fail_left -= 1
+                return True
+            return self._chance(self.faults.fail_rate)
 
     def rejects_point(self) -> bool:
         with self._lock:
             return self._chance(self.faults.otlp_reject_rate)
 
+    def otlp_html(self) -> bool:
+        """Whether this OTLP request is one of the ``otlp_html_for`` answered with HTML."""
+        with self._lock:
+            if self._html_left <= 0:
+                return False
+            self._html_left -= 1
+            return True
+
+    def too_large(self, size: int) -> bool:
+        """Whether an OTLP body of ``size`` bytes is over the ``otlp_max_body`` limit."""
+        with self._lock:
+            return 0 < self.faults.otlp_max_body < size
+
     def hides_workloads(self) -> bool:
         with self._lock:
+            if self._no_workload_left > 0:
+                self._no_workload_left -= 1
+                return True
             window = self.faults.no_workload_for
             return window < 0 or time.monotonic() - self._since < window
 

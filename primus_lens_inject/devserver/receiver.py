@@ -1,7 +1,7 @@
 """The built-in receiver: a development stand-in for the Lens telemetry-processor.
 
 ``primus-lens receive`` (or :class:`Receiver` inside a test) serves the four ``POST /v1/wandb/...``
-endpoints the way the real server does (``spec/telemetry-api.md``): Go's decoding strictness
+endpoints the way the real server does (``docs/server-contract.md``): Go's decoding strictness
 (see :mod:`godecode`), identity resolution, the response envelope and status codes, batch
 semantics, gin's 404 and trailing-slash 307.  The demo and the tests need exactly that: a client
 bug that production answers with 400 must show up here too, and a response the client relies on
@@ -12,6 +12,12 @@ can prove that every row arrived exactly once; every raw request body is kept wi
 a test can search all received bytes for leaked secrets.  Read endpoints under ``/v1/_receiver/``
 show what arrived, and faults (delay, 5xx, "no valid workload found", garbage answers) can be
 switched on from the command line or at run time to exercise the client's retry paths.
+
+With ``layout`` (``primus-lens receive --layout``) it answers as one of primus-robust's layouts
+instead (:data:`LAYOUTS`): the routes under ``/api/v1`` and the probes ``/healthz``/``/readyz``;
+robust 1.0.6's ``robust-analyzer`` worker, which answers its probes and 404s every API route; and
+the logging add-on's robust-api on an empty database, which answers every write with 500.  The
+injector's handling of each is tested against real processes this way.
 
 With ``otlp=True`` (``primus-lens receive --otlp``) the same port also serves ``POST /v1/metrics``,
 the OTLP/HTTP metrics path under the endpoint :attr:`Receiver.otlp_endpoint` (the path the
@@ -44,6 +50,19 @@ from .store import Store
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8989
 CONTROL_PREFIX = "/v1/_receiver/"
+ROBUST_PREFIX = "/api"  # robust serves the Lens route group under /api/v1
+PROBES = ("/healthz", "/readyz")
+# How the receiver answers (docs/receiver.md, "Layouts"):
+LAYOUTS = {
+    "lens": "Lens's telemetry-processor: the routes under /v1, no probes",
+    "robust": "robust-api (robust 1.0.6 and later) or robust 1.0.0's single binary: the routes "
+              "under /api/v1, /healthz and /readyz",
+    "robust-worker": "robust 1.0.6's robust-analyzer, a background worker: /healthz and /readyz "
+                     "answer 200, every API route 404",
+    "robust-empty-db": "robust-api of the primus-robust-logging add-on, on a database without "
+                       "tables: routes under /api/v1, every write answers 500",
+}
+EMPTY_DB_ERROR = 'ERROR: relation "training_performance" does not exist (SQLSTATE 42P01)'
 
 PodTable = Union[Mapping[str, Optional[Sequence[str]]], Iterable[str]]
 
@@ -60,19 +79,25 @@ class Receiver:
     of names or a mapping ``{pod: [workload UID, ...]}`` is the whole pod cache, so other pods get
     "no valid workload found" and a pod with several UIDs is processed once per workload.
     ``faults``: settings of :class:`Faults`.  ``otlp``: also accept OTLP/HTTP metrics.
+    ``layout``: which server to answer as, one of :data:`LAYOUTS`.
     """
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = 0, db: str = ":memory:",
                  pods: Optional[PodTable] = None, faults: Optional[Mapping[str, Any]] = None,
-                 verbose: bool = False, otlp: bool = False) -> None:
+                 verbose: bool = False, otlp: bool = False, layout: str = "lens") -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
         self.host = host
         self.otlp = otlp
+        self.layout = layout
         self._port = port
         self._pods = None if pods is None else _pod_cache(pods)
         self._faults = FaultState(Faults.from_mapping(faults or {}))
         self._verbose = verbose
         self._store = Store(db)
         self._stopping = threading.Event()
+        self._delayed = 0  # requests now waiting out a fault delay
+        self._delayed_lock = threading.Lock()
         self._server: Optional[Server] = None
         self._thread: Optional[threading.Thread] = None
 
@@ -119,8 +144,13 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        """The base URL a client is configured with, ending in ``/v1``."""
-        return f"{self.otlp_endpoint}/v1"
+        """The base URL a client is configured with, ending in ``/v1`` (``/api/v1`` when the
+        layout is robust's)."""
+        return f"{self.otlp_endpoint}{self._prefix}/v1"
+
+    @property
+    def _prefix(self) -> str:
+        return "" if self.layout == "lens" else ROBUST_PREFIX
 
     @property
     def otlp_endpoint(self) -> str:
@@ -166,6 +196,12 @@ class Receiver:
         """Request counts by path and status, and row counts per table."""
         return self._store.stats()
 
+    def delayed(self) -> int:
+        """How many requests are waiting out a fault delay now: the event a test waits for
+        before it stops the receiver under a request in progress (instead of sleeping)."""
+        with self._delayed_lock:
+            return self._delayed
+
     def reset(self) -> None:
         """Forget everything stored (the faults stay)."""
         self._store.reset()
@@ -186,8 +222,9 @@ class Receiver:
         """Answer one request, transport aside; record it unless it is a control request.
         ``headers``: by lower-case name."""
         path, _, query = target.partition("?")
-        if path.startswith(CONTROL_PREFIX):
-            return self._control(method, path[len(CONTROL_PREFIX):], query, body)
+        for prefix in {CONTROL_PREFIX, self._prefix + CONTROL_PREFIX}:
+            if path.startswith(prefix):
+                return self._control(method, path[len(prefix):], query, body)
         received = time.time()
         accepted = Accepted()
         response = self._answer(method, path, query, headers, body, accepted, client_gone)
@@ -197,22 +234,25 @@ class Receiver:
 
     def _answer(self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes,
                 accepted: Accepted, client_gone: Callable[[], bool]) -> Response:
-        route = ROUTES.get(path)
+        if self.layout != "lens" and path in PROBES:
+            return plain(200, "ok") if method in ("GET", "HEAD") else not_found()
+        if self.layout == "robust-worker":
+            return not_found()  # "all HTTP routes are served by the api service"
+        local = self._local(path)
+        route = ROUTES.get(local)
         if self.otlp and path == otlp.PATH:
             if method != "POST":
                 return Response(405, b"405 method not allowed, supported: [POST]", "text/plain",
                                 (("Allow", "POST"),), note="405 method not allowed")
             route = OTLP
         if route is None or method != "POST":
-            if method == "POST" and path.endswith("/") and path[:-1] in ROUTES:  # gin's trailing slash
+            if method == "POST" and local.endswith("/") and local[:-1] in ROUTES:  # gin's trailing slash
                 location = path[:-1] + (f"?{query}" if query else "")
                 return Response(307, headers=(("Location", location),), note="307 redirect")
             return not_found()
         delay = self._faults.delay()
-        if delay > 0:
-            self._stopping.wait(delay)
-            if client_gone():  # the server's request context is cancelled: nothing stored
-                return Response(499, note="client closed the connection during the delay", send=False)
+        if delay > 0 and not self._wait_out(delay, client_gone):  # its context is cancelled
+            return Response(499, note="client closed the connection during the delay", send=False)
         if self._faults.garbage():
             return garbage(self._faults.faults.garbage_status)
         if route == OTLP:
@@ -227,8 +267,36 @@ class Receiver:
             return self._batch(request, accepted)
         return self._single(ENDPOINTS[route], request, accepted)
 
+    def _wait_out(self, delay: float, client_gone: Callable[[], bool]) -> bool:
+        """The fault delay, counted in ``delayed`` while it lasts; stopping cuts it short.  False
+        as soon as the client has gone (it gave up waiting), as a Go handler's context ends."""
+        with self._delayed_lock:
+            self._delayed += 1
+        deadline = time.monotonic() + delay
+        try:
+            while not self._stopping.wait(max(0.0, min(deadline - time.monotonic(), 0.05))):
+                if client_gone():
+                    return False
+                if time.monotonic() >= deadline:
+                    break
+            return not client_gone()
+        finally:
+            with self._delayed_lock:
+                self._delayed -= 1
+
+    def _local(self, path: str) -> str:
+        """``path`` as the Lens routes name it (``/v1/...``); "" where this layout has none."""
+        if not self._prefix:
+            return path
+        return path[len(self._prefix):] if path.startswith(self._prefix + "/v1/") else ""
+
     def _export(self, headers: Mapping[str, str], body: bytes, accepted: Accepted) -> Response:
-        """``POST /v1/metrics``: the OTLP/HTTP answers (spec: status codes and partial success)."""
+        """``POST /v1/metrics``: the OTLP/HTTP answers (spec: status codes and partial success),
+        after the faults of a proxy in front of it (a body limit, HTML pages with 200)."""
+        if self._faults.too_large(len(body)):
+            return plain(413, "413 Request Entity Too Large")
+        if self._faults.otlp_html():
+            return garbage(200)
         encoding = otlp.encoding_of(headers.get("content-type", ""))
         if encoding is None:
             return plain(415, f"415 unsupported media type, supported: [{otlp.JSON}, {otlp.PROTOBUF}]")
@@ -269,6 +337,8 @@ class Receiver:
         workloads = self._resolve(request["workload_uid"], request["pod_name"])
         if not workloads:
             return Part(0, 0, count, "no valid workload found")
+        if self.layout == "robust-empty-db":  # the write finds no table
+            return Part(len(workloads), 0, count, EMPTY_DB_ERROR)
         if self._faults.fails(endpoint.name):
             steps = len({item["step"] for item in items or []})
             return Part(len(workloads), 0, count, endpoint.failure.format(steps=steps))
@@ -303,6 +373,8 @@ class Receiver:
             return control_json(200, self.stats())
         if method == "GET" and name == "faults":
             return control_json(200, self.faults)
+        if method == "GET" and name == "delayed":
+            return control_json(200, {"delayed": self.delayed()})
         if method == "POST" and name == "faults":
             try:
                 settings = json.loads(body or b"{}")

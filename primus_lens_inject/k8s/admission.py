@@ -12,6 +12,11 @@ Every patch must also be one the API server accepts and that leaves a working po
 pod already uses for a volume or a container are never reused (ours get a numbered suffix), a
 missing ``metadata`` or list is created rather than indexed, and the annotations we write are
 bounded so they cannot push the pod over the API server's size limit for annotations.
+
+The work and the answer are bounded too, whatever the review holds: a pod with more than
+``MAX_CONTAINERS`` containers to inject (no real pod comes near; a 750 KB review can list
+50,000, whose patch would take 40 MB) or whose patch would exceed ``MAX_PATCH_BYTES`` is
+admitted unchanged, and a warning in the answer says why.
 """
 
 from __future__ import annotations
@@ -40,8 +45,12 @@ REVIEW_API_VERSION = "admission.k8s.io/v1"
 MAX_ANNOTATION_VALUE = 1024  # our annotations stay far below the API server's 256 KiB for all of them
 MAX_WARNING = 256  # the API server may truncate a longer warning
 MAX_WARNINGS = 10  # ... and ignores them beyond 4 KiB in all
+MAX_CONTAINERS = 32  # more containers to inject: the pod is admitted unchanged, before any patch
+MAX_PATCH_BYTES = 96 << 10  # a larger patch is not sent (its base64 answer stays under 128 KiB)
 
-_OUR_ENV_NAME = re.compile(r"^(PRIMUS_LENS|OTEL)_[A-Z0-9_]+$")  # ours, and OpenTelemetry's for the OTLP sink
+# Ours only: the OTEL_* names are read by every OpenTelemetry SDK in the pod (wandb's own exporter
+# to W&B among them), so the OTLP sink is configured by PRIMUS_LENS_OTLP_* (docs/otlp.md).
+_OUR_ENV_NAME = re.compile(r"^PRIMUS_LENS_[A-Z0-9_]+$")
 _SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")  # a DNS subdomain
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 _UID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -164,7 +173,7 @@ class Settings:
 
 
 def _settings_env(raw: Any) -> Tuple[Tuple[str, str], ...]:
-    """Reporting variables from the chart: PRIMUS_LENS_* and OTEL_* names only, string values."""
+    """Reporting variables from the chart: PRIMUS_LENS_* names only, string values."""
     if not isinstance(raw, Mapping):
         raise SettingsError("env must be an object of NAME: value")
     pairs = []
@@ -196,7 +205,7 @@ def _settings_secret_env(raw: Any) -> Tuple[Tuple[str, str, str], ...]:
 
 def _check_env_name(where: str, name: Any) -> None:
     if not isinstance(name, str) or not _OUR_ENV_NAME.match(name):
-        raise SettingsError(f"{where}: {name!r} is not a PRIMUS_LENS_* or OTEL_* variable name")
+        raise SettingsError(f"{where}: {name!r} is not a PRIMUS_LENS_* variable name")
 
 
 def unknown_env_names(settings: Settings, known: AbstractSet[str]) -> List[str]:
@@ -219,6 +228,7 @@ class Decision:
     patch: List[Dict[str, Any]] = field(default_factory=list)
     injected: List[str] = field(default_factory=list)  # containers injected by this patch
     skipped: Dict[str, str] = field(default_factory=dict)  # container -> reason
+    warning: str = ""  # why the whole pod was left alone, for the user (kubectl shows it)
 
 
 def escape(key: str) -> str:
@@ -265,9 +275,12 @@ def decide(pod: Any, settings: Settings) -> Decision:
         return Decision(f"opted out by the annotation {INJECT_KEY}")
     if _dict(spec.get("os"), "spec.os").get("name") == "windows":
         return Decision("a Windows pod")
+    selected, missing = _selection(annotations, containers, settings)
+    if len(selected) > MAX_CONTAINERS:
+        return _refused(f"{len(selected)} containers to inject, more than the {MAX_CONTAINERS} "
+                        "the webhook injects in one pod")
 
     names = _our_names(spec, settings)
-    selected, missing = _selection(annotations, containers, settings)
     decision = Decision("", skipped=missing)
     carrying: List[str] = []
     for index, container in enumerate(containers):
@@ -297,6 +310,12 @@ def decide(pod: Any, settings: Settings) -> Decision:
     else:
         decision.summary = "no container to inject"
     return decision
+
+
+def _refused(why: str) -> Decision:
+    """A pod left alone as a whole, with a warning that says why."""
+    return Decision(f"not injected: {why}", warning=_bounded(
+        f"primus-lens: pod not injected: {why}", MAX_WARNING))
 
 
 def _selection(annotations: Mapping[str, Any], containers: List[Dict[str, Any]],
@@ -528,14 +547,19 @@ def review(body: bytes, settings: Settings) -> Tuple[Dict[str, Any], Outcome]:
             outcome.decision = f"operation {request.get('operation')}; admitted unchanged"
         else:
             decision = decide(pod, settings)
+            patch = json.dumps(decision.patch, separators=(",", ":")).encode()
+            if len(patch) > MAX_PATCH_BYTES:
+                decision = _refused(f"its patch would take {len(patch)} bytes, more than "
+                                    f"{MAX_PATCH_BYTES}")
             outcome.decision = decision.summary
             outcome.injected, outcome.skipped = decision.injected, decision.skipped
             if decision.patch:
                 response["patchType"] = "JSONPatch"
-                response["patch"] = base64.b64encode(
-                    json.dumps(decision.patch, separators=(",", ":")).encode()).decode("ascii")
+                response["patch"] = base64.b64encode(patch).decode("ascii")
             if decision.skipped:
                 response["warnings"] = _warnings(decision.skipped)
+            if decision.warning:
+                response["warnings"] = [decision.warning]
     except Exception as exc:  # never block a pod: admit it as it is and say why in the log
         outcome.decision = "admitted unchanged after an error"
         outcome.error = f"{type(exc).__name__}: {exc}"

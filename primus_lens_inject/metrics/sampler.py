@@ -15,6 +15,7 @@ already carry figures without a slow library ever holding ``wandb.init`` up for 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Dict, List, Optional
 
 from .. import guard, log
@@ -93,12 +94,17 @@ class Sampler:
         self.snapshot = merged
         self.samples += 1
 
-    def stop(self) -> None:
-        """Stop sampling; the thread closes its sources (now, or after a call it is stuck in)."""
+    def stop(self, deadline: Optional[float] = None) -> None:
+        """Stop sampling; the thread closes its sources (now, or after a call it is stuck in).
+        Waits for it ``STOP_WAIT`` at most, and never past ``deadline`` (``time.monotonic()``,
+        the process end's): a source stuck in a driver call must not extend the exit (the
+        thread is a daemon, the interpreter does not wait for it either)."""
         self._stop.set()
         thread = self._thread
         if thread is None:
             for source in self.sources:
                 _close(source)
         elif thread is not threading.current_thread():
-            thread.join(timeout=STOP_WAIT)
+            wait = STOP_WAIT if deadline is None else min(STOP_WAIT, deadline - time.monotonic())
+            if wait > 0:
+                thread.join(timeout=wait)

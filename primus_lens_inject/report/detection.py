@@ -1,16 +1,19 @@
 """The framework-detection report: one ``POST wandb/detection`` body per wandb run (spec §4).
 
 Two halves, split by thread.  ``RunFacts.from_run`` (``runfacts``) runs on the training thread
-inside ``wandb.init`` and only copies what the run knows.  ``build_report`` runs later on the
+at the run's first row (the configuration is complete by then) and only copies what the run
+knows.  ``build_report`` runs later on the
 reporter's thread and assembles the body from the frameworks in use (``frameworks``), the
 ``hints`` their signals give, and the evidence sections (``environment``).
 
 The old exporter imported every framework it looked for, called ``torch.cuda``/``jax.devices()``
 and shelled out to ``rocm-smi``/``nvidia-smi`` inside ``wandb.init``, reported "installed" as
 "in use", sent empty environment values (which the server takes as a match) and the whole config
-unredacted (research/upstream-exporter.md, defects 10-21).  Here a framework is "in use" only if
-its module is already in ``sys.modules``; facts come from module attributes, package metadata,
-the environment and the GPU module's inventory; nothing is imported, called or spawned.  What
+unredacted.  Here a framework is "in use" only if
+its module is already in ``sys.modules`` and the run shows it uses it (``frameworks.used``: its
+code drove ``wandb.init`` or the first log, or its state is set up); facts come from module
+attributes, package metadata, the environment and the GPU module's inventory; nothing is
+imported, called or spawned.  What
 leaves is chosen by allow-list (``evidence``): framework variables only, values of expected shapes
 only, the config's safe scalars only, labels redacted; ``PRIMUS_LENS_EVIDENCE`` can cut it down
 to framework names and versions, or names only.  The rules are documented in docs/detection.md.
@@ -85,8 +88,9 @@ def build_report(facts: RunFacts, config: Config, topology: Topology,
     env = os.environ if environ is None else environ
     wandb_config = _wandb_config(facts.config)
     env_evidence = environment.variables(env)
-    imported = {fw.name: module for fw in WRAPPERS + BASES
-                for module in [frameworks.imported_module(fw)] if module}
+    imported = frameworks.used({fw.name: module for fw in WRAPPERS + BASES
+                                for module in [frameworks.imported_module(fw)] if module},
+                               facts.callers)
     in_use = [fw for fw in WRAPPERS + BASES if frameworks.in_use(fw, imported)]
     project = environment.label(facts.project)
     hint = hints(signals(imported, env_evidence, wandb_config, project))

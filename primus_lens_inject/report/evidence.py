@@ -12,7 +12,8 @@ is known to be safe (rules in docs/detection.md):
   anything else (free text, JSON text, command lines, URLs with credentials) becomes ``WITHHELD``;
 * whatever sits under a secret-looking key (``credentials.is_secret_key``) becomes ``WITHHELD``,
   whatever its type; so does the value after a secret-looking flag or name in a list or tuple
-  (``["--api-key", X]``, ``("HF_TOKEN", X)``) and the ``value`` beside such a ``name``;
+  (``["--api-key", X]``, ``("HF_TOKEN", X)``), a credential argument of a common client in a
+  list (``["mysql", "-pX"]``, ``["curl", "-u", X]``) and the ``value`` beside such a ``name``;
 * keys and labels (run name, tags) are free text that must pass: they are redacted
   (``label``), with random-looking words replaced too.
 
@@ -99,7 +100,7 @@ def label(text: str, max_str: int = 256) -> str:
         return f"[TRUNCATED: {len(text)} chars, not inspected]"
     if "\x00" in text:  # Postgres jsonb refuses NUL; the server stores what we send
         text = text.replace("\x00", "\ufffd")
-    text = credentials.redact_random_words(credentials.redact_text(text))
+    text = credentials.redact_label(text)
     if len(text) > max_str:
         text = f"{text[:max_str]}...[TRUNCATED: {len(text)} chars]"
     return text
@@ -209,9 +210,10 @@ def _node(source: Any, depth: int, limits: Limits, queue: Deque[Slot]) -> Any:
     items = list(source)
     kept = items[:limits.max_items]
     out: List[Any] = [None] * len(kept)
+    arguments = credentials.client_secrets(kept)  # ["mysql", "-pX"], ["curl", "-u", X]
     previous: Optional[Any] = None
     for index, item in enumerate(kept):
-        if _names_secret(previous):  # ["--api-key", X], ("HF_TOKEN", X)
+        if _names_secret(previous) or index in arguments:  # ["--api-key", X], ("HF_TOKEN", X)
             out[index] = WITHHELD
         else:
             queue.append((item, out, index, depth + 1))

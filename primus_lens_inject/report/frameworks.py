@@ -1,8 +1,14 @@
-"""The frameworks the detection report names, and how a loaded module proves one in use.
+"""The frameworks the detection report names, and how a process proves one in use.
 
-A framework is "in use" only if its module is already in ``sys.modules``; its version comes from
-a module attribute or package metadata, its state from a module global.  Nothing is imported,
-called or spawned (docs/detection.md).
+Being imported is not being used: torchmetrics (under every Lightning job) imports
+``transformers``, Megatron and DeepSpeed jobs import it for tokenizers.  So a framework counts
+only if its module is already in ``sys.modules`` *and* the run shows it is used (``used``): its
+code is on the run's call stack when wandb is started or first logged to (the training entry in
+use: HF's ``Trainer`` calls ``wandb.init`` and ``log`` itself, Lightning's logger does, Megatron's
+training loop does), or its state is initialised, or -- for the bases that no library imports on
+the side (Megatron, DeepSpeed, JAX) -- it is imported at all.  Its version comes from a module
+attribute or package metadata, its state from a module global.  Nothing is imported, called or
+spawned (docs/detection.md).
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from .runfacts import plain_text
 
@@ -28,14 +34,19 @@ class Framework:
     version_modules: Tuple[str, ...]  # whose __version__ to read, in order
     dists: Tuple[str, ...]  # distributions to ask importlib.metadata otherwise
     state: Tuple[Tuple[str, str], ...] = ()  # (module, global) set once the framework initialised
+    callers: Tuple[str, ...] = ()  # packages whose code on the run's stack proves use; none:
+    # imported counts as used (a base that no library imports on the side)
+    model_module: str = ""  # loaded only with the framework's model classes: proves use too
 
 
 PRIMUS = Framework("primus", WRAPPER, ("primus",), ("primus",), ("primus",),
-                   (("primus.core.utils.global_vars", "_GLOBAL_PRIMUS_CFG"),))
+                   (("primus.core.utils.global_vars", "_GLOBAL_PRIMUS_CFG"),), ("primus",))
 LIGHTNING = Framework("lightning", WRAPPER, ("lightning", "pytorch_lightning"),
-                      ("lightning", "pytorch_lightning"), ("lightning", "pytorch-lightning"))
+                      ("lightning", "pytorch_lightning"), ("lightning", "pytorch-lightning"),
+                      callers=("lightning", "pytorch_lightning"))
 HF_TRAINER = Framework("transformers_trainer", WRAPPER, ("transformers.trainer",),
-                       ("transformers",), ("transformers",))
+                       ("transformers",), ("transformers",),
+                       callers=("transformers.trainer", "transformers.trainer_seq2seq"))
 MEGATRON = Framework("megatron", BASE, ("megatron",), ("megatron.core", "megatron"),
                      ("megatron-core", "megatron-lm"),
                      (("megatron.training.global_vars", "_GLOBAL_ARGS"),
@@ -44,7 +55,8 @@ DEEPSPEED = Framework("deepspeed", BASE, ("deepspeed",), ("deepspeed",), ("deeps
                       (("deepspeed.comm.comm", "cdb"),))
 JAX = Framework("jax", BASE, ("jax",), ("jax",), ("jax",), (("jax._src.xla_bridge", "_backends"),))
 TRANSFORMERS = Framework("transformers", BASE, ("transformers",), ("transformers",),
-                         ("transformers",))
+                         ("transformers",), callers=("transformers",),
+                         model_module="transformers.modeling_utils")
 
 WRAPPERS = (PRIMUS, LIGHTNING, HF_TRAINER)
 BASES = (MEGATRON, DEEPSPEED, JAX, TRANSFORMERS)  # the server's base priority order
@@ -84,6 +96,16 @@ def loaded(name: str) -> Any:
     return sys.modules.get(name)  # a None entry (import blocked) counts as absent
 
 
+# Megatron-LM (``megatron``; megatron-core and Megatron-Bridge live in it too) and Primus's
+# Megatron backends: the frameworks that log on the last rank (docs/reporting.md).
+MEGATRON_STYLE = ("megatron", "primus.backends.megatron", "primus.backends.megatron_bridge")
+
+
+def megatron_style() -> Optional[str]:
+    """The first Megatron-style module this process has imported, or None (O(1) look-ups)."""
+    return next((name for name in MEGATRON_STYLE if loaded(name) is not None), None)
+
+
 def global_of(module: Any, name: str) -> Any:
     """A global of a loaded module, read from its namespace: no module ``__getattr__`` (lazy
     loaders such as torch's or transformers' import submodules on demand) and no property runs."""
@@ -95,6 +117,28 @@ def global_of(module: Any, name: str) -> Any:
 
 def imported_module(fw: Framework) -> Optional[str]:
     return next((m for m in fw.modules if loaded(m) is not None), None)
+
+
+def on_stack(fw: Framework, callers: Sequence[str]) -> bool:
+    """Whether a module of ``fw.callers`` (or one inside those packages) is among ``callers``."""
+    return any(name == package or name.startswith(package + ".")
+               for name in callers for package in fw.callers)
+
+
+def used(imported: Mapping[str, str], callers: Sequence[str]) -> Dict[str, str]:
+    """Of the imported frameworks (``{name: module}``), those the run shows it uses.
+
+    ``callers`` are the module names of the frames on the run's stack when wandb was started and
+    first logged to (``RunFacts.callers``).  A framework with ``callers`` is used when its code
+    is among them, its state is initialised, or its ``model_module`` is loaded (the classes of
+    a model were loaded: torchmetrics' lazy look-ups into ``transformers`` load none); one
+    without ``callers`` is used when imported.  With no stack seen every import counts.
+    """
+    if not callers:
+        return dict(imported)
+    return {fw.name: imported[fw.name] for fw in WRAPPERS + BASES if fw.name in imported and (
+        not fw.callers or on_stack(fw, callers) or _initialized(fw) is True
+        or (fw.model_module and loaded(fw.model_module) is not None))}
 
 
 def in_use(fw: Framework, imported: Mapping[str, str]) -> bool:

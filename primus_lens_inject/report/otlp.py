@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import __version__
 
@@ -33,8 +33,10 @@ KEY_PREFIX = "wandb."
 KEY_ATTRIBUTE = "wandb.key"
 MAX_NAME = 255
 CACHE_LIMIT = 50_000  # metric descriptions kept; a run with more distinct keys starts over
+PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")  # what we send, and accept
 
 _OUTSIDE_NAME = re.compile(r"[^A-Za-z0-9_./-]")
+_INTEGER = re.compile(r"-?[0-9]{1,19}\Z")  # an int64 as OTLP/JSON writes it
 _GPU_KEY = re.compile(r"_primus_gpu_(?:(\d+)_)?([a-z_]+)\Z")
 _SYS_PREFIX = "_primus_sys_"
 
@@ -155,9 +157,17 @@ class Encoder:
             found = self._metrics[key] = describe(key)
         return found
 
-    def body(self, resource: Attributes, entries: List[Dict[str, Any]]) -> Tuple[bytes, int]:
-        """One ``ExportMetricsServiceRequest`` for ``entries`` (``wire.log_entry`` shapes of one
-        run), and its number of data points."""
+    def bodies(self, resource: Attributes, entries: List[Dict[str, Any]],
+               limit: int) -> Tuple[List[bytes], int]:
+        """``entries`` (``wire.log_entry`` shapes of one run) as ``ExportMetricsServiceRequest``
+        bodies of at most ``limit`` bytes each (before compression), and their number of data
+        points.  A request too large is halved by data points, so a row of 60,000 keys becomes
+        a few requests and each point, the step's included, is sent once; only a lone point
+        larger than the limit goes as it is."""
+        points = self._points(entries)
+        return self._bounded(resource, points, limit), sum(len(p) for p in points.values())
+
+    def _points(self, entries: List[Dict[str, Any]]) -> Dict[Metric, List[Tuple[int, float]]]:
         steps = self._steps
         points: Dict[Metric, List[Tuple[int, float]]] = {steps: []}
         metric = self.metric
@@ -170,10 +180,28 @@ class Encoder:
                 if found is None:
                     found = points[info] = []
                 found.append((at, value * info.scale))
-        count = sum(len(p) for p in points.values())
+        return points
+
+    def _request(self, resource: Attributes, points: Dict[Metric, List[Tuple[int, float]]]
+                 ) -> bytes:
         if self.json:
-            return _json_request(resource, points), count
-        return _protobuf_request(resource, points), count
+            return _json_request(resource, points)
+        return _protobuf_request(resource, points)
+
+    def _bounded(self, resource: Attributes, points: Dict[Metric, List[Tuple[int, float]]],
+                 limit: int) -> List[bytes]:
+        body = self._request(resource, points)
+        flat = [(info, point) for info, values in points.items() for point in values]
+        if len(body) <= limit or len(flat) < 2:
+            return [body]
+        half = len(flat) // 2
+        out: List[bytes] = []
+        for part in (flat[:half], flat[half:]):
+            grouped: Dict[Metric, List[Tuple[int, float]]] = {}
+            for info, point in part:
+                grouped.setdefault(info, []).append(point)
+            out += self._bounded(resource, grouped, limit)
+        return out
 
 
 # -- protobuf ---------------------------------------------------------------------------------
@@ -284,31 +312,61 @@ def _json_request(resource: Attributes, points: Dict[Metric, List[Tuple[int, flo
 
 # -- the answer -------------------------------------------------------------------------------
 
-def partial_success(body: bytes, json_body: bool) -> Tuple[int, str]:
-    """(rejected data points, error message) of an ``ExportMetricsServiceResponse``; (0, "")
-    for an empty or unreadable body (an empty answer means everything was accepted)."""
+def read_answer(content_type: str, body: bytes) -> Optional[Tuple[int, str]]:
+    """(rejected data points, error message) of a 2xx answer that is an
+    ``ExportMetricsServiceResponse`` in the encoding its ``Content-Type`` names, (0, "") for an
+    empty body (the specification lets a server answer so); None for anything else, such as the
+    HTML page of a proxy or an ingress default backend, which proves nothing was exported."""
     if not body:
         return 0, ""
-    if json_body:
-        try:
-            partial = json.loads(body).get("partialSuccess") or {}
-            return int(partial.get("rejectedDataPoints") or 0), \
-                str(partial.get("errorMessage") or "")
-        except (ValueError, TypeError, AttributeError):
-            return 0, ""
+    media = content_type.partition(";")[0].strip().lower()
     try:
-        partial = _fields(body).get(1, [b""])[-1]
-        found = _fields(partial)
-        rejected = found.get(1, [0])[-1]
-        message = found.get(2, [b""])[-1]
-        return (rejected if isinstance(rejected, int) else 0,
-                message.decode("utf-8", "replace") if isinstance(message, bytes) else "")
-    except (ValueError, IndexError):
-        return 0, ""
+        if media == "application/json":
+            return _json_answer(json.loads(body))
+        if media in PROTOBUF_TYPES:
+            return _protobuf_answer(body)
+    except (ValueError, TypeError, IndexError, RecursionError):
+        pass
+    return None
+
+
+def _json_answer(answer: Any) -> Optional[Tuple[int, str]]:
+    """OTLP/JSON: an object whose ``partialSuccess`` (proto3 JSON also allows the proto name),
+    when present, holds an integer count and a string message."""
+    if not isinstance(answer, dict):
+        return None
+    partial = answer.get("partialSuccess", answer.get("partial_success")) or {}
+    if not isinstance(partial, dict):
+        return None
+    rejected = partial.get("rejectedDataPoints", partial.get("rejected_data_points")) or 0
+    message = partial.get("errorMessage", partial.get("error_message")) or ""
+    if isinstance(rejected, str) and _INTEGER.match(rejected):
+        rejected = int(rejected)
+    if type(rejected) is not int or not isinstance(message, str):
+        return None
+    return rejected, message
+
+
+def _protobuf_answer(body: bytes) -> Optional[Tuple[int, str]]:
+    """The binary message: field 1 a message whose field 1 is a varint and field 2 UTF-8 text
+    (unknown fields skipped, as protobuf readers do); anything malformed is not an answer."""
+    outer = _fields(body)
+    partial = outer.get(1, [b""])[-1]
+    if not isinstance(partial, bytes):
+        return None
+    found = _fields(partial)
+    rejected = found.get(1, [0])[-1]
+    message = found.get(2, [b""])[-1]
+    if not isinstance(rejected, int) or not isinstance(message, bytes):
+        return None
+    if rejected >= 1 << 63:  # int64 on the wire: two's complement
+        rejected -= 1 << 64
+    return rejected, message.decode("utf-8")
 
 
 def _fields(data: bytes) -> Dict[int, List[Any]]:
-    """A protobuf message's varint and length-delimited fields by number (others skipped)."""
+    """A protobuf message's varint and length-delimited fields by number (others skipped);
+    ValueError or IndexError for bytes that are not a well-formed message."""
     out: Dict[int, List[Any]] = {}
     at = 0
     while at < len(data):
@@ -323,6 +381,8 @@ def _fields(data: bytes) -> Dict[int, List[Any]]:
             value, at = None, at + (8 if kind == 1 else 4)
         else:
             raise ValueError("unsupported wire type")
+        if at > len(data) or tag >> 3 == 0:
+            raise ValueError("truncated message or field number 0")
         if value is not None:
             out.setdefault(tag >> 3, []).append(value)
     return out
@@ -342,4 +402,4 @@ def _read_varint(data: bytes, at: int) -> Tuple[int, int]:
 
 
 def content_type(protocol: str) -> str:
-    return "application/json" if protocol == "http/json" else "application/x-protobuf"
+    return "application/json" if protocol == "http/json" else PROTOBUF_TYPES[0]

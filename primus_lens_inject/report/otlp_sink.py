@@ -1,9 +1,13 @@
 """The OTLP sink: the record's rows as OTLP/HTTP metrics, from a cursor of its own
 (``wandb_metrics.otlp.cursor``), with the guarantees of every ``sink.RowsSink``.
 
-Imported only when ``PRIMUS_LENS_OTLP=true``.  Answers are classified as the OTLP/HTTP
-specification says: 2xx accepted (a ``partial_success`` that rejected points is still accepted:
-said once, not retried, the rejected points counted); 429, 502, 503 and 504 retried with backoff,
+Imported only when ``PRIMUS_LENS_OTLP=true``.  A request body stays under 1 MiB (a larger batch,
+or one huge row, is split by data points: ``otlp.Encoder.bodies``).  Answers are classified as the
+OTLP/HTTP specification says: a 2xx counts only when its body is an ``ExportMetricsServiceResponse``
+in the encoding its ``Content-Type`` names, or empty (an HTML page from a proxy or an ingress
+default backend proves nothing was exported: retried like a busy endpoint, said once); a
+``partial_success`` that rejected points is still accepted (said once per process, not retried,
+the rejected points counted in the status file); 429, 502, 503 and 504 retried with backoff,
 or after ``Retry-After`` when the endpoint gives one; transport errors retried; every other 4xx and
 5xx not retried: the batch is dropped (it stays in the record) and said once.  401, 403, 404, 405
 and redirects mean a wrong endpoint or credentials, which every later batch would meet too: the
@@ -19,8 +23,9 @@ import os
 import socket
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from urllib.parse import urlsplit, urlunsplit
 
-from .. import log
+from .. import credentials, log
 from ..config import Config
 from ..topology import Topology
 from . import otlp, owner, transport, wire
@@ -36,7 +41,7 @@ GZIP_LEVEL = 1  # the sink runs beside training: the cheapest level, most of the
 
 
 class Settings(NamedTuple):
-    """The OTLP exporter settings in effect, metrics-specific variables winning."""
+    """The OTLP exporter settings in effect (``settings`` says which variable wins)."""
 
     endpoint: str
     headers: Tuple[Tuple[str, str], ...]
@@ -46,23 +51,49 @@ class Settings(NamedTuple):
     certificate: Optional[str]
     client_certificate: Optional[str]
     client_key: Optional[str]
+    resource_attributes: Tuple[Tuple[str, str], ...]
+    service_name: str
 
 
 def settings(config: Config) -> Settings:
+    """Each setting from the first of ``PRIMUS_LENS_OTLP_*``, ``OTEL_EXPORTER_OTLP_METRICS_*``,
+    ``OTEL_EXPORTER_OTLP_*`` that is set (the last has the defaults).  Our own names come first
+    because the chart sets them: the ``OTEL_*`` names are also read by every OpenTelemetry SDK in
+    the process (wandb ≥ 0.31 exports to W&B with one), so they stay a fallback for runs by hand.
+    A full metrics URL wins over a base URL of the same tier."""
     def pick(name: str) -> Any:
-        specific = getattr(config, f"otlp_metrics_{name}")
-        return getattr(config, f"otlp_{name}") if specific is None else specific
+        for tier in ("otlp", "otel_metrics"):
+            value = getattr(config, f"{tier}_{name}")
+            if value is not None:
+                return value
+        return getattr(config, f"otel_{name}")
 
-    endpoint = config.otlp_metrics_endpoint or config.otlp_endpoint + METRICS_PATH
+    endpoint = (config.otlp_metrics_endpoint or _metrics_url(config.otlp_endpoint)
+                or config.otel_metrics_endpoint or _metrics_url(config.otel_endpoint))
+    service = config.otlp_service_name
     return Settings(endpoint, pick("headers"), pick("timeout") / 1000.0,
-                    pick("compression") == "gzip",
-                    pick("protocol"), pick("certificate"), pick("client_certificate"),
-                    pick("client_key"))
+                    pick("compression") == "gzip", pick("protocol"), pick("certificate"),
+                    pick("client_certificate"), pick("client_key"),
+                    (config.otel_resource_attributes if config.otlp_resource_attributes is None
+                     else config.otlp_resource_attributes),
+                    config.otel_service_name if service is None else service)
 
 
-def classify(status: int, message: str) -> Tuple[str, str]:
-    """(action, reason) of an OTLP/HTTP answer; ``status`` 0: no answer (transport error)."""
+def _metrics_url(base: Optional[str]) -> str:
+    """``{base}/v1/metrics``, a query string (a function key, a signature) kept at the end."""
+    if not base:
+        return ""
+    parts = urlsplit(base)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + METRICS_PATH))
+
+
+def classify(status: int, message: str, understood: bool = True) -> Tuple[str, str]:
+    """(action, reason) of an OTLP/HTTP answer; ``status`` 0: no answer (transport error);
+    ``understood``: a 2xx body is an ``ExportMetricsServiceResponse`` (``otlp.read_answer``)."""
     if 200 <= status < 300:
+        if not understood:
+            return RETRY, (f"HTTP {status} whose body is not an OTLP ExportMetricsServiceResponse "
+                           "(a proxy or another service answers at this address?)")
         return OK, ""
     if status == 0:
         return RETRY, message or "connection failed"
@@ -70,7 +101,7 @@ def classify(status: int, message: str) -> Tuple[str, str]:
         return RETRY, f"endpoint busy or unavailable (HTTP {status})"
     if status in REFUSED or 300 <= status < 400:
         return STOP, (f"endpoint refused the credentials or the address (HTTP {status}); check "
-                      "OTEL_EXPORTER_OTLP_(METRICS_)ENDPOINT and _HEADERS")
+                      "PRIMUS_LENS_OTLP_ENDPOINT and PRIMUS_LENS_OTLP_HEADERS (docs/otlp.md)")
     return DROP, f"endpoint rejected the batch (HTTP {status}{': ' + message if message else ''})"
 
 
@@ -124,8 +155,11 @@ class OtlpRows(RowsSink):
 
     def encode(self, batch: Batch, now: float) -> List[bytes]:
         writer, run_id, entries = batch
-        body, _points = self.encoder.body(self._resource(writer, run_id), entries)
-        return [gzip.compress(body, GZIP_LEVEL) if self.settings.gzip else body]
+        bodies, _points = self.encoder.bodies(self._resource(writer, run_id), entries,
+                                              wire.MAX_BODY)
+        if self.settings.gzip:
+            return [gzip.compress(body, GZIP_LEVEL) for body in bodies]
+        return bodies
 
     def _resource(self, writer: owner.Writer, run_id: str) -> List[Tuple[str, Any]]:
         key = (id(writer), run_id)
@@ -138,9 +172,13 @@ class OtlpRows(RowsSink):
             instance = f"{pod['pod_name'] or socket.gethostname()}/rank{writer.rank}"
             if len(self._resources) > 64:
                 self._resources.clear()
+            # the run's own free text goes through the rule of the rows' keys (wire.sendable)
+            # and of the detection report's run labels: a token may stand alone in a name
             found = self._resources[key] = otlp.resource_attributes(
-                config.otel_service_name, instance, pod, self.topology, writer.rank, run_id,
-                os.environ.get("WANDB_PROJECT", ""), config.otel_resource_attributes)
+                self.settings.service_name, instance, pod, self.topology, writer.rank,
+                credentials.redact_label(run_id),
+                credentials.redact_label(os.environ.get("WANDB_PROJECT", "")),
+                self.settings.resource_attributes)
         return found
 
     def retry_after(self) -> Optional[float]:
@@ -148,30 +186,36 @@ class OtlpRows(RowsSink):
 
     def post(self, client: Any, body: bytes) -> Tuple[str, str]:
         self._asked = None
-        content = b""
+        answer: Optional[Tuple[int, str]] = None
         try:
             response = client.post(self.endpoint, content=body)
-            status, content = response.status_code, response.content
-            message = "" if 200 <= status < 300 else _status_text(content)
+            status, message = response.status_code, ""
+            if 200 <= status < 300:
+                answer = otlp.read_answer(response.headers.get("Content-Type", ""),
+                                          response.content)
+            else:
+                message = _status_text(response.content)
             if status in RETRYABLE:
                 self._asked = retry_after(response.headers.get("Retry-After"))
         except Exception as exc:  # httpx.TransportError and anything below it
             status, message = 0, f"{type(exc).__name__}: {exc}"
-        action, reason = classify(status, message)
+        action, reason = classify(status, message, answer is not None or not 200 <= status < 300)
         answered(self.stats, action, reason, f"OTLP export to {self.endpoint}",
                  f"otlp-{action}-{status}")
-        if action == OK:
-            self._partial(content)
+        if answer is not None:
+            self._partial(*answer)
         return action, reason
 
-    def _partial(self, content: bytes) -> None:
-        rejected, message = otlp.partial_success(content, self.settings.protocol == "http/json")
-        if rejected:
+    def _partial(self, rejected: int, message: str) -> None:
+        """A partial success: the rejected points are counted (a running count under the status
+        file's ``otlp.dropped``), and said once per process, not once per batch."""
+        if rejected > 0:
             self.stats.dropped["data points rejected by the OTLP endpoint"] += rejected
-        if rejected or message:
+        if rejected > 0 or message:
             log.warn(f"OTLP export to {self.endpoint}: the endpoint accepted a batch partly "
                      f"({rejected} data points rejected: {message or 'no reason given'}); "
-                     "not retried", key=f"otlp-partial-{message[:40]}")
+                     "not retried; said once, the status file counts every rejected point "
+                     "(otlp.dropped)", key="otlp-partial")
 
     def stopped(self, reason: str) -> None:
         super().stopped(reason)

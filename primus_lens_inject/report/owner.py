@@ -9,11 +9,15 @@ into it, so two owners in one workload must not send the same keys.  Which owner
 has to be decided from what a process knows when its run starts, identically in every process,
 with no coordination (a registry of owners would race across pods).  The rule, per run:
 
-* a run in a wandb group (``group=`` or ``WANDB_RUN_GROUP``) says it is one of several runs of
-  one job: its keys get its label, ``rank{R}/`` (or the replica/rank tokens of its name, e.g.
-  ``replica1-rank3/``, where launchers leave the rank unset);
-* otherwise the owner at global rank 0 or at the last global rank sends plain keys: these are
-  the conventions of single-owner jobs (everyone's rank 0, Megatron's last rank);
+* a run in a wandb group (the run's own ``group`` as wandb resolved it: ``group=``, which
+  Primus's trainers fill from ``WANDB_GROUP``, or ``WANDB_RUN_GROUP``) says it is one of several
+  runs of one job: its keys get its label, ``rank{R}/`` (or the replica/rank tokens of its
+  name, e.g. ``replica1-rank3/``, where launchers leave the rank unset);
+* otherwise the owner at global rank 0 sends plain keys (everyone's convention), and so does the
+  owner at the last global rank when the process has imported a Megatron-style framework
+  (Megatron-LM, Primus's Megatron backends: ``frameworks.megatron_style``), whose convention is
+  to log there; without one the last rank is labelled, or a script whose every rank starts a run
+  would have rank 0 and the last rank overwrite each other;
 * any other owner is prefixed too: a run started on a middle rank cannot know that no other rank
   started one (TorchTitan's pipeline owner and per-node runs look the same from inside).
 
@@ -36,7 +40,7 @@ from typing import Any, Dict, Optional, Tuple
 from .. import credentials
 from ..config import Config
 from ..topology import Topology
-from . import spool, wire
+from . import frameworks, spool, wire
 
 WRITERS_SUFFIX = ".writers"
 _NAME_TOKEN = re.compile(r"(?i)(?<![a-z])(replica|rank)[-_]?(\d+)")
@@ -118,8 +122,10 @@ def label(topology: Topology, run_name: str) -> str:
     return f"rank{topology.rank}"
 
 
-def key_prefix(config: Config, topology: Topology, group: str, run_name: str) -> Tuple[str, str]:
-    """The rule of the module docstring: (prefix, why)."""
+def key_prefix(config: Config, topology: Topology, group: str, run_name: str,
+               megatron: Optional[str] = None) -> Tuple[str, str]:
+    """The rule of the module docstring: (prefix, why).  ``megatron``: the Megatron-style module
+    the process has imported, if any."""
     mine = label(topology, run_name) + "/"
     policy = config.report_ranks
     if policy == "all":
@@ -130,9 +136,15 @@ def key_prefix(config: Config, topology: Topology, group: str, run_name: str) ->
         return mine, (f"the run is in wandb group {credentials.scrub(group)!r}: "
                       "one of several runs of one job")
     last = topology.world_size - 1
-    if topology.rank in (0, last):
-        which = "rank 0" if topology.rank == 0 else f"the last rank ({last})"
-        return "", f"the run is on {which}, a single-owner convention: plain keys"
+    if topology.rank == 0:
+        return "", "the run is on rank 0, a single-owner convention: plain keys"
+    if topology.rank == last and megatron:
+        return "", (f"the run is on the last rank ({last}) and {megatron} is imported: "
+                    "Megatron's single-owner convention, plain keys")
+    if topology.rank == last:
+        return mine, (f"the run is on the last rank ({last}) without a Megatron-style framework "
+                      f"({', '.join(frameworks.MEGATRON_STYLE)}) imported: rank 0 may own "
+                      "a run too")
     return mine, (f"the run is on global rank {topology.rank}, neither the first nor the last: "
                   "another rank may own a run too")
 
@@ -150,7 +162,7 @@ def writer_for(config: Config, topology: Topology, run: Any) -> Writer:
     if report and disabled and topology.rank != 0 and not _disabled_job_wide(env):
         # `wandb.init(mode="disabled")` on all ranks but one: the code chose another owner
         report, why = False, "the run is in wandb's disabled mode on a rank other than 0"
-    prefix, how = key_prefix(config, topology, group, name)
+    prefix, how = key_prefix(config, topology, group, name, frameworks.megatron_style())
     identity = wire.identity(config) if config.has_identity else {}
     return Writer(identity, topology.rank, report, prefix, f"{why}; {how}" if report else why)
 
@@ -197,10 +209,12 @@ class Writers:
 
 def explain(config: Config, topology: Topology) -> Dict[str, Any]:
     """For doctor: does this process report, and how its keys would be named (no run yet: the
-    group comes from ``WANDB_RUN_GROUP``, the name from ``WANDB_NAME``/``WANDB_RUN_NAME``)."""
+    group comes from ``WANDB_RUN_GROUP``, or ``WANDB_GROUP``, which Primus's trainers pass as
+    ``group=``; the name from ``WANDB_NAME``/``WANDB_RUN_NAME``; doctor imports no Megatron)."""
     report, why = process_reports(config, topology)
     group, name, _ = run_traits(None)
-    prefix, how = key_prefix(config, topology, group, name)
+    group = group or os.environ.get("WANDB_GROUP", "").strip()
+    prefix, how = key_prefix(config, topology, group, name, frameworks.megatron_style())
     return {"reports": report, "why": why, "policy": config.report_ranks,
             "global_rank": topology.rank, "world_size": topology.world_size,
             "key_prefix": prefix, "key_prefix_why": how}

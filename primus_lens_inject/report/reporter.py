@@ -37,7 +37,20 @@ from ..config import Config, endpoint_hint
 from ..topology import Topology
 from . import owner, transport, wire
 from .detection_queue import DetectionQueue
-from .policy import DROP, OK, RETRY, STOP, Backoff, acknowledges, classify, envelope_message
+from .policy import (
+    DROP,
+    OK,
+    RETRY,
+    STOP,
+    WORKER_HINT,
+    Backoff,
+    Streak,
+    acknowledges,
+    answer_text,
+    classify,
+    envelope_message,
+    give_up,
+)
 from .sink import OWNER_POLL, Batch, Control, RowsSink, answered
 from .status import Stats, write_status
 
@@ -119,6 +132,8 @@ class Reporter:
         self._describe_gpus = inventory
         self._inventory: Optional[Dict[str, Any]] = None
         self._status_written = 0.0
+        self._streaks: Dict[str, Streak] = {}  # one per endpoint: each has its own thread
+        self._probed_404 = False
 
     # -- the session's side -----------------------------------------------------------------
 
@@ -163,11 +178,28 @@ class Reporter:
                     settled, delivered = self._settled(target)
                     if delivered:
                         return True
-                    if settled or deadline - time.monotonic() <= 0:
+                    if settled:
+                        return False
+                    if deadline - time.monotonic() <= 0:
+                        self._unanswered(target)
                         return False
                     control.progress.wait(min(deadline - time.monotonic(), 0.1))
         finally:
             control.flushing = False
+
+    def _unanswered(self, target: int) -> None:
+        """The budget ran out while a sink still waited for an answer (a server that accepts
+        and never answers fails nothing, so nothing else would say it): once per sink, and its
+        ``last_error`` in the status file."""
+        for sink in self.sinks:
+            if sink.failures or sink.stats.last_error or self._sink_settled(sink, target)[1]:
+                continue  # a failing sink has said why; a delivered one has nothing to say
+            where = (f"reporting to {self.base_url}" if sink is self.lens
+                     else f"OTLP export to {getattr(sink, 'endpoint', '')}")
+            sink.stats.last_error = "no answer within the process end's budget"
+            log.warn(f"{where}: the process end's budget ({self.config.shutdown_timeout:g} s) "
+                     "ran out waiting for an answer; the rows not acknowledged stay in the local "
+                     "record", key=f"unanswered-{sink.name}")
 
     def _settled(self, target: int) -> Tuple[bool, bool]:
         """(nothing more to wait for, everything delivered) over all sinks."""
@@ -216,6 +248,10 @@ class Reporter:
         self._write_status()
 
     def post(self, client: Any, endpoint: str, body: bytes) -> Tuple[str, str]:
+        """POST one body to ``{base}/wandb/{endpoint}``: (``policy`` action, reason), the action
+        made STOP (or DROP) once the server has given the same failing answer for the window."""
+        content = b""
+        said_as = ""  # the key of a line that said this answer already (one line per failure)
         try:
             response = client.post(f"{self.base_url}/wandb/{endpoint}", content=body)
             status, content = response.status_code, response.content
@@ -224,13 +260,28 @@ class Reporter:
         except Exception as exc:  # httpx.TransportError and anything below it
             status, message, enveloped = 0, f"{type(exc).__name__}: {exc}", True
             if transport.unresolved(exc):
-                log.warn(endpoint_hint(self.config, "does not resolve"), key="endpoint-hint")
+                said_as = "endpoint-hint"
+                log.warn(endpoint_hint(self.config, "does not resolve"), key=said_as)
         if status == 404:
             log.warn(endpoint_hint(self.config, "answers HTTP 404"), key="endpoint-hint")
-        action, reason = classify(status, message, enveloped)
+            self._diagnose_404(client)
+        action, reason = classify(status, message, enveloped, self.config.robust)
+        streak = self._streaks.setdefault(endpoint, Streak(self.config.api_give_up_after))
+        if streak.answer(action, status, message):
+            action, reason = give_up(streak, status, answer_text(status, content))
         answered(self.stats, action, reason, f"reporting to {self.base_url}",
-                 f"reporter-{action}-{status}-{message[:40]}-{enveloped}")
+                 said_as or f"reporter-{action}-{status}-{message[:40]}-{enveloped}")
         return action, reason
+
+    def _diagnose_404(self, client: Any) -> None:
+        """At the first 404: a host whose ``/healthz`` answers 200 is a service without the API
+        (robust 1.0.6's robust-analyzer worker); said once, for the process."""
+        if self._probed_404:
+            return
+        self._probed_404 = True
+        if transport.healthy_host(client, self.base_url):
+            log.warn(f"{self.base_url} answers HTTP 404 but its host's /healthz answers 200: "
+                     f"{WORKER_HINT}", key="robust-worker")
 
     def _detection_loop(self) -> None:
         client = None

@@ -1,15 +1,21 @@
 """What the training thread takes from a wandb run for its detection report (``RunFacts``).
 
-``RunFacts.from_run`` runs on the training thread inside ``wandb.init`` and only copies what the
-run knows (project, name, id, tags, a shallow copy of the config); it reads no module, file or
-environment and cannot raise.  The report itself is built later, on the reporter's thread
-(``detection.build_report``).
+Hugging Face's ``Trainer`` and Lightning fill ``wandb.config`` after ``wandb.init``, so the facts
+are taken when the run's first row is logged (or when it finishes, or the process ends, if it
+never logs): ``RunFacts.from_run`` runs on the training thread then and only copies what the run
+knows (project, name, id, tags, a shallow copy of the config), together with the modules on the
+call stack at ``wandb.init`` and at that moment (``caller_modules``: which training entry drives
+the run); it reads no module, file or environment and cannot raise.  The report itself is built
+later, on the reporter's thread (``detection.build_report``).
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Sequence, Tuple
+
+MAX_FRAMES = 256  # deeper stacks are cut: the training entry sits near the top of the walk
 
 
 def plain_text(value: Any, limit: int = 1024) -> str:
@@ -53,6 +59,24 @@ def _shallow_copy(items: Mapping) -> Dict[str, Any]:
     return copy
 
 
+def caller_modules(limit: int = MAX_FRAMES) -> Tuple[str, ...]:
+    """The distinct module names (``__name__`` of each frame's globals) on the calling thread's
+    stack, innermost first, at most ``limit`` frames: one dict look-up per frame, never raises."""
+    names: Dict[str, None] = {}
+    try:
+        frame: Any = sys._getframe(1)
+        for _ in range(limit):
+            if frame is None:
+                break
+            name = frame.f_globals.get("__name__")
+            if type(name) is str:
+                names[name] = None
+            frame = frame.f_back
+    except Exception:  # an interpreter without frames
+        pass
+    return tuple(names)
+
+
 def _tags(value: Any) -> Tuple[str, ...]:
     if not isinstance(value, (list, tuple)):
         return ()
@@ -61,16 +85,17 @@ def _tags(value: Any) -> Tuple[str, ...]:
 
 @dataclass(frozen=True)
 class RunFacts:
-    """What one wandb run says about itself, copied at ``wandb.init`` on the training thread."""
+    """What one wandb run says about itself, copied on the training thread at its first row."""
 
     project: str = ""
     name: str = ""
     id: str = ""
     tags: Tuple[str, ...] = ()
     config: Dict[str, Any] = field(default_factory=dict)
+    callers: Tuple[str, ...] = ()  # ``caller_modules`` at init and now; empty: not seen
 
     @classmethod
-    def from_run(cls, run: Any) -> RunFacts:
+    def from_run(cls, run: Any, callers: Sequence[str] = ()) -> RunFacts:
         """O(number of top-level config keys), no I/O, never raises.
 
         Nested config values are shared with the run, not copied: ``build_report`` reads each
@@ -81,6 +106,7 @@ class RunFacts:
                        name=plain_text(_run_attr(run, "name")),
                        id=plain_text(_run_attr(run, "id")),
                        tags=_tags(_run_attr(run, "tags")),
-                       config=_config_dict(_run_attr(run, "config")))
+                       config=_config_dict(_run_attr(run, "config")),
+                       callers=tuple(callers))
         except Exception:
-            return cls()
+            return cls(callers=tuple(callers))

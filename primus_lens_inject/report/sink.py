@@ -37,6 +37,7 @@ FLUSH_RETRY = 0.5  # seconds between retries while finish/exit waits
 FLUSH_GIVE_UP = 5  # consecutive failures while a flush waits: the destination is down
 
 Batch = Tuple[owner.Writer, str, List[Dict[str, Any]]]  # writer, run id, merged entries
+TOO_LONG = f"record line over the reader's {spool.MAX_LINE >> 20} MiB ceiling (skipped)"
 
 
 def answered(stats: Stats, action: str, reason: str, where: str, key: str) -> None:
@@ -182,7 +183,8 @@ class RowsSink:
         batch (more than one only for a batch too large for one body) is answered."""
         backoff = Backoff()
         self.stats.state = "running"
-        lines: List[Tuple[int, bytes]] = []  # read ahead, not yet acknowledged (≤ READ_BYTES)
+        lines: List[Tuple[int, Optional[bytes]]] = []  # read ahead, not yet acknowledged
+        # (≤ READ_BYTES; None: a line over spool.MAX_LINE, skipped)
         bodies: List[bytes] = []  # requests of the current batch not acknowledged yet
         used = rows = 0
         dropped_as = ""  # a request of the current batch was refused: its rows count as dropped
@@ -222,18 +224,18 @@ class RowsSink:
             elif action == RETRY:
                 self.failed(backoff)
 
-    def _due(self, lines: List[Tuple[int, bytes]], cursor: spool.Cursor) -> bool:
+    def _due(self, lines: List[Tuple[int, Optional[bytes]]], cursor: spool.Cursor) -> bool:
         """Send now when a batch is full, a flush waits, or the oldest row waited long enough."""
         if len(lines) >= self.config.batch_size or self.control.flush_to > cursor.offset:
             return True
         try:
-            oldest = json.loads(lines[0][1]).get("timestamp", 0)
-        except (ValueError, AttributeError):
+            oldest = json.loads(lines[0][1] or b"").get("timestamp", 0)
+        except (ValueError, AttributeError):  # unreadable or skipped: pass it on now
             return True
         return not isinstance(oldest, (int, float)) \
             or time.time() - oldest >= self.config.flush_interval
 
-    def _batch(self, lines: List[Tuple[int, bytes]]) -> Tuple[Batch, int, Dict[str, int]]:
+    def _batch(self, lines: List[Tuple[int, Optional[bytes]]]) -> Tuple[Batch, int, Dict[str, int]]:
         """The next request: consecutive rows of one writer and run, at most batch_size steps
         and BATCH_BYTES; returns ((writer, run id, entries), lines used, skipped rows by reason).
         Rows of a writer that does not report (another rank sharing the file) are passed over."""
@@ -242,9 +244,20 @@ class RowsSink:
         rows: List[Tuple[str, Dict[str, Any]]] = []
         skipped: Dict[str, int] = collections.Counter()
         used = size = 0
-        for _end, line in lines:
+        for end, line in lines:
+            if line is None:
+                skipped[TOO_LONG] += 1
+                log.warn(f"skipped a line of the record {self.record_path} ending at byte {end}: "
+                         f"longer than the reader's {spool.MAX_LINE >> 20} MiB ceiling; it is "
+                         "never sent, the rows after it are (counted in the status file)",
+                         key="record-line-too-long")
+                used += 1
+                continue
             try:
                 row = json.loads(line)
+                if row.get(spool.AMENDMENT):  # folded by readers of the record, never sent
+                    used += 1
+                    continue
                 row_run, tag = row["run_id"], row.get("who") or ""
                 row_writer = self.writers.get(tag) if tag else self.untagged
                 if row_writer is None or not row_writer.report:  # its writer does not report

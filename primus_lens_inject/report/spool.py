@@ -7,6 +7,11 @@ more than one batch, however long the server is away.  Several processes may app
 record (a forked or spawned worker that inits wandb with the parent's rank); ``OwnerLock`` (an
 ``flock`` held for the process's life) makes exactly one of them the sender for that file.
 
+The senders read the record in pieces (``read_lines``); a line is read whole up to
+``MAX_LINE`` bytes.  A longer one (a row of hundreds of MiB of text, a corrupted file) is never
+held in memory: it is skipped by scanning for its end, and the sender counts it and says so once,
+so the rows after it are still sent.
+
 Each of these files may turn out unusable (a directory in its place, a read-only or full volume):
 the cursor, the lock and the detection reports then live under the per-user fallback directory,
 keyed by the record's path, and each such change is said once.  ``Cursor`` and ``OwnerLock``
@@ -20,7 +25,7 @@ import hashlib
 import json
 import os
 import threading
-from typing import List, Optional, Tuple
+from typing import BinaryIO, List, Optional, Tuple
 
 from .. import log
 from ..paths import close_quietly, fallback_root
@@ -29,6 +34,12 @@ CURSOR_SUFFIX = ".cursor"
 LOCK_SUFFIX = ".lock"
 STATUS_SUFFIX = ".status.json"
 HEAD_BYTES = 256
+MAX_LINE = 64 << 20  # the reader's ceiling: a longer record line is skipped, not read
+SCAN_BYTES = 1 << 20  # the piece read at a time while looking for the end of such a line
+# The top-level key of an amendment line: wandb's later view of a step whose row is already in
+# the record (``capture.reconcile``).  Readers fold it into that row; senders pass it over, so
+# the server gets one write per step.
+AMENDMENT = "amends"
 
 
 def sibling(record_path: str, suffix: str) -> str:
@@ -154,15 +165,21 @@ def _load(path: str, record_path: str) -> int:
     return 0  # a replaced or truncated record starts over
 
 
-def read_lines(record_path: str, offset: int, max_bytes: int) -> List[Tuple[int, bytes]]:
-    """Complete lines from ``offset``, as (end offset, line) pairs; a partial last line waits."""
+def read_lines(record_path: str, offset: int, max_bytes: int,
+               max_line: int = MAX_LINE) -> List[Tuple[int, Optional[bytes]]]:
+    """Complete lines from ``offset``, as (end offset, line) pairs; a partial last line waits.
+    A line longer than one read is read again with larger reads, up to ``max_line`` bytes; a
+    longer one comes back as (its end offset, None), for the caller to skip and count."""
     try:
         with open(record_path, "rb") as f:
             f.seek(offset)
             chunk = f.read(max_bytes)
+            if len(chunk) == max_bytes and b"\n" not in chunk and max_bytes >= max_line:
+                end = _end_of_line(f)  # over the ceiling: find where it ends, keep nothing
+                return [] if end < 0 else [(end, None)]
     except OSError:
         return []
-    out: List[Tuple[int, bytes]] = []
+    out: List[Tuple[int, Optional[bytes]]] = []
     start = 0
     while True:
         end = chunk.find(b"\n", start)
@@ -170,9 +187,21 @@ def read_lines(record_path: str, offset: int, max_bytes: int) -> List[Tuple[int,
             break
         out.append((offset + end + 1, chunk[start:end]))
         start = end + 1
-    if not out and len(chunk) == max_bytes:  # one line longer than a read: skip it whole
-        return read_lines(record_path, offset, max_bytes * 4) if max_bytes < (64 << 20) else []
+    if not out and len(chunk) == max_bytes:  # one line longer than a read: read more of it
+        return read_lines(record_path, offset, min(max_bytes * 4, max_line), max_line)
     return out
+
+
+def _end_of_line(f: BinaryIO) -> int:
+    """The offset after the next newline from ``f``'s position, or -1 at the end of the file
+    (the line is still being written)."""
+    while True:
+        piece = f.read(SCAN_BYTES)
+        if not piece:
+            return -1
+        newline = piece.find(b"\n")
+        if newline >= 0:
+            return f.tell() - len(piece) + newline + 1
 
 
 class OwnerLock:

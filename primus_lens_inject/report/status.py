@@ -22,11 +22,16 @@ class Stats:
         self.dropped: Dict[str, int] = collections.Counter()
         self.last_error = ""
         self.state = "starting"
+        self.record: Dict[str, Any] = {}  # rows the record could not take (capture's count)
 
     def as_dict(self) -> Dict[str, Any]:
-        return {"requests": self.requests, "rows_sent": self.rows_sent,
-                "detections_sent": self.detections_sent, "retries": self.retries,
-                "dropped": dict(self.dropped), "last_error": self.last_error, "state": self.state}
+        status = {"requests": self.requests, "rows_sent": self.rows_sent,
+                  "detections_sent": self.detections_sent, "retries": self.retries,
+                  "dropped": dict(self.dropped), "last_error": self.last_error,
+                  "state": self.state}
+        if self.record:
+            status["record"] = self.record
+        return status
 
 
 def write_status(record_path: str, status: Dict[str, Any]) -> None:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import socket
 import threading
 from typing import Any, Dict, Optional, Tuple
+from urllib.parse import urlsplit
 
 from .. import state
 from ..config import Config
-from .policy import envelope_message
+from .policy import WORKER_HINT, envelope_message
 
 # Our threads import lazily (httpx, the detection module, importlib.metadata...).  A fork while
 # one of them is inside an import leaves that module's import lock held forever in the child,
@@ -67,12 +68,25 @@ def probe(config: Config) -> str:
     try:
         with http_client(config, min(config.read_timeout, 10.0)) as client:
             response = client.post(f"{config.api_base_url.rstrip('/')}/wandb/logs", content=b"{}")
+            worker = response.status_code == 404 and healthy_host(client, config.api_base_url)
     except Exception as exc:
         return f"not reachable: {type(exc).__name__}: {exc}"
     message = envelope_message(response.content)
     if response.status_code == 400 and message:
         return f"answers (HTTP 400 {message!r} to an empty probe, as the telemetry-processor does)"
+    if worker:
+        return f"answers HTTP 404, and /healthz answers 200: {WORKER_HINT}"
     return f"answers HTTP {response.status_code}, but not like the telemetry-processor"
+
+
+def healthy_host(client: Any, base_url: str) -> bool:
+    """``GET /healthz`` on the host of ``base_url`` answers 200: something lives there that is
+    not the API (robust 1.0.6's robust-analyzer is a worker that answers only its probes)."""
+    parts = urlsplit(base_url)
+    try:
+        return client.get(f"{parts.scheme}://{parts.netloc}/healthz").status_code == 200
+    except Exception:  # httpx.TransportError and anything below it: nothing to say
+        return False
 
 
 def unresolved(exc: BaseException) -> bool:

@@ -20,7 +20,7 @@ import pytest
 import wandb_history
 
 from primus_lens_inject.capture.history import BLOCK, Follower, TransactionLog, history_row
-from primus_lens_inject.capture.record import NO_SAMPLE, RecordWriter, end_of_run
+from primus_lens_inject.capture.record import NO_SAMPLE, RecordWriter, end_of_run, follow_log
 from primus_lens_inject.capture.rows import APPROX_KEY, RunRows
 
 ROWS = 40
@@ -48,6 +48,70 @@ def transaction_log(tmp_path_factory: pytest.TempPathFactory) -> str:
     (path,) = glob.glob(os.path.join(run_dir, "*.wandb"))
     assert os.path.getsize(path) > 4 * BLOCK  # records really cross blocks
     return path
+
+
+TYPED_SCRIPT = textwrap.dedent("""
+    import wandb
+    settings = wandb.Settings(x_history_value_encoding="json,typed")
+    run = wandb.init(project="history", settings=settings)
+    run.define_metric("val/*", step_metric="epoch")  # wandb-core adds epoch to val rows
+    for i in range(12):
+        run.log({"loss": 1.0 / (i + 1), "whole": 2.0, "n": i, "flag": i % 2 == 0, "name": "x" * i,
+                 "none": None, "gap": float("nan"), "inf": float("-inf"), "wide": 2 ** 70,
+                 "list": [i, 0.5], "nested": {"a": i, "b": {"c": "d"}}, "epoch": i // 4,
+                 "hist": wandb.Histogram([1, 2, 2, 3, i])})
+        if i % 4 == 3:
+            run.log({"val/acc": i / 12})
+    run.finish()
+""")
+
+
+@pytest.fixture(scope="module")
+def typed_log(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real wandb 0.31 run's log with both forms of every logged value (``json,typed``)."""
+    wandb_dir = str(tmp_path_factory.mktemp("typed"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "PRIMUS_LENS_"))}
+    env.update(WANDB_MODE="offline", WANDB_DIR=wandb_dir, WANDB_SILENT="true")
+    env.pop("PYTHONPATH", None)
+    subprocess.run([sys.executable, "-c", TYPED_SCRIPT], env=env, check=True, timeout=120)
+    (run_dir,) = wandb_history.run_dirs(wandb_dir)
+    (path,) = glob.glob(os.path.join(run_dir, "*.wandb"))
+    return path
+
+
+def test_both_history_encodings_give_the_same_rows(typed_log: str, tmp_path: Any) -> None:
+    """wandb 0.31's typed values: a log written with ``json,typed`` reads as wandb's JSON
+    history, and the same log rewritten typed-only (no ``value_json`` at all) reads the same."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    typed = [pb.Record.FromString(body) for body in TransactionLog(typed_log).read()]
+    kinds = {item.WhichOneof("value") for record in typed if record.HasField("history")
+             for item in record.history.item}
+    assert kinds >= {"none", "boolean", "integer", "number", "text", "json"}  # wandb wrote both
+    both = _rows(Follower(typed_log, _record_class(), 0))
+    truth = wandb_history.history(os.path.dirname(typed_log))
+    assert len(both) == len(truth) == 15
+    for row, want in zip(both, truth):
+        assert row["_step"] == want["_step"]
+        want = {k: v for k, v in want.items() if k not in ("_step", "_runtime", "_timestamp")}
+        assert row.keys() - {"_step"} == want.keys()
+        for key in ("loss", "n", "flag", "name", "none", "list", "nested", "epoch", "val/acc"):
+            assert row.get(key) == want.get(key), key
+    assert [row.get("epoch") for row in both if "val/acc" in row] == [0, 1, 2]  # wandb-core's
+    train = [row for row in both if "loss" in row]
+    assert {row["gap"] for row in train} == {"NaN"} and {row["inf"] for row in train} == {"-Infinity"}
+
+    rewritten = str(tmp_path / "typed-only.wandb")
+    assert wandb_history.typed_only(typed_log, rewritten) > 15 * 10
+    assert all(not item.value_json for body in TransactionLog(rewritten).read()
+               for item in pb.Record.FromString(body).history.item)
+    follower = Follower(rewritten, _record_class(), 0)
+    only_typed = _rows(follower)
+    assert follower.ended
+    assert only_typed == both
+    assert "unreadable" not in json.dumps(only_typed)
+    # the typed form keeps a float a float where wandb-core's JSON text dropped the ".0"
+    assert [type(row["whole"]) for row in only_typed if "loss" in row] == [float] * 12
 
 
 def _rows(follower: Follower) -> List[Dict[str, Any]]:
@@ -101,9 +165,38 @@ def test_rows_before_the_first_step_are_left_to_the_log_calls(transaction_log: s
     assert [row["_step"] for row in rows] == list(range(25, ROWS))
 
 
-def test_a_missing_file_reads_as_nothing_yet(tmp_path: Any) -> None:
+def test_a_missing_file_cannot_be_followed(tmp_path: Any) -> None:
+    """The session follows a log only once it exists: missing later, it was deleted."""
     follower = Follower(str(tmp_path / "absent.wandb"), _record_class(), 0)
     assert follower.poll() == [] and not follower.ended
+    assert follower.lost == "deleted before it could be read"
+
+
+def test_a_deleted_log_is_read_to_its_end_and_a_truncated_one_is_given_up(
+        transaction_log: str, tmp_path: Any) -> None:
+    with open(transaction_log, "rb") as f:
+        content = f.read()
+    whole = TransactionLog(transaction_log).read()
+    path = tmp_path / "run.wandb"
+    with open(path, "wb", buffering=0) as writer:  # wandb-core's descriptor
+        writer.write(content[:len(content) // 2])
+        reader = TransactionLog(str(path))
+        got = reader.read()
+        os.unlink(path)
+        writer.write(content[len(content) // 2:])  # wandb-core goes on writing the deleted file
+        got += reader.read()
+    assert got == whole and not reader.lost
+    reader.close()
+
+    path.write_bytes(content)
+    reader = TransactionLog(str(path))
+    assert reader.read() == whole
+    os.truncate(path, len(content) // 3)
+    assert reader.read() == [] and reader.lost == (
+        f"truncated from {len(content)} to {len(content) // 3} bytes")
+    path.write_bytes(content)  # grown again: given up all the same
+    assert reader.read() == []
+    reader.close()
 
 
 def test_history_row_rebuilds_nested_keys_and_spells_non_finite_numbers() -> None:
@@ -144,3 +237,53 @@ def test_rows_whose_step_wandb_may_have_given_differently_are_marked(tmp_path: A
     marks = {(line["run_id"], line["step"]): line["data"].get(APPROX_KEY) for line in lines}
     assert marks == {("exact", 0): None, ("exact", 1): None, ("exact", 2): None,
                      ("approx", 0): 1, ("approx", 1): 1, ("approx", 2): 1}
+
+
+def test_a_tensorboard_run_whose_log_is_lost_goes_on_from_its_calls_marked(
+        transaction_log: str, tmp_path: Any, capsys: pytest.CaptureFixture) -> None:
+    """Its calls were not queued (they do not know wandb's steps); once the log is lost they are
+    again, counted on from the last step the log showed, each row marked approximate."""
+    with open(transaction_log, "rb") as f:
+        content = f.read()
+    log_path = tmp_path / "run.wandb"
+    log_path.write_bytes(content)
+    record = tmp_path / "wandb_metrics.jsonl"
+    writer = RecordWriter(str(record))
+    rows = RunRows("tb")
+    rows.followed, rows.queue_calls = True, False  # as ``Session.follow`` leaves a tensorboard run
+    writer.append(follow_log(rows, str(log_path), _record_class()))
+    assert writer.flush(time.monotonic() + 30)
+    os.truncate(log_path, 100)
+    assert writer.flush(time.monotonic() + 30)
+    assert rows.queue_calls and rows.follower is None  # the training thread queues calls again
+    for i in range(3):
+        writer.append((rows, {"i": i}, None, None, time.time(), NO_SAMPLE))
+    writer.append(end_of_run(rows))
+    assert writer.close(time.monotonic() + 30)
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [line["step"] for line in lines] == list(range(ROWS + 3))
+    assert [line["data"].get(APPROX_KEY) for line in lines] == [None] * ROWS + [1] * 3
+    said = [line for line in capsys.readouterr().err.splitlines() if "transaction log" in line]
+    assert len(said) == 1 and "truncated" in said[0] and "marked approximate" in said[0], said
+
+
+def test_a_log_that_stops_growing_is_not_waited_for_at_the_runs_end(
+        transaction_log: str, tmp_path: Any) -> None:
+    """wandb-core stuck before its exit record: the run's end may wait an hour for it, but stops
+    once the file has not grown for ``LOG_IDLE`` (a close that waited would miss its minute)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    records = [body for body in TransactionLog(transaction_log).read()
+               if pb.Record.FromString(body).WhichOneof("record_type") != "exit"]
+    log_path = tmp_path / "run.wandb"
+    wandb_history.write_log(str(log_path), records)
+    record = tmp_path / "wandb_metrics.jsonl"
+    writer = RecordWriter(str(record))
+    rows = RunRows("stuck")
+    rows.followed, rows.queue_calls = True, False
+    writer.append(follow_log(rows, str(log_path), _record_class()))
+    rows.log_end_by = time.monotonic() + 3600
+    writer.append(end_of_run(rows))
+    assert writer.close(time.monotonic() + 60)
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [line["step"] for line in lines] == list(range(ROWS))

@@ -166,23 +166,32 @@ def test_garbage_environment_gets_one_warning_each(tmp_path):
 
 
 def test_unwritable_output_path_warns_once_and_falls_back(tmp_path):
+    """The fallback record is the job's own: two jobs of one user never share it (by the pod's
+    name where one is set, else by the writer's pid)."""
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     fallback = tmp_path / "tmpdir"
     fallback.mkdir()
-    result = run_training(tmp_path, """
-        import wandb
-        run = wandb.init(project="ro")
-        for i in range(3):
-            run.log({"i": i})
-        run.finish()
-        print("trained")
-    """, env={"PRIMUS_LENS_WANDB_OUTPUT_PATH": str(blocker / "metrics"), "TMPDIR": str(fallback)})
-    assert result.proc.returncode == 0 and "trained" in result.proc.stdout
-    (warning,) = result.injector_lines()
-    assert str(blocker / "metrics") in warning and "trying" in warning
-    moved = fallback / f"primus-lens-{os.getuid()}" / "node_0" / "rank_0" / "wandb_metrics.jsonl"
-    assert [line.count('"i":') for line in moved.read_text().splitlines()] == [1, 1, 1]
+    moved = []
+    for pod in ("", "", "trainer-0"):
+        result = run_training(tmp_path, """
+            import os, wandb
+            run = wandb.init(project="ro")
+            for i in range(3):
+                run.log({"i": i})
+            run.finish()
+            print("trained", os.getpid())
+        """, env={"PRIMUS_LENS_WANDB_OUTPUT_PATH": str(blocker / "metrics"),
+                  "TMPDIR": str(fallback), "POD_NAME": pod or None})
+        assert result.proc.returncode == 0 and "trained" in result.proc.stdout
+        (warning,) = result.injector_lines()
+        assert str(blocker / "metrics") in warning and "trying" in warning
+        job = pod or f"pid-{result.proc.stdout.split()[-1]}"
+        moved.append(fallback / f"primus-lens-{os.getuid()}" / f"job-{job}" / "node_0" / "rank_0"
+                     / "wandb_metrics.jsonl")
+    assert len(set(moved)) == 3
+    for path in moved:
+        assert [line.count('"i":') for line in path.read_text().splitlines()] == [1, 1, 1]
 
 
 def _start(tmp: Path, script: str, env=None, args=()) -> subprocess.Popen:

@@ -33,12 +33,24 @@ def tmp_root(tmp_path, monkeypatch) -> Path:
 def test_record_location_for_each_setting(tmp_root):
     topology = detect(TOPOLOGY)[0]
     fallback = tmp_root / "tmp" / f"primus-lens-{os.getuid()}"
-    kept = paths.record_location(
-        Config.from_env({"PRIMUS_LENS_WANDB_OUTPUT_PATH": str(tmp_root / "out")}), topology)
+    kept = paths.record_location(Config.from_env(
+        {"PRIMUS_LENS_WANDB_OUTPUT_PATH": str(tmp_root / "out"), "POD_NAME": "trainer/0"}),
+        topology)
     assert kept == paths.RecordLocation(
         str(tmp_root / "out/node_1/rank_3/wandb_metrics.jsonl"),
-        str(fallback / "node_1/rank_3/wandb_metrics.jsonl"), "", 1, 3)
+        str(fallback / "job-trainer_0/node_1/rank_3/wandb_metrics.jsonl"), "", 1, 3)
     assert kept.candidates() == [kept.path, kept.fallback]
+    # no job identity: the fallback carries the writer's pid, and doctor looks at every one
+    anonymous = paths.record_location(
+        Config.from_env({"PRIMUS_LENS_WANDB_OUTPUT_PATH": str(tmp_root / "out")}), topology)
+    assert anonymous.fallback == str(fallback / f"job-pid-{os.getpid()}/node_1/rank_3/"
+                                     "wandb_metrics.jsonl")
+    assert not anonymous.fallback_known and anonymous.candidates() == [anonymous.path]
+    others = [fallback / f"job-pid-{pid}/node_1/rank_3/wandb_metrics.jsonl" for pid in (7, 8)]
+    for other in others:
+        other.parent.mkdir(parents=True)
+        other.touch()
+    assert anonymous.candidates() == [anonymous.path, *map(str, others)]
 
     off = Config.from_env({"PRIMUS_LENS_WANDB_SAVE_LOCAL": "false"})
     assert paths.record_location(off, topology, reporting=False) \
@@ -66,11 +78,12 @@ def test_doctor_reads_the_status_where_the_record_went(tmp_root, monkeypatch):
     where = paths.record_location(Config.from_env(), detect()[0])
     status = Path(where.fallback[:-len(".jsonl")] + ".status.json")
     status.parent.mkdir(parents=True)
-    status.write_text(json.dumps({"pid": 7, "updated": 1.0}))
+    status.write_text(json.dumps({"pid": os.getpid(), "updated": 1.0}))
     report = doctor.collect()
     assert report["record"]["path"] == where.path
     assert report["record"]["candidates"] == [where.path, where.fallback]
-    assert report["reporting"]["sender"] == {"pid": 7, "updated": 1.0}
+    assert report["reporting"]["sender"] == {"pid": os.getpid(), "updated": 1.0,
+                                             "process_alive": True}
 
     monkeypatch.setenv("PRIMUS_LENS_WANDB_SAVE_LOCAL", "false")
     monkeypatch.setenv("PRIMUS_LENS_WANDB_API_REPORTING", "true")
@@ -84,7 +97,8 @@ def test_doctor_reads_the_status_where_the_record_went(tmp_root, monkeypatch):
     report = doctor.collect()
     assert (report["record"]["path"], report["record"]["private_spool"]) == (None, True)
     assert len(report["record"]["candidates"]) == 3
-    assert report["reporting"]["sender"] == {"pid": 2, "updated": 9.0}
+    sender = report["reporting"]["sender"]
+    assert (sender["pid"], sender["updated"]) == (2, 9.0) and "process_alive" in sender
 
 
 def test_fork_callbacks_run_in_order_and_one_failure_skips_none(monkeypatch, capsys):
@@ -154,3 +168,47 @@ def test_session_from_log_call_to_record_line(tmp_path, monkeypatch):
         ("run-1", 4, {"loss": 0.5, "_primus_lens_enabled": True}),
         ("run-1", 7, {"acc": 1, "_primus_lens_enabled": True})]
     assert lines[0]["timestamp"] <= lines[1]["timestamp"] <= time.time()
+
+
+class StuckSource:
+    """A sampler source stuck for ever in its library (a hung GPU driver call): ``sample``
+    blocks until the test lets it go."""
+
+    name = "stuck"
+
+    def __init__(self) -> None:
+        import threading
+
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def sample(self) -> dict:
+        self.entered.set()
+        self.release.wait()
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def test_sampler_stuck_in_a_source_stops_within_the_budget(monkeypatch):
+    """The sampler's stop waits inside the process end's budget: a source that never returns
+    does not extend the exit (before: ``STOP_WAIT`` after the budget; made long here so the
+    difference cannot be timing)."""
+    from primus_lens_inject.metrics import sampler as sampler_module
+
+    monkeypatch.setattr(state, "_exit_hooked", True)
+    monkeypatch.setattr(sampler_module, "STOP_WAIT", 60.0)
+    budget = 0.5
+    config = Config.from_env({"PRIMUS_LENS_SHUTDOWN_TIMEOUT": str(budget),
+                              "PRIMUS_LENS_WANDB_API_REPORTING": "false"})
+    session = Session(config, detect({})[0], lambda run: None)
+    source = StuckSource()
+    session.sampler = sampler_module.Sampler([source], 0.1, first_sample_wait=0)
+    session.sampler.start()
+    assert source.entered.wait(30)
+    began = time.monotonic()
+    session.shutdown()
+    elapsed = time.monotonic() - began
+    source.release.set()
+    assert elapsed < budget + 10, elapsed  # a generous margin for load, far below STOP_WAIT

@@ -84,6 +84,8 @@ def test_help_of_every_subcommand_only_prints_help(tmp_path):
         assert proc.returncode == 0, (command, proc.stderr)
         assert proc.stdout.startswith(f"usage: primus-lens {command}"), (command, proc.stdout)
         assert proc.stderr == "", (command, proc.stderr)
+        # an installed wheel ships no docs/: help never sends a user to a page they lack
+        assert "docs/" not in proc.stdout and ".md" not in proc.stdout, (command, proc.stdout)
     assert not pth.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
 
@@ -97,23 +99,23 @@ def test_help_of_every_subcommand_only_prints_help(tmp_path):
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """The wheel under test (built from this checkout when the session did not build one)."""
-    return LAYOUT.wheel or installs.build_dists(tmp_path_factory.mktemp("dist"))[1]
+NOT_ACTIVE = 3  # doctor's exit status when the injector would not be active
 
 
 def doctor_json(tmp: Path, env: dict, *options: str, interpreter: str = TRAIN_PYTHON) -> dict:
-    """``python [OPTIONS] -m primus_lens_inject doctor --json``, as one runs it in an image."""
+    """``python [OPTIONS] -m primus_lens_inject doctor --json``, as one runs it in an image; its
+    exit status says what the report says (0 active, ``NOT_ACTIVE`` not)."""
     proc = python(tmp, [*options, "-m", "primus_lens_inject", "doctor", "--json"], env, interpreter)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    report = json.loads(proc.stdout)
+    assert proc.returncode == (0 if report["bootstrap"]["active"] else NOT_ACTIVE), proc.stderr
+    return report
 
 
 def test_pth_route_install_uninstall_and_pip_uninstall(tmp_path, wheel):
     venv_python = installs.wheel_virtualenv(tmp_path / "venv", BASE_PYTHON, wheel)
     purelib = installs.purelib(venv_python)
     pth = purelib / "primus_lens_inject.pth"
+    shim = purelib / "_primus_lens_inject_pth.py"  # what the .pth imports
     (record_file,) = purelib.glob("primus_lens_inject-*.dist-info/RECORD")
     bootstrap = installs.installed_bootstrap(venv_python)
     env = training_env(tmp_path, bootstrap=False)
@@ -156,19 +158,22 @@ def test_pth_route_install_uninstall_and_pip_uninstall(tmp_path, wheel):
     assert proc.returncode == 0, proc.stderr
     assert record_xs(tmp_path) == [1, 1]
 
-    # the kill switch is honoured by the .pth line before anything of ours is imported
+    # the kill switch is honoured by the .pth's shim before anything else of ours is read
     proc = python(tmp_path, ["-c", LOADED], dict(env, PRIMUS_LENS_WANDB_HOOK="false"), venv_python)
-    assert proc.stdout == "[]\n" and proc.stderr == ""
+    assert proc.stdout == "['_primus_lens_inject_pth']\n" and proc.stderr == ""
 
     assert cli("uninstall").stdout == f"removed {pth}\n"
-    assert "primus_lens_inject.pth" not in record_file.read_text()
+    assert not shim.exists() and not list(purelib.glob("__pycache__/_primus_lens_inject_pth.*"))
+    assert not re.search(r"^(primus_lens_inject\.pth|_primus_lens_inject_pth|__pycache__/_primus)",
+                         record_file.read_text(), re.MULTILINE)
     assert cli("check").returncode == 1
     assert cli("uninstall").stdout == f"not installed: {pth} does not exist\n"
 
     # pip uninstall takes the .pth with the package
     assert cli("install").returncode == 0
     installs.pip(venv_python, "uninstall", "-q", "-y", "primus-lens-inject")
-    assert not pth.exists()
+    assert not pth.exists() and not shim.exists()
+    assert not list(purelib.glob("__pycache__/_primus_lens_inject_pth.*"))
     proc = python(tmp_path, ["-c", "pass"], env, venv_python)
     assert (proc.returncode, proc.stderr) == (0, "")
 
@@ -214,7 +219,7 @@ def test_doctor_under_primus_lens_run_with_the_kill_switch(tmp_path):
                                   "RANK": "abc"}, bootstrap=False)
     proc = run_cli(["run", "--", TRAIN_PYTHON, "-m", "primus_lens_inject", "doctor", "--json"],
                    env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == NOT_ACTIVE, proc.stderr  # passed on by `run`
     report = json.loads(proc.stdout)
     boot = report["bootstrap"]
     assert (boot["active"], boot["loaded"], boot["route"]) == (False, False, "PYTHONPATH")
@@ -241,7 +246,8 @@ def test_doctor_finds_a_shadowed_bootstrap(tmp_path):
     assert (boot["active"], boot["shadowed_by"]) == (False, str(image / "sitecustomize.py"))
     assert boot["why_not"] == [
         f"another sitecustomize comes first on sys.path and wins: {image}/sitecustomize.py; "
-        f"put {BOOTSTRAP_DIR} before {image} on PYTHONPATH"]
+        f"put {BOOTSTRAP_DIR} before {image} on PYTHONPATH, or use the .pth route "
+        "(`primus-lens install`), which no sitecustomize can shadow"]
 
     # a launcher's site-packages (holding the package) ahead of the image tree: the bootstrap
     # is the tree's, the package is not

@@ -32,6 +32,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric, NumberDataPoint
 
+from primus_lens_inject.devserver.faults import Faults
 from primus_lens_inject.devserver.receiver import Receiver
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -392,6 +393,33 @@ def test_garbage_fault_applies_to_otlp(make_receiver: Callable[..., Receiver]) -
     assert receiver.otlp_points() == []
 
 
+def test_html_fault_answers_200_with_a_page_for_the_next_n_requests(
+        make_receiver: Callable[..., Receiver]) -> None:
+    receiver = make_receiver(faults={"otlp_html_for": 2})
+    replies = [send(receiver.otlp_endpoint, GOOD) for _ in range(3)]
+    assert [(r.status, r.headers["content-type"]) for r in replies] == [
+        (200, "text/html"), (200, "text/html"), (200, PROTOBUF)]
+    assert replies[0].body.startswith(b"<html>")
+    assert len(receiver.otlp_points()) == len(expected_rows(training_request()))  # only the third stored
+
+
+def test_body_limit_fault_answers_413_above_the_limit(make_receiver: Callable[..., Receiver]) -> None:
+    receiver = make_receiver(faults={"otlp_max_body": len(GOOD)})
+    assert send(receiver.otlp_endpoint, GOOD).status == 200
+    big = training_request()
+    big.resource_metrics[0].resource.attributes.add(key="pad").value.string_value = "x" * len(GOOD)
+    body, content_type, _ = encode(big, "protobuf")
+    assert send(receiver.otlp_endpoint, body, content_type).status == 413
+    assert len(receiver.otlp_points()) == len(expected_rows(training_request()))
+
+
+@pytest.mark.parametrize("faults", [{"otlp_html_for": -1}, {"otlp_max_body": 1.5},
+                                    {"otlp_html_for": True}])
+def test_count_faults_are_whole_numbers(faults: Dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="must be a whole number"):
+        Faults.from_mapping(faults)
+
+
 # -- the command ---------------------------------------------------------------------------------
 
 def test_receive_otlp_command_prints_the_endpoint_and_stores_points() -> None:
@@ -407,7 +435,7 @@ def test_receive_otlp_command_prints_the_endpoint_and_stores_points() -> None:
         assert lines[0].startswith("primus-lens receiver listening on http://127.0.0.1:")
         endpoint = lines[0].split(" on ")[1].strip()[:-len("/v1")]
         assert lines[1] == ("primus-lens receiver accepting OTLP/HTTP metrics: "
-                            f"OTEL_EXPORTER_OTLP_ENDPOINT={endpoint}\n")
+                            f"PRIMUS_LENS_OTLP_ENDPOINT={endpoint}\n")
         partial = response_of(send(endpoint, GOOD)).partial_success
         assert partial.rejected_data_points == 10
         control = http.client.HTTPConnection(urlsplit(endpoint).hostname, urlsplit(endpoint).port, timeout=10)

@@ -1,4 +1,4 @@
-"""The built-in receiver answers like the real telemetry-processor (spec/telemetry-api.md).
+"""The built-in receiver answers like the real telemetry-processor (docs/server-contract.md).
 
 Every test talks to a real receiver over HTTP on 127.0.0.1: in this process through
 ``Receiver`` or as ``python -m primus_lens_inject receive`` in a subprocess.  Expected responses are
@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import jsonschema
 import pytest
 
+from primus_lens_inject.devserver.faults import Faults, FaultState
 from primus_lens_inject.devserver.receiver import Receiver
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/
@@ -483,6 +484,50 @@ def test_api_v1_prefix_is_not_found(receiver: Receiver) -> None:
     assert call(base, "POST", "/api/v1/wandb/logs", json.dumps(one_log()).encode()).status == 404
 
 
+def test_robust_layout_serves_the_routes_under_api_v1_and_its_probes(
+        make_receiver: Callable[..., Receiver]) -> None:
+    receiver = make_receiver(layout="robust")
+    host = receiver.otlp_endpoint
+    assert receiver.url == f"{host}/api/v1"
+    assert post(receiver, "logs", one_log()).body == ONE_LOG_OK
+    assert call(host, "POST", "/v1/wandb/logs", json.dumps(one_log()).encode()).status == 404
+    for probe in ("/healthz", "/readyz"):
+        assert (call(host, "GET", probe).status, call(host, "GET", probe).body) == (200, b"ok")
+    reply = call(receiver.url, "POST", "/wandb/logs/", json.dumps(one_log()).encode())
+    assert (reply.status, reply.headers["location"]) == (307, "/api/v1/wandb/logs")
+    assert control(receiver, "GET", "stats").status == 200
+    assert [row["step"] for row in receiver.logs()] == [1]
+
+
+def test_robust_worker_layout_answers_only_its_probes(make_receiver: Callable[..., Receiver]) -> None:
+    receiver = make_receiver(layout="robust-worker")
+    host = receiver.otlp_endpoint
+    assert call(host, "GET", "/healthz").status == 200
+    for path in ("/api/v1/wandb/logs", "/api/v1/wandb/detection", "/v1/wandb/logs"):
+        reply = call(host, "POST", path, json.dumps(one_log()).encode())
+        assert (reply.status, reply.body) == (404, b"404 page not found"), path
+    assert stored_rows(receiver) == NOTHING_STORED
+
+
+def test_robust_empty_db_layout_fails_every_write(make_receiver: Callable[..., Receiver]) -> None:
+    receiver = make_receiver(layout="robust-empty-db")
+    reply = post(receiver, "logs", one_log())
+    assert (reply.status, reply.body) == (500, envelope(500, "failed to process logs", "{}"))
+    reply = post(receiver, "detection", {"pod_name": "p"})
+    assert (reply.status, reply.body) == (500, envelope(500, "failed to process detection", "{}"))
+    assert post(receiver, "batch", {"logs": one_log()}).json()["data"]["results"] == {"logs": {
+        "success": False,
+        "error": 'ERROR: relation "training_performance" does not exist (SQLSTATE 42P01)'}}
+    assert post(receiver, "logs", b"[1]").body == INVALID  # decoding comes first, as before
+    assert call(receiver.otlp_endpoint, "GET", "/healthz").status == 200
+    assert stored_rows(receiver) == NOTHING_STORED
+
+
+def test_unknown_layout_is_refused() -> None:
+    with pytest.raises(ValueError, match="layout must be one of lens, robust, robust-worker"):
+        Receiver(layout="robust-api")
+
+
 def test_trailing_slash_gets_a_307_redirect_and_nothing_stored(receiver: Receiver) -> None:
     reply = call(receiver.url, "POST", "/wandb/metrics/", json.dumps(one_log()).encode())
     assert (reply.status, reply.headers["location"], reply.body) == (307, "/v1/wandb/metrics", b"")
@@ -500,27 +545,43 @@ def timed_post(receiver: Receiver, body: Any) -> Tuple[Reply, float]:
     return reply, time.monotonic() - start
 
 
+# Delays are checked from below (an answer never comes before its delay); from above only
+# against a delay far longer than any load could explain, so no test races the clock.
+LONG_DELAY = 60.0
+
+
 def test_fixed_delay_slows_every_answer(make_receiver: Callable[..., Receiver]) -> None:
     receiver = make_receiver(faults={"delay": 0.4})
     reply, elapsed = timed_post(receiver, one_log())
     assert reply.body == ONE_LOG_OK
-    assert 0.4 <= elapsed < 5
+    assert 0.4 <= elapsed < LONG_DELAY
+    receiver.set_faults(delay=LONG_DELAY)
     receiver.set_faults()
-    assert timed_post(receiver, one_log())[1] < 0.4
+    assert timed_post(receiver, one_log())[1] < LONG_DELAY / 2
 
 
 def test_random_delay_stays_within_its_bounds(make_receiver: Callable[..., Receiver]) -> None:
-    receiver = make_receiver(faults={"delay": 0.1, "delay_max": 0.3, "seed": 3})
+    settings = {"delay": 0.1, "delay_max": 0.3, "seed": 3}
+    receiver = make_receiver(faults=settings)
     elapsed = [timed_post(receiver, one_log(step=step))[1] for step in range(4)]
-    assert all(0.1 <= seconds < 3 for seconds in elapsed), elapsed
-    assert max(elapsed) - min(elapsed) > 0.01, f"the delay did not vary: {elapsed}"
+    assert all(0.1 <= seconds < LONG_DELAY for seconds in elapsed), elapsed
+    state = FaultState(Faults.from_mapping(settings))  # the draws themselves, free of timing
+    drawn = [state.delay() for _ in range(4)]
+    assert all(0.1 <= seconds <= 0.3 for seconds in drawn) and len(set(drawn)) > 1, drawn
 
 
 def test_client_giving_up_during_a_delay_gets_nothing_stored(make_receiver: Callable[..., Receiver]) -> None:
-    receiver = make_receiver(faults={"delay": 1.0})
-    with pytest.raises((socket.timeout, TimeoutError)):
-        call(receiver.url, "POST", "/wandb/logs", json.dumps(one_log()).encode(), timeout=0.3)
-    [request] = wait_until(receiver.requests, what="the abandoned request to be recorded")
+    """Driven by events: the request is waiting out its delay, then the client closes; the
+    receiver notices at once (as a Go handler's context ends), long before the delay would."""
+    receiver = make_receiver(faults={"delay": LONG_DELAY})
+    body = json.dumps(one_log()).encode()
+    url = urlsplit(receiver.url)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as client:
+        client.sendall(f"POST {url.path}/wandb/logs HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                       f"application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        wait_until(lambda: receiver.delayed() == 1, timeout=30, what="the request to wait")
+    [request] = wait_until(receiver.requests, timeout=LONG_DELAY / 2,
+                           what="the abandoned request to be recorded")
     assert (request["status"], request["message"]) == (499, "client closed the connection during the delay")
     assert stored_rows(receiver) == NOTHING_STORED
 
@@ -559,9 +620,22 @@ def test_no_valid_workload_window_then_recovery(make_receiver: Callable[..., Rec
     assert post(receiver, "batch", {"logs": one_log()}).json()["data"]["results"] == {
         "logs": {"success": False, "error": "no valid workload found"}}
     assert post(receiver, "logs", one_log(workload_uid="uid-1")).body == ONE_LOG_OK  # no cache lookup
-    wait_until(lambda: post(receiver, "logs", one_log(step=2)).status == 200, what="the window to end")
+    wait_until(lambda: post(receiver, "logs", one_log(step=2)).status == 200, timeout=60,
+               what="the window to end")
     assert time.monotonic() - start >= 1.0
     assert [(row["workload"], row["step"]) for row in receiver.logs()] == [("uid-1", 1), ("wl-p", 2)]
+
+
+def test_faults_by_count_answer_the_next_requests_then_stop(
+        make_receiver: Callable[..., Receiver]) -> None:
+    receiver = make_receiver(faults={"no_workload_requests": 2, "fail_requests": 2,
+                                     "fail_endpoints": ["logs"]})
+    replies = [post(receiver, "logs", one_log(step=step)) for step in range(2, 7)]
+    assert [reply.status for reply in replies] == [400, 400, 500, 500, 200]
+    assert replies[0].body == NO_WORKLOAD
+    assert post(receiver, "detection", {"pod_name": "p"}).status == 200  # not a fail endpoint
+    receiver.set_faults(fail_requests=1)  # setting faults restarts the counts
+    assert [post(receiver, "logs", one_log(step=9)).status for _ in range(2)] == [500, 200]
 
 
 def test_no_valid_workload_until_the_faults_change(make_receiver: Callable[..., Receiver]) -> None:
@@ -590,6 +664,7 @@ def test_faults_can_be_changed_over_http(receiver: Receiver) -> None:
     assert reply.status == 200
     expected = {"delay": 0.0, "delay_max": 0.0, "fail_rate": 1.0, "fail_endpoints": ["logs"],
                 "garbage_rate": 0.0, "garbage_status": 502, "no_workload_for": 0.0,
+                "no_workload_requests": 0, "fail_requests": 0, "otlp_html_for": 0, "otlp_max_body": 0,
                 "otlp_fail_status": 503, "otlp_retry_after": None, "otlp_reject_rate": 0.0, "seed": 1}
     assert reply.json() == expected
     assert control(receiver, "GET", "faults").json() == expected
@@ -610,6 +685,8 @@ def test_faults_can_be_changed_over_http(receiver: Receiver) -> None:
     ({"otlp_reject_rate": -0.1}, "otlp_reject_rate must be between 0 and 1, not -0.1"),
     ({"garbage_status": 299}, "garbage_status must be an HTTP status from 200 to 599, not 299"),
     ({"seed": 1.5}, "seed must be an integer, not 1.5"),
+    ({"fail_requests": -1}, "fail_requests must be a whole number, not -1"),
+    ({"no_workload_requests": 2.5}, "no_workload_requests must be a whole number, not 2.5"),
     ([], "the body must be a JSON object of fault settings"),
 ])
 def test_invalid_fault_settings_are_refused(receiver: Receiver, settings: Any, message: str) -> None:
@@ -863,14 +940,14 @@ BIG_LOGS_OK = envelope(2000, "OK", f'{{"count":{BIG},"message":"training data re
 
 
 def test_stop_answers_a_request_in_progress(make_receiver: Callable[..., Receiver]) -> None:
-    receiver = make_receiver(faults={"delay": 5})
+    receiver = make_receiver(faults={"delay": LONG_DELAY})
     replies: List[Reply] = []
     sender = threading.Thread(target=lambda: replies.append(post(receiver, "logs", big_logs(BIG))))
     sender.start()
-    time.sleep(1.0)  # the request is now waiting out its delay; stop cuts it short, then it is processed
+    wait_until(lambda: receiver.delayed() == 1, timeout=30, what="the request to wait out its delay")
     start = time.monotonic()
-    receiver.stop()
-    assert time.monotonic() - start < 4, "stop must cut the delay short"
+    receiver.stop()  # cuts the delay short, then the request is processed and answered
+    assert time.monotonic() - start < LONG_DELAY / 2, "stop must cut the delay short"
     sender.join(10)
     assert [reply.body for reply in replies] == [BIG_LOGS_OK]
     assert len(receiver.logs()) == BIG
@@ -943,17 +1020,18 @@ def test_subprocess_restart_on_the_same_db_keeps_data(processes: List[ReceiverPr
 def test_subprocess_sigterm_answers_the_request_in_progress(processes: List[ReceiverProcess],
                                                             tmp_path: Any) -> None:
     db = str(tmp_path / "receiver.db")
-    process = ReceiverProcess("--port", "0", "--db", db, "--delay", "10")
+    process = ReceiverProcess("--port", "0", "--db", db, "--delay", str(LONG_DELAY))
     processes.append(process)
     replies: List[Reply] = []
     body = json.dumps(big_logs(BIG)).encode()
     sender = threading.Thread(target=lambda: replies.append(call(process.url, "POST", "/wandb/logs", body,
-                                                                 timeout=30)))
+                                                                 timeout=LONG_DELAY)))
     sender.start()
-    time.sleep(1.5)  # the request is now waiting out its delay
+    wait_until(lambda: call(process.url, "GET", "/_receiver/delayed").json()["delayed"] == 1,
+               timeout=30, what="the request to wait out its delay")
     start = time.monotonic()
     assert process.signal(signal.SIGTERM) == 0
-    assert time.monotonic() - start < 6, "SIGTERM must cut the delay short"
+    assert time.monotonic() - start < LONG_DELAY / 2, "SIGTERM must cut the delay short"
     sender.join(30)
     assert [reply.body for reply in replies] == [BIG_LOGS_OK]
     check = Receiver(db=db)
@@ -999,3 +1077,13 @@ def test_subprocess_port_in_use_exits_1(receiver: Receiver) -> None:
     result = subprocess.run(command, capture_output=True, timeout=30, env=dict(os.environ, PYTHONPATH=REPO))
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{receiver.port}" in result.stderr.decode()
+
+
+def test_subprocess_layout_option(processes: List[ReceiverProcess]) -> None:
+    process = ReceiverProcess("--port", "0", "--layout", "robust-worker")
+    processes.append(process)
+    assert process.url.endswith("/api/v1")
+    host = process.url[: -len("/api/v1")]
+    assert call(host, "GET", "/healthz").status == 200
+    assert call(process.url, "POST", "/wandb/logs", json.dumps(one_log()).encode()).status == 404
+    assert process.signal(signal.SIGTERM) == 0

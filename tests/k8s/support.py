@@ -225,26 +225,99 @@ class WebhookCaller:
             conn.close()
 
 
+class MemoryCgroup:
+    """A memory cgroup limiting a process as a container's memory limit does (cgroup v2, else
+    v1); ``create`` gives None where this machine does not let us make one (not root, no memory
+    controller), and callers then fall back to the process's own peak (``status_field``)."""
+
+    def __init__(self, path: Path, version: int) -> None:
+        self.path, self.version = path, version
+
+    @classmethod
+    def create(cls, limit: int) -> Optional[MemoryCgroup]:
+        name = f"primus-lens-test-{os.getpid()}-{time.monotonic_ns()}"
+        for root, version, limit_file in ((Path("/sys/fs/cgroup"), 2, "memory.max"),
+                                          (Path("/sys/fs/cgroup/memory"), 1,
+                                           "memory.limit_in_bytes")):
+            if version == 2 and "memory" not in _read(root / "cgroup.subtree_control").split():
+                continue
+            try:
+                (root / name).mkdir()
+            except OSError:
+                continue
+            try:
+                (root / name / limit_file).write_text(str(limit))
+                return cls(root / name, version)
+            except OSError:
+                (root / name).rmdir()
+        return None
+
+    def command(self, argv: Sequence[str]) -> List[str]:
+        """``argv`` started inside the cgroup: a shell moves itself in, then execs it (no
+        ``preexec_fn``, which is unsafe in a process with threads)."""
+        return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.path / "cgroup.procs"),
+                *argv]
+
+    def peak_mib(self) -> Optional[float]:
+        raw = _read(self.path / ("memory.peak" if self.version == 2 else
+                                 "memory.max_usage_in_bytes"))
+        return int(raw) / (1 << 20) if raw.strip().isdigit() else None
+
+    def oom_kills(self) -> int:
+        events = _read(self.path / ("memory.events" if self.version == 2 else
+                                    "memory.oom_control"))
+        for line in events.splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+        return 0
+
+    def remove(self) -> None:
+        for _ in range(50):  # the last process may take a moment to leave
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                time.sleep(0.1)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def status_field(pid: int, name: str) -> Optional[int]:
+    """A number from ``/proc/<pid>/status`` (``VmHWM`` in KiB, ``Threads``), None without it."""
+    for line in _read(Path(f"/proc/{pid}/status")).splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+    return None
+
+
 @dataclass
 class WebhookProcess:
     port: int
     logs: List[str]  # stderr lines, appended while it runs
     proc: subprocess.Popen
+    cgroup: Optional[MemoryCgroup] = None  # the memory limit it runs under, where one could be made
 
 
 @contextlib.contextmanager
 def webhook_process(tmp: Path, config: Dict[str, Any], cert: bytes, key: bytes,
-                    *args: str) -> Iterator[WebhookProcess]:
-    """``primus-lens webhook`` as the Deployment runs it (``args`` override the defaults here)."""
+                    *args: str, memory_limit: Optional[int] = None) -> Iterator[WebhookProcess]:
+    """``primus-lens webhook`` as the Deployment runs it (``args`` override the defaults here),
+    in a memory cgroup of ``memory_limit`` bytes where this machine lets us create one."""
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "config.json").write_text(json.dumps(config))
     (tmp / "tls.crt").write_bytes(cert)
     (tmp / "tls.key").write_bytes(key)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "primus_lens_inject", "webhook", "--host", "127.0.0.1",
-         "--port", "0", "--tls-cert", str(tmp / "tls.crt"), "--tls-key", str(tmp / "tls.key"),
-         "--config", str(tmp / "config.json"), "--shutdown-delay", "0", *args],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=tmp)
+    argv = [sys.executable, "-m", "primus_lens_inject", "webhook", "--host", "127.0.0.1",
+            "--port", "0", "--tls-cert", str(tmp / "tls.crt"), "--tls-key", str(tmp / "tls.key"),
+            "--config", str(tmp / "config.json"), "--shutdown-delay", "0", *args]
+    cgroup = MemoryCgroup.create(memory_limit) if memory_limit else None
+    proc = subprocess.Popen(cgroup.command(argv) if cgroup else argv,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=tmp)
     lines: List[str] = []
     listening = threading.Event()
 
@@ -261,7 +334,7 @@ def webhook_process(tmp: Path, config: Dict[str, Any], cert: bytes, key: bytes,
         assert listening.wait(20), "the webhook did not start within 20 s"
         started = [json.loads(line) for line in lines if '"listening"' in line]
         assert started, "\n".join(lines)
-        yield WebhookProcess(started[0]["port"], lines, proc)
+        yield WebhookProcess(started[0]["port"], lines, proc, cgroup)
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -271,6 +344,8 @@ def webhook_process(tmp: Path, config: Dict[str, Any], cert: bytes, key: bytes,
             proc.kill()
             proc.wait(10)
         reader.join(5)
+        if cgroup is not None:
+            cgroup.remove()
 
 
 def pem_of(b64: str) -> bytes:

@@ -38,6 +38,7 @@ from k8s.support import (
 )
 from primus_lens_inject.config import API_PRESETS, Config
 from primus_lens_inject.k8s import admission
+from primus_lens_inject.report import otlp_sink
 
 NAMESPACE = "primus-lens"
 NEWEST = "1.37.0"
@@ -312,11 +313,11 @@ def test_nondefault_values(nondefault: List[Dict[str, Any]]) -> None:
         "PRIMUS_LENS_WANDB_OUTPUT_PATH": "/scratch/lens",
         "PRIMUS_LENS_WANDB_ENHANCE_METRICS": "true", "PRIMUS_LENS_GPU_SCOPE": "node",
         "PRIMUS_LENS_OTLP": "true",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": "https://otel-collector.observability.svc:4318",
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json", "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
-        "OTEL_EXPORTER_OTLP_TIMEOUT": "20000",
-        "OTEL_RESOURCE_ATTRIBUTES": "k8s.cluster.name=mi300x-a,deployment.environment=prod"}
-    assert settings.secret_env == (("OTEL_EXPORTER_OTLP_HEADERS", "otlp-token", "authorization"),)
+        "PRIMUS_LENS_OTLP_ENDPOINT": "https://otel-collector.observability.svc:4318",
+        "PRIMUS_LENS_OTLP_PROTOCOL": "http/json", "PRIMUS_LENS_OTLP_COMPRESSION": "gzip",
+        "PRIMUS_LENS_OTLP_TIMEOUT": "20000",
+        "PRIMUS_LENS_OTLP_RESOURCE_ATTRIBUTES": "k8s.cluster.name=mi300x-a,deployment.environment=prod"}
+    assert settings.secret_env == (("PRIMUS_LENS_OTLP_HEADERS", "otlp-token", "authorization"),)
     assert not settings.downward_api and not settings.workload_uid_from_annotation
     assert settings.main_container_annotation == ""
     assert settings.init_resources == {"requests": {"cpu": "5m", "memory": "16Mi"},
@@ -433,14 +434,14 @@ def test_safe_pod_gets_only_its_main_container_and_the_robust_preset(home: Path)
 
 
 def test_otlp_value_points_injected_pods_at_a_collector(home: Path) -> None:
-    """otlp.enabled: the webhook gives each selected container the sink's switch and the standard
-    OpenTelemetry variables next to the downward API identity the sink turns into k8s.* resource
-    attributes; a container's own settings stay."""
+    """otlp.enabled: the webhook gives each selected container the sink's switch and its
+    PRIMUS_LENS_OTLP_* settings next to the downward API identity the sink turns into k8s.*
+    resource attributes; a container's own settings stay."""
     docs = render(home, "--set", "otlp.enabled=true,otlp.endpoint=http://otel-collector.observability.svc:4318,"
                   "otlp.headersSecret.name=otlp-headers")
     settings = admission.Settings.from_mapping(json.loads(only(docs, "ConfigMap")["data"]["config.json"]))
     pod = yaml.safe_load((FIXTURES / "pytorchjob-worker.yaml").read_text())
-    own = {"name": "OTEL_RESOURCE_ATTRIBUTES", "value": "team=a"}
+    own = {"name": "PRIMUS_LENS_OTLP_RESOURCE_ATTRIBUTES", "value": "team=a"}
     pod["spec"]["containers"][0].setdefault("env", []).append(own)
     reply, outcome = admission.review(json.dumps(admission_review(pod)).encode(), settings)
     patched = apply_response(pod, reply)
@@ -448,17 +449,48 @@ def test_otlp_value_points_injected_pods_at_a_collector(home: Path) -> None:
     assert outcome.injected == [pod["spec"]["containers"][0]["name"]]
     env = {entry["name"]: entry for entry in patched["spec"]["containers"][0]["env"]}
     assert {name: env[name].get("value") for name in (
-        "PRIMUS_LENS_OTLP", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL")} == {
-        "PRIMUS_LENS_OTLP": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability.svc:4318",
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
-    assert env["OTEL_EXPORTER_OTLP_HEADERS"]["valueFrom"] == {
+        "PRIMUS_LENS_OTLP", "PRIMUS_LENS_OTLP_ENDPOINT", "PRIMUS_LENS_OTLP_PROTOCOL")} == {
+        "PRIMUS_LENS_OTLP": "true",
+        "PRIMUS_LENS_OTLP_ENDPOINT": "http://otel-collector.observability.svc:4318",
+        "PRIMUS_LENS_OTLP_PROTOCOL": "http/protobuf"}
+    assert env["PRIMUS_LENS_OTLP_HEADERS"]["valueFrom"] == {
         "secretKeyRef": {"name": "otlp-headers", "key": "headers", "optional": True}}
-    assert env["OTEL_RESOURCE_ATTRIBUTES"] == own
+    assert env["PRIMUS_LENS_OTLP_RESOURCE_ATTRIBUTES"] == own
     assert {name: env[name]["valueFrom"]["fieldRef"]["fieldPath"] for name in (
         "POD_NAME", "POD_UID", "POD_NAMESPACE", "NODE_NAME")} == {
         "POD_NAME": "metadata.name", "POD_UID": "metadata.uid", "POD_NAMESPACE": "metadata.namespace",
         "NODE_NAME": "spec.nodeName"}
-    assert "OTEL_EXPORTER_OTLP_COMPRESSION" not in env and "OTEL_EXPORTER_OTLP_TIMEOUT" not in env
+    assert "PRIMUS_LENS_OTLP_COMPRESSION" not in env and "PRIMUS_LENS_OTLP_TIMEOUT" not in env
     assert admission.unknown_env_names(settings, KNOWN_ENV) == []
     config = Config.from_env({name: entry["value"] for name, entry in env.items() if "value" in entry})
     assert config.otlp and config.otlp_endpoint == "http://otel-collector.observability.svc:4318"
+
+
+def test_injected_containers_get_no_opentelemetry_variable(home: Path) -> None:
+    """Every OTLP knob on and the headers from a Secret: no injected container gets an OTEL_*
+    variable, which wandb's own OpenTelemetry exporter (and any other SDK in the pod) would read
+    and send to its own destination; the sink still finds every setting under our names."""
+    docs = render(home, "-f", NONDEFAULT, "--set", "identity.downwardAPI=true")
+    config_json = only(docs, "ConfigMap")["data"]["config.json"]
+    assert "OTEL_" not in config_json
+    settings = admission.Settings.from_mapping(json.loads(config_json))
+    pod = yaml.safe_load((FIXTURES / "pytorchjob-worker.yaml").read_text())
+    reply, outcome = admission.review(json.dumps(admission_review(pod)).encode(), settings)
+    patched = apply_response(pod, reply)
+    validate_pod(patched)
+    assert outcome.injected
+    containers = patched["spec"]["containers"] + patched["spec"].get("initContainers", [])
+    names = [entry["name"] for container in containers for entry in container.get("env", [])]
+    assert [name for name in names if name.startswith("OTEL_")] == []
+    for container in patched["spec"]["containers"]:
+        if container["name"] not in outcome.injected:
+            continue
+        env = {entry["name"]: entry for entry in container["env"]}
+        assert env["PRIMUS_LENS_OTLP_HEADERS"]["valueFrom"]["secretKeyRef"]["name"] == "otlp-token"
+        plain = {name: entry["value"] for name, entry in env.items() if "value" in entry}
+        s = otlp_sink.settings(Config.from_env({**plain, "PRIMUS_LENS_OTLP_HEADERS": "a=b"}))
+        assert (s.endpoint, s.protocol, s.gzip, s.timeout, s.headers) == (
+            "https://otel-collector.observability.svc:4318/v1/metrics", "http/json", True, 20.0,
+            (("a", "b"),))
+        assert dict(s.resource_attributes) == {"k8s.cluster.name": "mi300x-a",
+                                               "deployment.environment": "prod"}

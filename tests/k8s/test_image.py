@@ -6,7 +6,8 @@ injector image and the training-base stage with buildah (chroot isolation), then
 with podman and runc (``--network=none``, and the whole test inside a network namespace without
 interfaces) as non-root users:
 
-- the training-base image trains with wandb offline and leaves the correct local record;
+- the training-base image trains with wandb offline and leaves the correct local record, also
+  under a PYTHONPATH that leaves /opt/primus-lens out (its .pth route);
 - the webhook's path: the init container's exact command (taken from the patch the webhook
   computes) copies the tree out of the injector image as uid 65532 with a read-only root, and a
   plain training container that mounts the copy read-only with the patch's PYTHONPATH records
@@ -230,6 +231,16 @@ def test_training_base_trains_and_records(images: Engine, tmp_path: Path) -> Non
     assert report["uid"] == 1000
     assert report["teamlib"] == "team-lib"
     assert report["path"].index("/opt/primus-lens") < report["path"].index("/opt/team-lib")
+    check_record(report["rows"])
+
+
+def test_training_base_survives_a_launcher_that_replaces_pythonpath(images: Engine,
+                                                                     tmp_path: Path) -> None:
+    # a launcher that exports a PYTHONPATH of its own, without /opt/primus-lens (Primus's ODC
+    # launcher does): the .pth route the stage installed still records every row
+    report = train(images, BAKED, tmp_path, env={"PYTHONPATH": "/opt/team-lib"})
+    assert report["teamlib"] == "team-lib"
+    assert "/opt/primus-lens" in report["path"]  # put last by the bootstrap, at wandb's import
     check_record(report["rows"])
 
 

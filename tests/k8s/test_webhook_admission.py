@@ -222,17 +222,21 @@ def test_malformed_pods_are_admitted_unchanged_with_a_reason(broken: Any) -> Non
     ({"image": "i", "mountPath": "/a:/b"}, "mount_path must be an absolute path"),
     ({"image": "i", "mountPath": "/"}, "mount_path must be an absolute path"),
     ({"image": "i", "imagePullPolicy": "Sometimes"}, "imagePullPolicy must be"),
-    ({"image": "i", "env": {"PATH": "/bin"}}, "not a PRIMUS_LENS_* or OTEL_* variable name"),
-    ({"image": "i", "secretEnv": {"HEADERS": {"name": "s", "key": "k"}}}, "not a PRIMUS_LENS_* or OTEL_*"),
-    ({"image": "i", "secretEnv": {"OTEL_EXPORTER_OTLP_HEADERS": {"name": "s"}}}, "exactly name and key"),
-    ({"image": "i", "secretEnv": {"OTEL_EXPORTER_OTLP_HEADERS": {"name": "S_1", "key": "k"}}},
+    ({"image": "i", "env": {"PATH": "/bin"}}, "not a PRIMUS_LENS_* variable name"),
+    ({"image": "i", "env": {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}},
+     "not a PRIMUS_LENS_* variable name"),
+    ({"image": "i", "secretEnv": {"HEADERS": {"name": "s", "key": "k"}}}, "not a PRIMUS_LENS_*"),
+    ({"image": "i", "secretEnv": {"OTEL_EXPORTER_OTLP_HEADERS": {"name": "s", "key": "k"}}},
+     "not a PRIMUS_LENS_*"),
+    ({"image": "i", "secretEnv": {"PRIMUS_LENS_OTLP_HEADERS": {"name": "s"}}}, "exactly name and key"),
+    ({"image": "i", "secretEnv": {"PRIMUS_LENS_OTLP_HEADERS": {"name": "S_1", "key": "k"}}},
      "must be a DNS subdomain"),
-    ({"image": "i", "secretEnv": {"OTEL_EXPORTER_OTLP_HEADERS": {"name": "s", "key": "a/b"}}},
+    ({"image": "i", "secretEnv": {"PRIMUS_LENS_OTLP_HEADERS": {"name": "s", "key": "a/b"}}},
      "must be a Secret data key"),
     ({"image": "i", "secretEnv": []}, "secretEnv must be an object"),
-    ({"image": "i", "env": {"OTEL_EXPORTER_OTLP_HEADERS": "a=b"},
-      "secretEnv": {"OTEL_EXPORTER_OTLP_HEADERS": {"name": "s", "key": "k"}}},
-     "env and secretEnv both set OTEL_EXPORTER_OTLP_HEADERS"),
+    ({"image": "i", "env": {"PRIMUS_LENS_OTLP_HEADERS": "a=b"},
+      "secretEnv": {"PRIMUS_LENS_OTLP_HEADERS": {"name": "s", "key": "k"}}},
+     "env and secretEnv both set PRIMUS_LENS_OTLP_HEADERS"),
     ({"image": "i", "env": {"PRIMUS_LENS_WANDB_DEBUG": True}}, "must be a string"),
     ({"image": "i", "downwardAPI": "yes"}, "must be true or false"),
     ({"image": "i", "volumeName": "Bad_Name"}, "must be a DNS label"),
@@ -251,9 +255,10 @@ def test_unknown_reporting_variables_are_flagged() -> None:
     assert admission.unknown_env_names(settings, KNOWN_ENV) == ["PRIMUS_LENS_TYPO"]
 
 
-def test_opentelemetry_variables_are_not_flagged_as_unknown() -> None:
+def test_otlp_variables_are_not_flagged_as_unknown() -> None:
     settings = admission.Settings.from_mapping({"image": "i", "env": {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_RESOURCE_ATTRIBUTES": "k8s.cluster.name=a"}})
+        "PRIMUS_LENS_OTLP_ENDPOINT": "http://c:4318",
+        "PRIMUS_LENS_OTLP_RESOURCE_ATTRIBUTES": "k8s.cluster.name=a"}})
     assert admission.unknown_env_names(settings, KNOWN_ENV) == []
 
 
@@ -261,10 +266,10 @@ def test_opentelemetry_variables_are_not_flagged_as_unknown() -> None:
 
 OTLP_SETTINGS = admission.Settings.from_mapping({
     "image": "i",
-    "env": {"PRIMUS_LENS_OTLP": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.obs.svc:4318",
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
-    "secretEnv": {"OTEL_EXPORTER_OTLP_HEADERS": {"name": "otlp-headers", "key": "headers"}}})
-HEADERS_FROM_SECRET = {"name": "OTEL_EXPORTER_OTLP_HEADERS", "valueFrom": {
+    "env": {"PRIMUS_LENS_OTLP": "true", "PRIMUS_LENS_OTLP_ENDPOINT": "http://otel-collector.obs.svc:4318",
+            "PRIMUS_LENS_OTLP_PROTOCOL": "http/protobuf"},
+    "secretEnv": {"PRIMUS_LENS_OTLP_HEADERS": {"name": "otlp-headers", "key": "headers"}}})
+HEADERS_FROM_SECRET = {"name": "PRIMUS_LENS_OTLP_HEADERS", "valueFrom": {
     "secretKeyRef": {"name": "otlp-headers", "key": "headers", "optional": True}}}
 
 
@@ -274,12 +279,12 @@ def test_otlp_settings_add_the_sink_variables_after_the_identity() -> None:
     [env] = [op for op in operations if op["path"] == "/spec/containers/0/env"]
     assert [entry["name"] for entry in env["value"]] == [
         "PYTHONPATH", "POD_NAME", "POD_UID", "POD_NAMESPACE", "NODE_NAME",
-        "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL", "PRIMUS_LENS_OTLP",
-        "OTEL_EXPORTER_OTLP_HEADERS"]
+        "PRIMUS_LENS_OTLP", "PRIMUS_LENS_OTLP_ENDPOINT", "PRIMUS_LENS_OTLP_PROTOCOL",
+        "PRIMUS_LENS_OTLP_HEADERS"]
     assert env["value"][-4:] == [
-        {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://otel-collector.obs.svc:4318"},
-        {"name": "OTEL_EXPORTER_OTLP_PROTOCOL", "value": "http/protobuf"},
         {"name": "PRIMUS_LENS_OTLP", "value": "true"},
+        {"name": "PRIMUS_LENS_OTLP_ENDPOINT", "value": "http://otel-collector.obs.svc:4318"},
+        {"name": "PRIMUS_LENS_OTLP_PROTOCOL", "value": "http/protobuf"},
         HEADERS_FROM_SECRET]
     after = apply_response(pod(), reply)
     validate_pod(after)
@@ -287,8 +292,8 @@ def test_otlp_settings_add_the_sink_variables_after_the_identity() -> None:
 
 
 def test_otlp_variables_the_container_sets_are_kept() -> None:
-    own = [{"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://own-collector:4318"},
-           {"name": "OTEL_EXPORTER_OTLP_HEADERS",
+    own = [{"name": "PRIMUS_LENS_OTLP_ENDPOINT", "value": "http://own-collector:4318"},
+           {"name": "PRIMUS_LENS_OTLP_HEADERS",
             "valueFrom": {"secretKeyRef": {"name": "mine", "key": "h"}}},
            {"name": "PRIMUS_LENS_OTLP", "value": "false"}]
     before = pod({"name": "m", "image": "i", "env": own})
@@ -296,7 +301,7 @@ def test_otlp_variables_the_container_sets_are_kept() -> None:
     env = after["spec"]["containers"][0]["env"]
     assert env[:3] == own
     assert [entry["name"] for entry in env[3:]] == [
-        "PYTHONPATH", "POD_NAME", "POD_UID", "POD_NAMESPACE", "NODE_NAME", "OTEL_EXPORTER_OTLP_PROTOCOL"]
+        "PYTHONPATH", "POD_NAME", "POD_UID", "POD_NAMESPACE", "NODE_NAME", "PRIMUS_LENS_OTLP_PROTOCOL"]
 
 
 # -- patches the API server accepts, whatever the pod already holds -------------------------------
@@ -400,6 +405,56 @@ def test_our_annotations_and_warnings_stay_bounded() -> None:
     assert warnings[-1] == ("primus-lens: 1993 more containers not injected "
                             "(annotation primus-lens.amd.com/skipped)")
     validate_pod(apply_response(before, reply))
+
+
+@pytest.mark.parametrize("count", [admission.MAX_CONTAINERS + 1, 50_000])
+def test_a_pod_with_too_many_containers_is_admitted_unchanged_with_a_warning(count: int) -> None:
+    """The work and the answer are bounded before any patch is built: 50,000 containers
+    (a 750 KB review) once made a 39 MB patch."""
+    before = pod(*({"name": f"c{n}", "image": "i"} for n in range(count)))
+    reply, outcome = admission.review(json.dumps(admission_review(before)).encode(), SETTINGS)
+    assert reply["response"] == {
+        "uid": reply["response"]["uid"], "allowed": True, "warnings": [
+            f"primus-lens: pod not injected: {count} containers to inject, more than the "
+            f"{admission.MAX_CONTAINERS} the webhook injects in one pod"]}
+    assert outcome.decision.startswith("not injected:")
+    assert len(json.dumps(reply)) < 1024
+
+
+def test_the_limit_counts_containers_to_inject() -> None:
+    """At the limit every container is injected, with the chart's full settings (OTLP on, each
+    container with variables of its own) inside the patch bound; beyond it, a pod whose
+    annotation selects one container is injected all the same."""
+    settings = admission.Settings.from_mapping({
+        "image": "registry.example.com/platform/primus-lens-inject@sha256:" + "a" * 64,
+        "env": {"PRIMUS_LENS_API_BASE_URL": "http://lens.primus-lens.svc:8989/v1",
+                "PRIMUS_LENS_WANDB_API_REPORTING": "true", "PRIMUS_LENS_OTLP": "true",
+                "PRIMUS_LENS_OTLP_ENDPOINT": "http://otel-collector.observability.svc:4318",
+                "PRIMUS_LENS_OTLP_RESOURCE_ATTRIBUTES": "k8s.cluster.name=mi300x-a,team=ml"},
+        "secretEnv": {"PRIMUS_LENS_OTLP_HEADERS": {"name": "otlp-headers", "key": "headers"}}})
+    many = [{"name": f"container-{n:02d}", "image": "i", "env": [{"name": "X", "value": "1"}]}
+            for n in range(admission.MAX_CONTAINERS)]
+    after = run(pod(*many, annotations={admission.WORKLOAD_UID_KEY: "u-1"}), settings)
+    validate_pod(after)
+    assert len(injected(after)) == admission.MAX_CONTAINERS
+    crowd = pod(*({"name": f"c{n}", "image": "i"} for n in range(1000)),
+                annotations={admission.CONTAINERS_KEY: "c7"})
+    assert injected(run(crowd)) == ["c7"]
+
+
+def test_a_patch_over_its_bound_is_not_sent() -> None:
+    """Settings can make each container's patch large; the answer stays bounded all the same."""
+    settings = admission.Settings.from_mapping(
+        {"image": "i", "env": {"PRIMUS_LENS_EXTRA": "x" * 4096}})
+    before = pod(*({"name": f"c{n}", "image": "i"} for n in range(30)))
+    reply, outcome = admission.review(json.dumps(admission_review(before)).encode(), settings)
+    assert outcome.decision.startswith("not injected: its patch would take ")
+    [warning] = reply["response"]["warnings"]
+    assert warning.startswith("primus-lens: pod not injected: its patch would take ")
+    assert warning.endswith(f"bytes, more than {admission.MAX_PATCH_BYTES}")
+    assert "patch" not in reply["response"]
+    assert run(before, settings) == before
+    assert len(injected(run(pod(*before["spec"]["containers"][:3]), settings))) == 3
 
 
 # -- SaFE's main-container annotation -------------------------------------------------------------

@@ -25,12 +25,11 @@ from primus_lens_inject.report.detection import build_report
 from primus_lens_inject.report.environment import gpu_arch
 from primus_lens_inject.report.evidence import WITHHELD
 from primus_lens_inject.report.hints import Signal, hints
-from primus_lens_inject.report.runfacts import RunFacts
+from primus_lens_inject.report.runfacts import RunFacts, caller_modules
 from primus_lens_inject.topology import Topology
 
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMA_PATHS = (ROOT / "tests" / "telemetry-api.schema.json",
-                Path("/work/shared/spec/telemetry-api.schema.json"))
+SCHEMA = ROOT / "tests" / "telemetry-api.schema.json"
 FRAMEWORK_TOPS = {"torch", "jax", "jaxlib", "megatron", "deepspeed", "transformers", "lightning",
                   "pytorch_lightning", "primus", "tensorflow"}
 NOW = 1767225600.125
@@ -67,8 +66,7 @@ def report(facts: Optional[RunFacts] = None, environ: Optional[Dict[str, str]] =
 
 def _validator():
     jsonschema = pytest.importorskip("jsonschema")
-    path = next(p for p in SCHEMA_PATHS if p.exists())
-    schema = json.loads(path.read_text())
+    schema = json.loads(SCHEMA.read_text())
     return jsonschema.Draft202012Validator({**schema, "$ref": "#/$defs/DetectionRequest"})
 
 
@@ -236,6 +234,53 @@ def test_framework_combinations(modules, case: str) -> None:
     if case in PYTORCH:
         assert evidence["pytorch"] == PYTORCH[case]
     assert_contract(body)
+
+
+def _chosen(callers: tuple) -> tuple:
+    body = report(RunFacts(project="exp", callers=callers))
+    evidence, hint = body["evidence"], body["hints"]
+    assert list(evidence["wrapper_frameworks"]) == hint["wrapper_frameworks"]
+    assert list(evidence["base_frameworks"]) == hint["base_frameworks"]
+    return hint["wrapper_frameworks"], hint["base_frameworks"]
+
+
+def test_frameworks_are_judged_by_what_the_run_uses(modules) -> None:
+    """With the run's stack seen, an imported wrapper or ``transformers`` counts only if its code
+    drove the run (or its state is set up, or a transformers model class is loaded); the bases
+    that nothing imports on the side count when imported."""
+    _pytorch_lightning(modules)
+    modules("transformers", "5.0.0")  # what torchmetrics imports under every Lightning job
+    modules("transformers.models.auto.modeling_auto")
+    lightning = ("__main__", "pytorch_lightning.loggers.wandb", "pytorch_lightning.trainer.trainer")
+    assert _chosen(lightning) == (["lightning"], [])
+    assert _chosen(("__main__",)) == ([], [])  # a loop of the user's own that logs
+    assert _chosen(()) == (["lightning"], ["transformers"])  # stack not seen: imports count
+    modules("transformers.modeling_utils")  # a model class of transformers was loaded
+    assert _chosen(lightning) == (["lightning"], ["transformers"])
+
+    modules("transformers.trainer")
+    trainer = ("transformers.integrations.integration_utils", "transformers.trainer_callback",
+               "transformers.trainer", "__main__")
+    assert _chosen(trainer) == (["transformers_trainer"], ["transformers"])
+    assert _chosen(("transformersx.trainer", "pytorch_lightningx")) == ([], ["transformers"])
+
+    modules("deepspeed", "0.15.1")  # imported, not on the stack: a base counts
+    modules("primus", "0.3.0")
+    assert _chosen(trainer) == (["transformers_trainer"], ["deepspeed"])
+    modules("primus.core.utils.global_vars", _GLOBAL_PRIMUS_CFG=object())  # Primus set up
+    assert _chosen(("__main__",)) == (["primus"], ["deepspeed"])
+
+
+def test_callers_are_the_modules_on_the_stack() -> None:
+    def inner() -> tuple:
+        return caller_modules()
+
+    names = inner()
+    assert names[0] == __name__ and len(names) == len(set(names))
+    assert "_pytest.python" in names  # the test runner called this test
+    assert caller_modules(limit=1) == (__name__,)
+    facts = RunFacts.from_run(types.SimpleNamespace(project="p"), callers=names)
+    assert facts.callers == names and facts.project == "p"
 
 
 def test_report_shape_and_identity(modules) -> None:

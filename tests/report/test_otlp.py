@@ -21,8 +21,9 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from otlp_support import OtlpServer, attributes
 
 from primus_lens_inject.config import Config
-from primus_lens_inject.report import otlp, otlp_sink, wire
+from primus_lens_inject.report import otlp, otlp_sink, owner, wire
 from primus_lens_inject.report.policy import DROP, OK, RETRY, STOP
+from primus_lens_inject.report.sink import Control
 from primus_lens_inject.topology import Topology
 
 SCRIPT = (Path(__file__).parents[1] / "scripts" / "otlp_run.py").read_text()
@@ -94,7 +95,7 @@ def test_bodies_decode_with_the_official_classes_and_match_the_rows(protocol):
                                         "namespace": "ns", "node_name": "n1"},
                                         Topology(rank=5, local_rank=1, node=2, world_size=8),
                                         5, "run-9", "proj", (("team", "a"),))
-    body, count = otlp.Encoder(protocol).body(resource, ENTRIES)
+    (body,), count = otlp.Encoder(protocol).bodies(resource, ENTRIES, wire.MAX_BODY)
     message = decode(body, protocol == "http/json")
     (rm,) = message.resource_metrics
     assert attributes(rm.resource.attributes) == {
@@ -144,7 +145,36 @@ def test_settings_prefer_the_metrics_specific_variables():
     assert otlp_sink.settings(config).endpoint == "http://m:9/custom/path"
     defaults = otlp_sink.settings(Config())
     assert defaults == ("http://localhost:4318/v1/metrics", (), 10.0, False, "http/protobuf",
-                        None, None, None)
+                        None, None, None, (), "")
+
+
+def test_our_own_variables_win_over_the_opentelemetry_ones():
+    """PRIMUS_LENS_OTLP_* > OTEL_EXPORTER_OTLP_METRICS_* > OTEL_EXPORTER_OTLP_*, each setting on
+    its own; a full metrics URL beats a base URL of its tier, and a query string stays last."""
+    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://generic:4318",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://metrics:4318/v1/metrics",
+            "OTEL_EXPORTER_OTLP_HEADERS": "a=generic", "OTEL_EXPORTER_OTLP_METRICS_HEADERS": "a=m",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "1000", "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT": "2000",
+            "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
+            "OTEL_EXPORTER_OTLP_CERTIFICATE": "/otel/ca.pem",
+            "OTEL_RESOURCE_ATTRIBUTES": "team=otel", "OTEL_SERVICE_NAME": "otel-svc"}
+    ours = {"PRIMUS_LENS_OTLP_ENDPOINT": "https://ours:4318/api?code=k3y%3D",
+            "PRIMUS_LENS_OTLP_HEADERS": "a=ours", "PRIMUS_LENS_OTLP_TIMEOUT": "3000",
+            "PRIMUS_LENS_OTLP_COMPRESSION": "none", "PRIMUS_LENS_OTLP_PROTOCOL": "http/protobuf",
+            "PRIMUS_LENS_OTLP_CERTIFICATE": "/ours/ca.pem",
+            "PRIMUS_LENS_OTLP_CLIENT_CERTIFICATE": "/ours/c.pem",
+            "PRIMUS_LENS_OTLP_CLIENT_KEY": "/ours/k.pem",
+            "PRIMUS_LENS_OTLP_RESOURCE_ATTRIBUTES": "team=ours",
+            "PRIMUS_LENS_OTLP_SERVICE_NAME": "ours-svc"}
+    assert otlp_sink.settings(Config.from_env({**otel, **ours})) == (
+        "https://ours:4318/api/v1/metrics?code=k3y%3D", (("a", "ours"),), 3.0, False,
+        "http/protobuf", "/ours/ca.pem", "/ours/c.pem", "/ours/k.pem", (("team", "ours"),),
+        "ours-svc")
+    assert otlp_sink.settings(Config.from_env(otel)) == (
+        "http://metrics:4318/v1/metrics", (("a", "m"),), 2.0, True, "http/json", "/otel/ca.pem",
+        None, None, (("team", "otel"),), "otel-svc")
+    full = {**otel, **ours, "PRIMUS_LENS_OTLP_METRICS_ENDPOINT": "http://full:1/x"}
+    assert otlp_sink.settings(Config.from_env(full)).endpoint == "http://full:1/x"
 
 
 def test_grpc_and_garbage_fall_back_with_one_warning_each():
@@ -169,6 +199,11 @@ def test_answers_are_classified_as_the_otlp_specification_says(status, action):
     assert otlp_sink.classify(status, "")[0] == action
 
 
+def test_a_2xx_that_is_not_an_otlp_answer_is_retried():
+    action, reason = otlp_sink.classify(200, "", understood=False)
+    assert action == RETRY and "not an OTLP ExportMetricsServiceResponse" in reason
+
+
 def test_retry_after_in_seconds_or_as_a_date():
     assert otlp_sink.retry_after("3") == 3.0
     assert otlp_sink.retry_after("100000") == otlp_sink.RETRY_AFTER_MAX
@@ -177,15 +212,63 @@ def test_retry_after_in_seconds_or_as_a_date():
 
 
 @pytest.mark.parametrize("json_body", [False, True])
-def test_partial_success_is_read_from_the_official_response(json_body):
+def test_answers_are_read_from_the_official_response(json_body):
+    kind = "application/json" if json_body else "application/x-protobuf"
     response = ExportMetricsServiceResponse()
-    assert otlp.partial_success(response.SerializeToString(), False) == (0, "")
+    assert otlp.read_answer(kind, response.SerializeToString()) == (0, "")  # empty: all taken
+    assert otlp.read_answer(kind + "; charset=utf-8", b"{}" if json_body else b"") == (0, "")
     response.partial_success.rejected_data_points = 7
     response.partial_success.error_message = "name too long"
     body = (json_format.MessageToJson(response).encode() if json_body
             else response.SerializeToString())
-    assert otlp.partial_success(body, json_body) == (7, "name too long")
-    assert otlp.partial_success(b"<html>", json_body) == (0, "")
+    assert otlp.read_answer(kind, body) == (7, "name too long")
+    assert otlp.read_answer("Application/X-Protobuf" if not json_body else "APPLICATION/JSON",
+                            body) == (7, "name too long")
+
+
+HTML = b"<html><head><title>OK</title></head><body>Welcome to nginx!</body></html>"
+
+
+@pytest.mark.parametrize("content_type,body", [
+    ("text/html", HTML), ("application/x-protobuf", HTML), ("application/json", HTML),
+    ("", b"\x0a\x02\x08\x07"), ("text/plain", b"OK"), ("application/json", b"[1]"),
+    ("application/json", b'{"partialSuccess": "x"}'),
+    ("application/json", b'{"partialSuccess": {"rejectedDataPoints": "many"}}'),
+    ("application/x-protobuf", b"\x0a\x10\x08"),  # truncated
+    ("application/x-protobuf", b"\x0a\x03\x12\x01\xff"),  # message not UTF-8
+])
+def test_anything_else_is_not_an_answer(content_type, body):
+    assert otlp.read_answer(content_type, body) is None
+
+
+def test_a_huge_row_is_split_into_bodies_under_the_limit_each_point_once():
+    keys = {f"layer{i}/grad_norm": float(i) for i in range(60_000)}
+    entries = [{"step": 9, "timestamp": 1_700_000_000.5, "data": keys},
+               {"step": 10, "timestamp": 1_700_000_001.5, "data": {"loss": 1.0}}]
+    bodies, count = otlp.Encoder("http/protobuf").bodies((("service.name", "s"),), entries,
+                                                          wire.MAX_BODY)
+    assert len(bodies) > 2 and all(len(body) <= wire.MAX_BODY for body in bodies)
+    seen = []
+    for body in bodies:
+        for rm in decode(body, False).resource_metrics:
+            assert attributes(rm.resource.attributes) == {"service.name": "s"}
+            seen += [(m.name, p.time_unix_nano, p.as_double) for sm in rm.scope_metrics
+                     for m in sm.metrics for p in m.gauge.data_points]
+    assert len(seen) == len(set(seen)) == count == 60_000 + 1 + 2  # two steps, once each
+    assert sorted(v for name, _, v in seen if name == "wandb.step") == [9.0, 10.0]
+    assert {v for name, _, v in seen if name.startswith("wandb.layer")} == set(keys.values())
+
+
+def test_the_runs_free_text_in_the_resource_is_redacted(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_PROJECT", "proj-hf_abcdefghijklmnopqrstuvwxyz0123456789-Xk9vQ2mZr7Lp4sWt8yBn")
+    writer = owner.Writer({"pod_name": POD}, 0, True)
+    record = str(tmp_path / "r.jsonl")
+    sink = otlp_sink.OtlpRows(Control(record), Config.from_env({}), Topology(), record,
+                              owner.Writers(record), writer)
+    resource = dict(sink._resource(writer, "run-password=hunter2hunter2"))
+    assert "hf_abcdefghijklmnopqrstuvwxyz" not in str(resource) and "Xk9vQ2" not in str(resource)
+    assert "hunter2" not in str(resource)
+    assert resource["wandb.project"].startswith("proj-") and "[REDACTED]" in resource["wandb.project"]
 
 
 def rows_of(record):

@@ -198,3 +198,109 @@ def test_fork_children_rows_are_exported_once_by_the_owner(tmp_path):
         for run_id in ids[:2]:
             once_each(server, run_id, range(50))
         once_each(server, ids[2], range(10))
+
+
+# -- behind a proxy: the built-in receiver's OTLP faults, request-counted -------------------------
+
+def receiver_steps(receiver: Receiver, run_id: str) -> Counter:
+    return Counter(int(p["value"]) for p in receiver.otlp_points(name="wandb.step")
+                   if p["resource"]["wandb.run.id"] == run_id)
+
+
+def test_html_200_answers_are_retried_said_once_and_every_row_arrives(tmp_path):
+    """A proxy answering 200 with its own HTML page exported nothing: the rows are sent again
+    until the collector answers, said once, and the status says all delivered."""
+    with Receiver(port=0, otlp=True, faults={"otlp_html_for": 3}) as receiver:
+        result = run_training(tmp_path, SCRIPT, env=otlp_env(
+            receiver.otlp_endpoint, OTLP_TEST_ROWS="3000", PRIMUS_LENS_SHUTDOWN_TIMEOUT="60"),
+            timeout=300)
+        assert result.proc.returncode == 0, result.stderr
+        steps = receiver_steps(receiver, run_id_of(result))
+        statuses = [r["status"] for r in receiver.requests(path="/v1/metrics")]
+    assert sorted(steps) == list(range(3000)) and set(steps.values()) == {1}
+    assert statuses[:3] == [200, 200, 200] and len(statuses) > 3
+    said = [line for line in result.injector_lines() if "not an OTLP" in line]
+    assert len(said) == 1 and "retrying" in said[0]
+    otlp = status_of(result)["otlp"]
+    assert otlp["rows_sent"] == 3000 and otlp["dropped"] == {} and otlp["retries"] == 3
+    assert otlp["state"] == "exited, all delivered"
+
+
+def test_a_60000_key_row_is_split_under_a_1_mib_limit_and_every_point_arrives(tmp_path):
+    with Receiver(port=0, otlp=True, faults={"otlp_max_body": 1 << 20}) as receiver:
+        result = run_training(tmp_path, SCRIPT, env=otlp_env(
+            receiver.otlp_endpoint, OTLP_TEST_WIDE="60000", PRIMUS_LENS_SHUTDOWN_TIMEOUT="60"),
+            timeout=300)
+        assert result.proc.returncode == 0, result.stderr
+        run_id = run_id_of(result)
+        wide = [p for p in receiver.otlp_points() if p["name"].startswith("wandb.wide/")]
+        steps = receiver_steps(receiver, run_id)
+        sizes = [len(r["body"]) for r in receiver.requests(path="/v1/metrics")]
+        statuses = {r["status"] for r in receiver.requests(path="/v1/metrics")}
+    assert sorted((p["name"], p["value"]) for p in wide) == sorted(
+        (f"wandb.wide/{i}", float(i)) for i in range(60_000))
+    assert sorted(steps) == list(range(41)) and set(steps.values()) == {1}
+    assert statuses == {200} and max(sizes) < 1 << 20 and len(sizes) >= 3
+    assert status_of(result)["otlp"]["rows_sent"] == 41
+
+
+def test_partial_success_is_said_once_per_process_with_the_count_in_the_status(tmp_path):
+    """Each batch's partial success has its own message (its count): still one line."""
+    with Receiver(port=0, otlp=True, faults={"otlp_reject_rate": 0.01, "seed": 7}) as receiver:
+        result = run_training(tmp_path, SCRIPT, env=otlp_env(
+            receiver.otlp_endpoint, OTLP_TEST_ROWS="3000", PRIMUS_LENS_SHUTDOWN_TIMEOUT="60"),
+            timeout=300)
+        assert result.proc.returncode == 0, result.stderr
+        stored = len(receiver.otlp_points())
+        batches = len(receiver.requests(path="/v1/metrics"))
+    said = [line for line in result.injector_lines() if "accepted a batch partly" in line]
+    assert len(said) == 1 and batches >= 18
+    sent = 3000 * 6  # five numeric keys and the step per row
+    rejected = status_of(result)["otlp"]["dropped"]["data points rejected by the OTLP endpoint"]
+    assert rejected == sent - stored and 0 < rejected < sent // 10
+
+
+def test_endpoint_query_credentials_and_the_project_never_leak(tmp_path):
+    """A collector behind a function key (``?code=``) that first answers with an HTML page: the key
+    reaches the collector but not stderr, the status file or doctor; a token-shaped project name
+    arrives redacted like the Lens sink's keys."""
+    key, token = "Xk9vQ2mZr7Lp4sWt8yBn3cJd", "ghp_" + "a1B2c3D4e5F6g7H8i9J0" * 2
+    with Receiver(port=0, otlp=True, faults={"otlp_html_for": 1}) as receiver:
+        env = otlp_env("http://unused:4318", PRIMUS_LENS_OTLP_ENDPOINT=f"{receiver.otlp_endpoint}?code={key}",
+                       WANDB_PROJECT=f"team-{token}")
+        result = run_training(tmp_path, SCRIPT, env=env)
+        assert result.proc.returncode == 0, result.stderr
+        resource = receiver.otlp_points(name="wandb.step")[0]["resource"]
+        targets = [r["path"] for r in receiver.requests(path="/v1/metrics")]
+    assert len(targets) >= 2  # the HTML answer was retried
+    assert resource["wandb.project"].startswith("team-") and token not in json.dumps(resource)
+    doctor = run_cli(["doctor", "--json"], training_env(tmp_path, env))
+    said = [line for line in result.injector_lines() if "not an OTLP" in line]
+    assert len(said) == 1 and "?code=" in said[0]
+    status = json.dumps(status_of(result))
+    assert "/v1/metrics?code=" in status and "/v1/metrics?code=" in doctor.stdout
+    for text in (result.stderr, status, doctor.stdout, doctor.stderr):
+        assert key not in text
+
+
+def test_doctor_warns_that_wandb_sends_the_standard_otlp_headers_to_wandb(tmp_path):
+    """wandb ≥ 0.31 online exports its own telemetry with the OpenTelemetry SDK, which adds
+    OTEL_EXPORTER_OTLP_HEADERS to its requests to W&B: doctor says so (with the sink on or off),
+    not for an offline run, and not for our own PRIMUS_LENS_OTLP_HEADERS."""
+    def doctor(**extra: str) -> tuple:
+        env = training_env(tmp_path, {"PRIMUS_LENS_OTLP": "false", **extra})
+        report = json.loads(run_cli(["doctor", "--json"], env).stdout)
+        return report["wandb"]["installed"], report["otlp"]["warnings"], run_cli(["doctor"], env)
+
+    version, warnings, text = doctor(WANDB_MODE=None, OTEL_EXPORTER_OTLP_HEADERS="api-key=t0pS3cret")
+    if tuple(int(p) for p in version.split(".")[:2]) < (0, 31):
+        assert warnings == []
+        return
+    (warning,) = warnings
+    assert warning.startswith("OTEL_EXPORTER_OTLP_HEADERS set: wandb ")
+    assert "sent to W&B" in warning and "PRIMUS_LENS_OTLP_HEADERS" in warning
+    assert f"  warning: {warning}" in text.stdout and "t0pS3cret" not in text.stdout
+    _, warnings, _ = doctor(WANDB_MODE="online", OTEL_EXPORTER_OTLP_METRICS_HEADERS="a=b")
+    assert len(warnings) == 1 and warnings[0].startswith("OTEL_EXPORTER_OTLP_METRICS_HEADERS set")
+    assert doctor(WANDB_MODE="offline", OTEL_EXPORTER_OTLP_HEADERS="a=b")[1] == []
+    assert doctor(WANDB_MODE=None, PRIMUS_LENS_OTLP_HEADERS="a=b")[1] == []

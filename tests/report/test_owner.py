@@ -5,6 +5,8 @@ with the launcher's variables for the others) with real wandb in offline mode, r
 built-in receiver, whose merged per-step view is the server's: one row per workload and step,
 every write merged into it.  Each owner logs values no other owner logs, so a value overwritten
 by another writer, a row sent twice or under another pod's name shows up as a wrong value.
+Megatron-LM and Primus's Megatron backend are stand-in packages of the same module names: the
+injector only looks them up in ``sys.modules``.
 """
 
 from __future__ import annotations
@@ -13,26 +15,34 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import textwrap
 import time
+import types
 from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import httpx
 import pytest
-from conftest import TRAIN_PYTHON, run_cli, strict_json, training_env
+from conftest import BOOTSTRAP_DIR, TRAIN_PYTHON, run_cli, strict_json, training_env
 
 from primus_lens_inject.config import API_PRESETS, Config
 from primus_lens_inject.devserver.receiver import Receiver
-from primus_lens_inject.report import owner
+from primus_lens_inject.report import frameworks, owner
 from primus_lens_inject.report.reporter import Reporter
 from primus_lens_inject.report.transport import unresolved
 from primus_lens_inject.topology import Topology, detect
 
 STEPS = 12
 
-OWNER = f"""
+IMPORTS = """
+import os
+for name in os.environ.get("LENS_TEST_IMPORTS", "").split():  # a framework the job uses
+    __import__(name)
+"""
+
+OWNER = IMPORTS + f"""
 import os, sys, time, wandb
 base = float(sys.argv[1])
 wait_for = sys.argv[2] if len(sys.argv) > 2 else ""
@@ -50,7 +60,7 @@ print("run", run.id, flush=True)
 run.finish()
 """
 
-DISTRIBUTED = f"""
+DISTRIBUTED = IMPORTS + f"""
 import sys, torch, torch.distributed as dist
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
@@ -98,6 +108,19 @@ def has_torch() -> bool:
                             "sys.exit(u.find_spec('torch') is None)"], timeout=60,
                            env={k: v for k, v in os.environ.items() if not k.startswith("PYTHON")})
     return probe.returncode == 0
+
+
+def stand_ins(root: Path, *modules: str) -> Dict[str, str]:
+    """Empty packages named ``modules`` under ``root``, imported by OWNER and DISTRIBUTED: the
+    environment that puts them on the path after the injector and has the scripts import them."""
+    for module in modules:
+        parts = module.split(".")
+        for depth in range(1, len(parts) + 1):
+            package = root.joinpath(*parts[:depth])
+            package.mkdir(parents=True, exist_ok=True)
+            (package / "__init__.py").touch()
+    return {"PYTHONPATH": os.pathsep.join((str(BOOTSTRAP_DIR), str(root))),
+            "LENS_TEST_IMPORTS": " ".join(modules)}
 
 
 def reporting(url: str, pod: str, **extra: str) -> Dict[str, str]:
@@ -151,6 +174,8 @@ def test_every_job_shape_delivers_every_row_once_without_collisions(tmp_path):
         for name, rule, world, key in (("rank0", "first", 2, "loss"), ("megatron", "last", 2,
                                        "lm loss"), ("titan", "pipeline", 4, "loss")):
             env = reporting(url, f"{name}-master-0")
+            if name == "megatron":  # Megatron-LM is imported: its last rank keeps plain keys
+                env.update(stand_ins(tmp_path / "packages", "megatron"))
             args = [rule, str(SHAPES[name]), key]
             if torch:
                 jobs[name] = Job(tmp_path / name, DISTRIBUTED, env, args, launcher=[
@@ -191,6 +216,62 @@ def test_every_job_shape_delivers_every_row_once_without_collisions(tmp_path):
         assert len(receiver.detections()) == len(jobs)
         shared = tmp_path / "monarch" / "out" / "node_0" / "rank_0" / "wandb_metrics.jsonl"
         assert len({strict_json(line)["who"] for line in shared.read_text().splitlines()}) == 3
+
+
+RANKS = IMPORTS + f"""
+import os, sys, torch.distributed as dist
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+owners = {{"every": range(world), "last": [world - 1]}}[sys.argv[1]]
+base = float(sys.argv[2]) + 100 * rank
+if rank in owners:  # Primus's trainers pass WANDB_GROUP as group=; wandb itself reads no such name
+    import wandb
+    run = wandb.init(project="ranks", group=os.environ.get("WANDB_GROUP") or None)
+    for i in range({STEPS}):
+        run.log({{"loss": base + i, "lr": base / 1000 + i}})
+    print("run", rank, run.id, flush=True)
+    run.finish()
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def test_ranks_of_one_torchrun_job_never_overwrite_each_other(tmp_path):
+    """torchrun (gloo) jobs of 2 processes in one pod each: every rank owns an ungrouped run (a
+    script that forgets to gate ``wandb.init``), so rank 0 sends plain keys and the last rank is
+    labelled; every rank owns a run in the group Primus's trainers pass from ``WANDB_GROUP``
+    (``WANDB_RUN_GROUP`` unset): both labelled; the last rank alone owns a run with Primus's
+    Megatron backend imported: plain keys, Megatron's convention.  Every value arrives."""
+    if not has_torch():
+        pytest.skip(f"{TRAIN_PYTHON} has no torch for torch.distributed")
+    torchrun = [TRAIN_PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    with Receiver(port=0) as receiver:
+        jobs = {
+            "ungrouped": Job(tmp_path / "ungrouped", RANKS, reporting(receiver.url, "ungrouped"),
+                             ["every", "500"], launcher=torchrun),
+            "grouped": Job(tmp_path / "grouped", RANKS, reporting(
+                receiver.url, "grouped", WANDB_GROUP="primus-exp"), ["every", "700"],
+                launcher=torchrun),
+            "primus": Job(tmp_path / "primus", RANKS, reporting(
+                receiver.url, "primus", **stand_ins(tmp_path / "packages",
+                                                    "primus.backends.megatron")),
+                          ["last", "900"], launcher=torchrun)}
+        ids = {}
+        for name, job in jobs.items():
+            out, err = job.proc.communicate(timeout=180)
+            assert job.proc.returncode == 0, err[-3000:]
+            ids[name] = {int(line.split()[1]): line.split()[2] for line in out.splitlines()
+                         if line.startswith("run ")}
+        assert {name: sorted(ranks) for name, ranks in ids.items()} == {
+            "ungrouped": [0, 1], "grouped": [0, 1], "primus": [1]}
+        expected = {
+            "ungrouped": [owner_rows(500), owner_rows(600, "rank1/")],
+            "grouped": [owner_rows(700, "rank0/"), owner_rows(800, "rank1/")],
+            "primus": [owner_rows(1000)]}
+        for name, owners in expected.items():
+            for rank, rows in zip(sorted(ids[name]), owners):
+                delivered_once(receiver, ids[name][rank], name, rows)
+            merged(receiver, f"wl-{name}", union(owners), writes=len(owners))
 
 
 def test_shared_directories_mpi_nodes_and_private_spools(tmp_path):
@@ -326,16 +407,31 @@ def test_doctor_says_which_process_reports(tmp_path):
     mine = json.loads(proc.stdout)["reporting"]["this_process"]
     assert mine["reports"] is True and mine["policy"] == "owner" and mine["global_rank"] == 15
     assert mine["key_prefix"] == "rank15/" and "wandb group 'g'" in mine["key_prefix_why"]
+    # Primus's trainers pass WANDB_GROUP as group=; doctor imports no Megatron: the last rank
+    # is labelled unless the training process imports one, and doctor says so
+    for variables, why in (({"WANDB_GROUP": "primus-exp"}, "wandb group 'primus-exp'"),
+                           ({}, "without a Megatron-style framework (megatron, ")):
+        env.pop("WANDB_RUN_GROUP", None)
+        proc = run_cli(["doctor", "--json"], {**env, **variables})
+        mine = json.loads(proc.stdout)["reporting"]["this_process"]
+        assert mine["key_prefix"] == "rank15/" and why in mine["key_prefix_why"], mine
 
 
 def test_who_reports_and_how_keys_are_named(monkeypatch):
-    def prefix(env: Dict[str, str], rank: int, world: int, name: str = "") -> str:
+    def prefix(env: Dict[str, str], rank: int, world: int, name: str = "",
+               megatron: str = "") -> str:
         config = Config.from_env({"POD_NAME": "p", **env})
         return owner.key_prefix(config, Topology(rank=rank, world_size=world),
-                                env.get("WANDB_RUN_GROUP", ""), name)[0]
+                                env.get("WANDB_RUN_GROUP", ""), name, megatron or None)[0]
 
-    assert prefix({}, 0, 8) == "" and prefix({}, 7, 8) == ""  # rank 0, Megatron's last rank
+    assert prefix({}, 0, 8) == "" and prefix({}, 0, 8, megatron="megatron") == ""  # rank 0
+    assert prefix({}, 7, 8, megatron="megatron") == ""  # Megatron's last rank
+    assert prefix({}, 7, 8, megatron="primus.backends.megatron") == ""
+    assert prefix({}, 7, 8) == "rank7/"  # the last rank of a job that is not Megatron's
+    assert prefix({"WANDB_RUN_GROUP": "g"}, 7, 8, megatron="megatron") == "rank7/"
+    assert prefix({}, 0, 1) == ""  # alone: rank 0 is the last rank
     assert prefix({}, 4, 8) == "rank4/"  # a middle rank cannot know it is alone
+    assert prefix({}, 4, 8, megatron="megatron") == "rank4/"
     assert prefix({"PRIMUS_LENS_REPORT_RANKS": "all"}, 0, 8) == "rank0/"
     assert prefix({"PRIMUS_LENS_REPORT_RANKS": "4", "WANDB_RUN_GROUP": "g"}, 4, 8) == ""
     assert prefix({"PRIMUS_LENS_REPORT_RANKS": "4,5"}, 4, 8) == "rank4/"
@@ -358,6 +454,17 @@ def test_who_reports_and_how_keys_are_named(monkeypatch):
     class DisabledRun:  # wandb's disabled mode, as 0.31 reports it
         disabled = True
         group = name = ""
+
+    for module in ("megatron", "primus", "primus.backends", "primus.backends.megatron",
+                   "primus.backends.megatron_bridge"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    assert frameworks.megatron_style() is None
+    monkeypatch.setitem(sys.modules, "primus.backends.megatron_bridge", types.ModuleType("b"))
+    assert frameworks.megatron_style() == "primus.backends.megatron_bridge"
+    monkeypatch.setitem(sys.modules, "megatron", None)  # an import that was blocked
+    assert frameworks.megatron_style() == "primus.backends.megatron_bridge"
+    monkeypatch.setitem(sys.modules, "megatron", types.ModuleType("megatron"))
+    assert frameworks.megatron_style() == "megatron"
 
     config = Config.from_env({"POD_NAME": "p"})
     monkeypatch.delenv("WANDB_MODE", raising=False)

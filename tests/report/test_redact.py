@@ -16,6 +16,7 @@ import pytest
 
 from primus_lens_inject.credentials import (
     REDACTED,
+    client_secrets,
     is_secret_key,
     looks_random,
     own_secrets,
@@ -24,6 +25,7 @@ from primus_lens_inject.credentials import (
     scrub,
     scrub_tree,
 )
+from primus_lens_inject.report import wire
 from primus_lens_inject.report.bounds import TRUNCATED_KEY, fit, json_size
 from primus_lens_inject.report.evidence import (
     UNREADABLE,
@@ -55,6 +57,11 @@ SECRET_KEYS = [
     # short and compound names that leaked before
     "pw", "db-pw", "dbPw", "hf_tok", "tok", "HF_TOKEN_2", "api_key_id", "X-Auth-Token",
     "client_cert", "ssl_certificate", "otp", "Proxy-Authorization", "mysecretvalue",
+    # compact and abbreviated names (one word ending in a secret word), qualifiers after them
+    "dbpass", "sshpass", "rootpw", "adminpwd", "apitoken", "hftoken", "githubtoken", "wandbkey",
+    "pswd", "passw", "token_new", "DBPASS", "SSHPASS", "MYSQL_PWD", "ROOT_PASSW", "db_pswd",
+    "storepass", "keypass", "hftok", "passkey", "oauth", "api_key_old", "HFTOKEN_BACKUP",
+    "GithubToken", "WandbKey", "Passwort",
 ]
 BENIGN_KEYS = [
     "tokenizer", "tokenizer_name", "max_tokens", "num_tokens", "tokens_per_second", "pad_token",
@@ -63,6 +70,10 @@ BENIGN_KEYS = [
     "num_passes", "sort_keys", "lr", "framework", "base_framework", "primus_config", "kv_channels",
     "keys", "", "_wandb", "path", "url", "HOME", "seed", "pad_token_id", "image_token",
     "eos_token_id", "sigma", "pin_memory", "passes", "tokens",
+    # ordinary words and metric names beside the compact rule
+    "token_count", "tokens_per_sec", "num_keys", "compass", "bypass_ratio", "passage_len",
+    "turkey", "passed", "padtoken", "eostoken", "maxtoken", "pass_weight", "highpass_cutoff",
+    "forwardpass_time", "hotkey", "token_len", "passenger", "passive", "keyword",
 ]
 
 
@@ -124,6 +135,40 @@ B64_USER_PASS = "dXNlcjpTM2NyZXQvIyE="  # user:S3cret/#!
     ("aws secret wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY here", f"aws secret {REDACTED} here"),
     ("the password is Xk9qLm2pR7sTzz81", f"the password is {REDACTED}"),
     ("wandb key 0123456789abcdef0123456789abcdef0123abcd", f"wandb key {REDACTED}"),
+    # compact names in pairs
+    ("dbpass=hunter2 SSHPASS: hunter3 rootpw=x adminpwd=y",
+     "dbpass=[REDACTED] SSHPASS: [REDACTED] rootpw=[REDACTED] adminpwd=[REDACTED]"),
+    ("--hftoken abc --wandbkey=def token_new=ghi",
+     "--hftoken [REDACTED] --wandbkey=[REDACTED] token_new=[REDACTED]"),
+    # credential flags of common clients, separate, attached, quoted, in chains
+    ("mysql -u root -p hunter2 db", "mysql -u root -p [REDACTED] db"),
+    ("/usr/bin/mysql -uroot -phunter2 -h db", "/usr/bin/mysql -uroot -p[REDACTED] -h db"),
+    ("mysql --password hunter2; mysql --password=hunter3",
+     "mysql --password [REDACTED]; mysql --password=[REDACTED]"),
+    ("mysqldump -p'pa ss' db && ls -p x", "mysqldump -p[REDACTED] db && ls -p x"),
+    ("sshpass -p 'hunter 2' ssh -p 22 host", "sshpass -p '[REDACTED]' ssh -p 22 host"),
+    ("curl -u admin:hunter2 https://x", "curl -u [REDACTED] https://x"),
+    ("curl --user=admin:hunter2 -U proxy:pw2 -s x", "curl --user=[REDACTED] -U [REDACTED] -s x"),
+    ("curl -s -H 'Authorization: Bearer abcdefghijk' https://x",
+     "curl -s -H 'Authorization: [REDACTED]' https://x"),
+    ("tool --token abc --api-key def --pw ghi",
+     "tool --token [REDACTED] --api-key [REDACTED] --pw [REDACTED]"),
+    ("redis-cli -a hunter2 ping | mongosh -p hunter3",
+     "redis-cli -a [REDACTED] ping | mongosh -p [REDACTED]"),
+    ("wandb login --relogin 0123456789abcdef", "wandb login --relogin [REDACTED]"),
+    ("ldapsearch -x -w hunter2 -b dc=x", "ldapsearch -x -w [REDACTED] -b dc=x"),
+    ("openssl enc -passin pass:hunter2 -in f", "openssl enc -passin [REDACTED] -in f"),
+    ("sqlcmd -S db -U sa -P hunter2", "sqlcmd -S db -U sa -P [REDACTED]"),
+    ("7z x -phunter2 a.7z", "7z x -p[REDACTED] a.7z"),
+    # credentials in a URL's query or fragment
+    ("https://fn.azurewebsites.net/api/x?code=abc123&name=a",
+     "https://fn.azurewebsites.net/api/x?code=[REDACTED]&name=a"),
+    ("https://h/cb?state=1&code=abc#x", "https://h/cb?state=1&code=[REDACTED]#x"),
+    ("https://h/x?token=a&key=b&password=c&sig=d&ticket=e&sid=f",
+     "https://h/x?token=[REDACTED]&key=[REDACTED]&password=[REDACTED]&sig=[REDACTED]"
+     "&ticket=[REDACTED]&sid=[REDACTED]"),
+    ("https://h/#access_token=abc&token_type=bearer",
+     "https://h/#access_token=[REDACTED]&token_type=bearer"),
 ])
 def test_secrets_inside_strings(text: str, expected: str) -> None:
     assert redact_text(text) == expected
@@ -140,6 +185,12 @@ def test_secrets_inside_strings(text: str, expected: str) -> None:
     "http://primus-lens-telemetry-processor.primus-lens.svc.cluster.local:8989/v1",
     "AKIAIOSFODNN7EXAMPLEX", "", "日本語のテキスト", "train/loss", "eval/accuracy@1",
     "Token throughput", "key_value_heads/layer_3",
+    # the false-positive side of the compact, client and query rules
+    "token_count=5 tokens_per_sec=3.5 max_tokens=7 num_keys=2 passes=3 keyboard=1 compass=2",
+    "bypass_ratio=0.1 passage_len=4 monkey=1 turkey=2 passed=1 token_len=9",
+    "exit code=3 error_code=4 code: 200", "https://h/cb?state=ok&mode=1&codec=h264",
+    "run -p 8 now", "ssh -p 22 host", "docker run -p 8080:80 img", "python train.py -p 4",
+    "mysql is up", "curl https://x", "the wandb login page",
 ])
 def test_ordinary_strings_survive(text: str) -> None:
     assert redact_text(text) == text
@@ -167,6 +218,29 @@ def test_expected_shapes_pass(text: str) -> None:
 ])
 def test_other_shapes_are_withheld(text: str) -> None:
     assert not safe_text(text) and evidence_text(text) == WITHHELD
+
+
+@pytest.mark.parametrize(("args", "secret"), [
+    (["mysql", "-u", "root", "-p", "pw1", "db"], {4: 0}),
+    (["/usr/bin/mysql", "-uroot", "-ppw1"], {2: 2}),
+    (["mysql", "-p", "-h", "db"], {}),  # "-p" alone prompts: "-h" is not its value
+    (["sshpass", "-p", "pw1", "ssh", "-p", "22", "host"], {2: 0}),
+    (["curl", "-u", "a:b", "--user=c:d", "-s"], {2: 0, 3: 7}),
+    (["wandb", "login", "--relogin", "0123456789abcdef0123"], {3: 0}),
+    (["wandb", "login", "page"], {}),
+    (["mysql", "-ppw1", ";", "ls", "-p", "x"], {1: 2}),
+    (["train.py", "-p", "8"], {}), (["docker", "run", "-p", "80:80"], {}), ([1, "mysql"], {}),
+])
+def test_client_secrets_in_argument_lists(args: list, secret: dict) -> None:
+    assert client_secrets(args) == secret
+
+
+def test_argument_lists_in_the_config_are_withheld_by_client() -> None:
+    argv = ["mysql", "-u", "root", "-p", "hunter2", "-phunter3", "db", "&&", "curl", "-u",
+            "admin:hunter4", "-p", "8"]
+    assert allow({"argv": argv}) == {"argv": [  # "&&" is not a safe shape either
+        "mysql", "-u", "root", "-p", WITHHELD, WITHHELD, "db", WITHHELD, "curl", "-u", WITHHELD,
+        "-p", "8"]}
 
 
 def test_flag_with_value_and_secret_names() -> None:
@@ -433,11 +507,40 @@ def test_own_secrets_are_scrubbed_by_exact_match() -> None:
     cut = "ignoring PRIMUS_LENS_API_BASE_URL='https://lens:p%2Fw0r...': expected a URL"
     assert scrub(cut, OWN) == f"ignoring PRIMUS_LENS_API_BASE_URL='https://{REDACTED}...': expected a URL"
     assert own_secrets({}) == ()
+    otlp = {"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT":
+            "https://otel:pw%2F9-zz@c:4318/v1/metrics?code=azfnkey123&fmt=json&tenant=Xk9QpL2mN8vB4cD7",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "https://c:4318?api-key=k3y4567"}
+    assert own_secrets(otlp) == ("Xk9QpL2mN8vB4cD7", "otel:pw%2F9-zz", "otel:pw/9-zz",
+                                 "azfnkey123", "pw%2F9-zz", "k3y4567", "pw/9-zz")
+    cut = "OTLP export to https://c:4318/v1/metrics?code=azfnke... failed; tenant Xk9QpL2mN8vB4cD7"
+    assert scrub(cut, otlp) == (f"OTLP export to https://c:4318/v1/metrics?code={REDACTED} "
+                                f"failed; tenant {REDACTED}")
     status = {"endpoint": OWN["PRIMUS_LENS_API_BASE_URL"], "n": 3, "errors": ["plainkey77"],
               "dropped": {"server said plainkey77": 1}}
     assert scrub_tree(status, OWN) == {"endpoint": f"https://{REDACTED}@lens.example.com/v1",
                                        "n": 3, "errors": [REDACTED],
                                        "dropped": {f"server said {REDACTED}": 1}}
+
+
+TOKEN_KEYS = [HF, GHP, SK, JWT, AKIA, GOOGLE, "Xk9QpL2mN8vB4cD7fG1hJ3sT5wY6zR0a",
+              f"loss_{HF}", f"eval/{GHP}/acc", "train/8f14e45fceea167a8f14_acc", f"acc_{AKIA}",
+              "https://h/x?code=abc123/loss", "dbpass=hunter2/loss"]
+BENIGN_METRIC_KEYS = ["token_count", "tokens_per_sec", "max_tokens", "num_keys", "passes",
+                      "password_policy_len", "keyboard", "compass", "bypass_ratio", "passage_len",
+                      "monkey", "turkey", "passed", "train/loss", "Qwen25Coder32BInstruct/acc",
+                      "layers.0.self_attn.q_proj.weight_grad_norm", "_primus_gpu_0_util_percent"]
+
+
+def test_token_shaped_metric_keys_never_leave_verbatim() -> None:
+    """A key that is a token (or holds one) is redacted, not dropped: its value still arrives."""
+    sent = wire.sendable({key: 1.0 for key in TOKEN_KEYS + BENIGN_METRIC_KEYS})
+    assert {k: v for k, v in sent.items() if k in BENIGN_METRIC_KEYS} == dict.fromkeys(
+        BENIGN_METRIC_KEYS, 1.0)
+    redacted = set(sent) - set(BENIGN_METRIC_KEYS)
+    assert redacted == {REDACTED, f"loss_hf_{REDACTED}", f"eval/{REDACTED}/acc",
+                        f"train/{REDACTED}_acc", f"acc_{REDACTED}",
+                        f"https://h/x?code={REDACTED}", f"dbpass={REDACTED}"}  # to the end
+    assert not [k for k in TOKEN_KEYS if any(k in key or key in k for key in redacted)]
 
 
 def test_metric_keys_are_redacted_once_per_key() -> None:

@@ -1,15 +1,21 @@
 """No credential ever leaves the pod: a corpus of planted secrets, every byte we send or write.
 
 Secrets are generated around recognisable markers (``zq<n>leak``) and planted where real jobs
-keep them: the environment (framework variables and others), ``wandb.config`` (secret-looking
-keys, token formats under innocent keys, free text, URLs with credentials, argv-like lists and
-tuples, Kubernetes env lists, secret-bearing keys), the run's name, tags, notes and group, metric
-keys, and our own settings (the base URL's password, ``PRIMUS_LENS_API_HEADERS``, invalid
-values).  Real wandb training subprocesses report to the built-in receiver on loopback; no marker
-may appear in any request body it received, in stderr, in ``primus-lens doctor``'s output or in
-any file we write beside the record (status, cursor, owner lock, pending detection reports).  The
-record itself is the user's and keeps their metric keys.  The positive side: framework detection
-from Megatron, DeepSpeed and torchrun environments is what it was before the allow-list.
+keep them: the environment (framework variables and others, compact names such as
+``PRIMUS_DBPASS``), ``wandb.config`` (secret-looking and compact keys, token formats under
+innocent keys, free text, URLs with credentials in the userinfo or the query, command lines and
+argv-like lists with credential flags of common clients, tuples, Kubernetes env lists,
+secret-bearing keys), the process's own argv, the run's name, tags, notes and group, metric keys
+(token-shaped, glued into words, URLs, pairs) and our own settings (the base URL's password,
+``PRIMUS_LENS_API_HEADERS``, the OTLP endpoint's ``?code=``, ``WANDB_PROJECT``, invalid values).
+Real wandb training subprocesses report to the built-in receiver and to an OTLP collector on
+loopback at once; no marker may appear in any request body either received, in stderr, in
+``primus-lens doctor``'s output or in any file we write beside the record (status, cursor, owner
+lock, pending detection reports).  The record itself is the user's and keeps their metric keys.
+The false-positive side: ordinary metric keys that hold secret words (``token_count``,
+``password_policy_len``, ``bypass_ratio``) arrive unchanged at both.  The positive side:
+framework detection from Megatron, DeepSpeed and torchrun environments is what it was before the
+allow-list.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 from conftest import run_training, training_env
+from otlp_support import Answer, OtlpServer
 from test_reporting import free_port, reporting_env, wait_until
 
 from primus_lens_inject.config import Config
@@ -112,6 +119,41 @@ SECRET_NAMES = ["pw", "db-pw", "hf_tok", "tok", "apiKey", "dbPassword", "x-auth-
                 "github_pat", "bearer", "jwt", "otp", "secret", "HF_TOKEN_2"]
 
 
+# Compact and abbreviated names: only the name gives their identifier-shaped values away.
+COMPACT_NAMES = ["dbpass", "sshpass", "rootpw", "adminpwd", "apitoken", "hftoken", "githubtoken",
+                 "wandbkey", "pswd", "passw", "token_new", "MysqlPwd", "storepass", "hftok",
+                 "api_key_old", "passkey"]
+# Metric keys holding secret words that are not secrets: they arrive unchanged.
+ORDINARY_KEYS = ["token_count", "tokens_per_sec", "max_tokens", "num_keys", "passes",
+                 "password_policy_len", "keyboard", "compass", "bypass_ratio", "passage_len",
+                 "monkey", "turkey", "passed"]
+
+
+def plant_urls(c: Corpus) -> List[str]:
+    """Credentials in a URL's query or fragment."""
+    return [f"https://fn.azurewebsites.net/api/hook?code={c.marker()}&name=a",
+            f"https://sso.example.com/cb?state=1&code={c.marker()}",
+            f"https://h.example.com/x?token={c.marker()}",
+            f"https://acct.blob.core.windows.net/c/x?sv=2020&sig={c.marker()}",
+            f"https://maps.example.com/x?key={c.marker()}&v=1",
+            f"https://b.s3.amazonaws.com/k?X-Amz-Signature={c.marker()}&X-Amz-Credential={c.akia()}",
+            f"https://h.example.com/login?user=a&password={c.marker()}",
+            f"https://h.example.com/#access_token={c.marker()}&token_type=bearer",
+            f"https://cas.example.com/x?ticket={c.marker()}"]
+
+
+def plant_arguments(c: Corpus) -> List[str]:
+    """A command line (the process's argv, and in the config): credential flags of clients."""
+    return ["--lr", "3e-4", "--dbpass", c.marker(), "--password", c.marker(),
+            f"--password={c.marker()}", "--token", c.marker(), "--api-key", c.marker(),
+            "--hftoken", c.marker(), "&&", "mysql", "-u", "root", "-p", c.marker(),
+            f"-p{c.marker()}", "db", ";", "sshpass", "-p", c.marker(), "ssh", "-p", "22", "host",
+            "&&", "curl", "-u", f"admin:{c.marker()}", f"--user=svc:{c.marker()}", "-H",
+            f"Authorization: Bearer {c.marker()}", "https://x.example.com", ";", "redis-cli",
+            "-a", c.marker(), ";", "wandb", "login", c.pad(40), ";", "ldapsearch", "-w",
+            c.marker(), ";", "openssl", "enc", "-passin", f"pass:{c.marker()}"]
+
+
 def plant_environment(c: Corpus) -> Dict[str, str]:
     return {
         # framework variables, sent by name, with values that must be withheld
@@ -141,6 +183,11 @@ def plant_environment(c: Corpus) -> Dict[str, str]:
         "HUGGING_FACE_HUB_TOKEN": c.hf(), "GOOGLE_API_KEY": c.google(),
         # read for hardware versions: only version- and arch-shaped values count
         "ROCM_VERSION": c.pad(40), "CUDA_VERSION": c.hf(), "GPU_ARCH": c.pad(30),
+        # compact names of framework variables, client command lines, URL query credentials
+        **{f"PRIMUS_{name.upper()}": c.marker() for name in COMPACT_NAMES},
+        "MEGATRON_LAUNCH": f"mysql -uroot -p{c.marker()} db && sshpass -p {c.marker()} ssh h",
+        **{f"PRIMUS_URL_{i}": url for i, url in enumerate(plant_urls(c))},
+        "DBPASS": c.marker(), "SSHPASS": c.marker(), "HFTOKEN": c.hf(),
     }
 
 
@@ -172,6 +219,10 @@ def plant_config(c: Corpus) -> Dict[str, Any]:
         "cache": {"url": f"redis://:{c.marker()}@redis:6379/0"},
         "extra_env": [f"HF_TOKEN={c.marker()}", "LR=0.1"],
         "AzureStorageConnectionString": f"AccountName=a;AccountKey={c.marker()}==;",
+        "compact": {name: c.marker() for name in COMPACT_NAMES},
+        "launch": plant_arguments(c),
+        "launch_cmd": " ".join(plant_arguments(c)),
+        "urls": plant_urls(c), "callback": plant_urls(c)[0],
     })
     return config
 
@@ -187,16 +238,27 @@ def plant_metric_keys(c: Corpus) -> List[str]:
     return [f"https://u:{c.marker()}/x@h/loss", f"loss/{c.hf()}", f"eval/{c.ghp()}",
             f"Authorization: Bearer {c.marker()}", f"x?token={c.marker()}",
             f"pw={c.marker()}/loss", f"{c.akia()}/acc", f"jwt/{c.jwt()}",
-            f"the password is {c.pad(20)}"]
+            f"the password is {c.pad(20)}",
+            # token-shaped keys: alone, glued into words, and long random strings
+            c.hf(), c.ghp(), c.openai(), c.jwt(), c.akia(), c.github_pat(), c.pad(40),
+            f"loss_{c.hf()}", f"acc_{c.akia()}", f"eval/{c.pad(24)}_acc", f"grad.{c.pad(32)}",
+            # compact pairs and URL query credentials in keys
+            f"dbpass={c.marker()}", f"sshpass:{c.marker()}/loss",
+            f"https://h.example.com/x?code={c.marker()}", f"https://h.example.com/x?sig={c.marker()}"]
 
 
-def plant_own(c: Corpus, port: int) -> Tuple[Dict[str, str], Dict[str, str], Dict[str, str]]:
+def plant_own(c: Corpus, port: int, otlp_url: str
+              ) -> Tuple[Dict[str, str], Dict[str, str], Dict[str, str]]:
     """(settings for the live run, for a run whose endpoint is down, invalid settings)."""
     first, second = c.marker(), c.marker()
     live = {"PRIMUS_LENS_API_BASE_URL": f"http://lens:{first}%2F{second}@127.0.0.1:{port}/v1",
             "PRIMUS_LENS_API_HEADERS": f"X-Api-Key: {c.marker()}; Cookie: sess={c.marker()}",
             "PRIMUS_LENS_WANDB_DEBUG": "true",
-            "PRIMUS_LENS_WANDB_BATCH_SIZE": f"pw={c.marker()}"}  # invalid: warned about
+            "PRIMUS_LENS_WANDB_BATCH_SIZE": f"pw={c.marker()}",  # invalid: warned about
+            # the OTLP sink too, its endpoint's key in the query (Azure Functions' ?code=)
+            "PRIMUS_LENS_OTLP": "true",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": f"{otlp_url}/v1/metrics?code={c.marker()}",
+            "WANDB_PROJECT": f"proj-{c.hf()}"}
     down = {"PRIMUS_LENS_API_BASE_URL": f"http://lens:{c.marker()}@127.0.0.1:{free_port()}/v1",
             "PRIMUS_LENS_API_HEADERS": f"Authorization: Bearer {c.marker()}{ALNUM}",
             "PRIMUS_LENS_SHUTDOWN_TIMEOUT": "1", "PRIMUS_LENS_WANDB_DEBUG": "true"}
@@ -210,10 +272,11 @@ def plant_own(c: Corpus, port: int) -> Tuple[Dict[str, str], Dict[str, str], Dic
 TRAIN = """
 import json, os, sys, wandb
 plan = json.loads(os.environ.pop("PLANTED"))
-run = wandb.init(project="lens-secrets", config=plan["config"], **plan["run"])
+config = dict(plan["config"], argv=sys.argv[1:])
+run = wandb.init(project="lens-secrets", config=config, **plan["run"])
 for step in range(3):
     row = {"loss": 1.0 / (step + 1)}
-    row.update({key: float(step) for key in plan["keys"]})
+    row.update({key: float(step) for key in plan["keys"] + plan["ordinary"]})
     row["outer"] = {plan["nested"]: 1.0}
     run.log(row)
 print("logged", run.id, flush=True)
@@ -242,29 +305,38 @@ def _written_beside_the_record(out: Path) -> Dict[str, str]:
 @pytest.mark.wandb_compat
 def test_planted_secrets_never_leave(tmp_path: Path) -> None:
     c = Corpus()
-    with Receiver(port=0) as receiver:
+    with Receiver(port=0) as receiver, OtlpServer() as collector:
         port = int(receiver.url.rsplit(":", 1)[1].split("/")[0])
         env = plant_environment(c)
         plan = {"config": plant_config(c), "run": plant_run(c), "keys": plant_metric_keys(c),
-                "nested": f"hf_tok={c.marker()}"}
-        live, down, invalid = plant_own(c, port)
-        assert len(c.needles) >= 100
+                "nested": f"hf_tok={c.marker()}", "ordinary": ORDINARY_KEYS}
+        argv = plant_arguments(c)
+        live, down, invalid = plant_own(c, port, collector.url)
+        assert len(c.needles) >= 200
         base = {**TORCHRUN, **MEGATRON, **env, "PLANTED": json.dumps(plan)}
 
-        result = run_training(tmp_path, TRAIN, env=reporting_env(receiver.url, **base, **live))
+        result = run_training(tmp_path, TRAIN, env=reporting_env(receiver.url, **base, **live),
+                              args=argv)
         assert result.proc.returncode == 0, result.stderr[-3000:]
         run_id = result.proc.stdout.split()[1]
-        assert wait_until(lambda: len(receiver.logs(run_id=run_id)) == 3 and receiver.detections())
+        assert wait_until(lambda: len(receiver.logs(run_id=run_id)) == 3 and receiver.detections()
+                          and collector.steps(run_id) == [0, 1, 2])
         doctor = subprocess.run([sys.executable, "-m", "primus_lens_inject", "doctor", "--json"],
                                 env=training_env(tmp_path, reporting_env(receiver.url, **live)),
                                 capture_output=True, text=True, timeout=120)
         raw = b"".join(receiver.raw_bodies()).decode("ascii")
         (detection,) = receiver.detections()
         rows = receiver.logs(run_id=run_id)
+        assert not collector.undecodable
+        exported = "\n".join(str(request["message"]) for request in collector.requests)
+        points = collector.points()
 
     down_dir = tmp_path / "down"
     down_dir.mkdir()
-    dead = run_training(down_dir, TRAIN, env=reporting_env("unused", **base, **down))
+    with OtlpServer(script=lambda n, request: Answer(401)) as refusing:  # said on stderr
+        refused = {"PRIMUS_LENS_OTLP": "true", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT":
+                   f"{refusing.url}/v1/metrics?code={c.marker()}"}
+        dead = run_training(down_dir, TRAIN, env=reporting_env("unused", **base, **down, **refused))
     assert dead.proc.returncode == 0, dead.stderr[-3000:]
     warned = subprocess.run(
         [sys.executable, "-c", "from primus_lens_inject.state import get_config; get_config()"],
@@ -278,15 +350,21 @@ def test_planted_secrets_never_leave(tmp_path: Path) -> None:
     assert set(plan["keys"]) <= record_keys
     assert any("PRIMUS_LENS_WANDB_BATCH_SIZE" in line for line in result.injector_lines())
     assert any("reporting to http://" in line for line in dead.injector_lines())
+    assert any(f"{refusing.url}/v1/metrics?code={REDACTED}" in line
+               for line in dead.injector_lines()), dead.stderr[-3000:]
     assert (dead.output / "node_0" / "rank_0" / "wandb_metrics.detections").is_dir()
     shown = f"http://{REDACTED}@127.0.0.1:{port}/v1"  # where our base URL is shown, redacted
     assert shown in doctor.stdout, doctor.stdout[-2000:]
     status = json.loads((result.output / "node_0" / "rank_0" / "wandb_metrics.status.json").read_text())
     assert status["endpoint"] == shown
+    otlp_shown = f"{collector.url}/v1/metrics?code={REDACTED}"  # the OTLP endpoint's key too
+    assert status["otlp"]["endpoint"] == otlp_shown and otlp_shown in doctor.stdout
 
     # not one marker anywhere (and the bodies searched are plain text: safe evidence is in them)
     assert "/workspace/Megatron-LM" in raw and "db.internal" in raw and "loss" in raw
-    places = {"request bodies": raw, "stderr": result.stderr, "stderr (endpoint down)": dead.stderr,
+    assert "wandb.loss" in exported and "lens-secrets" not in exported
+    places = {"request bodies": raw, "OTLP exports": exported, "stderr": result.stderr,
+              "stderr (endpoint down)": dead.stderr,
               "doctor": doctor.stdout + doctor.stderr, "invalid settings": warned.stderr}
     places.update(_written_beside_the_record(result.output))
     places.update({f"down/{k}": v for k, v in _written_beside_the_record(dead.output).items()})
@@ -325,7 +403,26 @@ def test_planted_secrets_never_leave(tmp_path: Path) -> None:
                  for row in rows for key in row["data"]}
     assert "loss" in sent_keys and f"loss/{REDACTED}" in sent_keys
     assert f"https://{REDACTED}@h/loss" in sent_keys and "outer.hf_tok=" + REDACTED in sent_keys
-    assert len(sent_keys) == 1 + len(plan["keys"]) + 1
+    # token-shaped keys are redacted, not dropped (alone, they all become one key)
+    assert {REDACTED, f"loss_hf_{REDACTED}", f"acc_{REDACTED}", f"eval/{REDACTED}_acc",
+            f"grad.{REDACTED}", f"dbpass={REDACTED}", f"https://h.example.com/x?code={REDACTED}",
+            f"https://h.example.com/x?sig={REDACTED}"} <= sent_keys
+    # ordinary keys holding secret words arrive unchanged, at Lens and at the collector
+    assert set(ORDINARY_KEYS) <= sent_keys
+    assert all(row["data"][f"rank0/{key}" if f"rank0/{key}" in row["data"] else key]
+               == row["step"] for row in rows for key in ORDINARY_KEYS)
+    exported_names = {point.name for point in points}
+    assert {f"wandb.{key}" for key in ORDINARY_KEYS} <= exported_names
+    assert {point.resource["wandb.project"] for point in points} == {f"proj-{REDACTED}"}
+    # the process's argv reached the config, and only its safe items were sent
+    assert config["argv"][:4] == ["--lr", "3e-4", "--dbpass", WITHHELD]
+    assert config["argv"][config["argv"].index("ssh"):][:4] == ["ssh", "-p", "22", "host"]
+    assert config["launch"] == config["argv"]
+    assert config["compact"] == dict.fromkeys(COMPACT_NAMES, WITHHELD)
+    assert config["urls"] == [WITHHELD] * len(plant_urls(Corpus()))
+    assert {k: v for k, v in environment.items() if k.startswith("PRIMUS_") and k[7:].lower()
+            in {n.lower() for n in COMPACT_NAMES}} == {f"PRIMUS_{n.upper()}": WITHHELD
+                                                       for n in COMPACT_NAMES}
 
 
 # --- the allow-list's positive side ------------------------------------------------------------------

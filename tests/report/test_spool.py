@@ -38,6 +38,19 @@ def test_read_lines_returns_complete_lines_with_end_offsets(tmp_path):
     assert spool.read_lines(str(tmp_path / "missing"), 0, 16) == []
 
 
+def test_a_line_over_the_ceiling_is_skipped_whole_never_held(tmp_path, monkeypatch):
+    """Over ``max_line`` a line comes back as (its end, None); its end is found in pieces of
+    ``SCAN_BYTES``, so the reader never holds it; a giant line still being written waits."""
+    monkeypatch.setattr(spool, "SCAN_BYTES", 7)
+    record = tmp_path / "r.jsonl"
+    record.write_bytes(b"a\n" + b"y" * 100 + b"\nnext\n" + b"z" * 50)
+    assert spool.read_lines(str(record), 0, 16, max_line=64) == [(2, b"a")]
+    assert spool.read_lines(str(record), 2, 16, max_line=64) == [(103, None)]
+    assert spool.read_lines(str(record), 103, 16, max_line=64) == [(108, b"next")]
+    assert spool.read_lines(str(record), 108, 16, max_line=64) == []  # no newline yet: waits
+    assert spool.read_lines(str(record), 2, 16, max_line=128) == [(103, b"y" * 100), (108, b"next")]
+
+
 def test_owner_lock_is_exclusive_between_processes(tmp_path):
     record = str(tmp_path / "r.jsonl")
     first = spool.OwnerLock(record)

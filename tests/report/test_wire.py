@@ -72,7 +72,7 @@ def test_only_the_servers_envelope_acknowledges_a_2xx():
     ok = b'{"meta":{"code":2000,"message":"OK"},"data":{"count":1},"tracing":null}'
     assert policy.acknowledges(200, ok)
     for other in (b"<html><body>Default backend - 404</body></html>", b"", b"{}", b"[]",
-                  b'{"meta":{"code":"2000","message":"OK"}}', b'{"meta":{"code":2000}}',
+                  b'{"meta":{"code":"2000","message":"OK"}}', b'{"meta":{"code":2000,"message":1}}',
                   b'{"meta":{"code":true,"message":"OK"}}', b'{"code":200,"message":"OK"}'):
         assert not policy.acknowledges(200, other), other
     action, reason = classify(200, "", enveloped=False)

@@ -66,13 +66,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- $secretEnv := dict -}}
 {{- with .Values.otlp }}{{ if .enabled -}}
 {{- $_ := set $env "PRIMUS_LENS_OTLP" "true" -}}
-{{- $_ := set $env "OTEL_EXPORTER_OTLP_ENDPOINT" .endpoint -}}
-{{- $_ := set $env "OTEL_EXPORTER_OTLP_PROTOCOL" .protocol -}}
-{{- with .compression }}{{ $_ := set $env "OTEL_EXPORTER_OTLP_COMPRESSION" . }}{{ end -}}
-{{- with .timeoutMs }}{{ $_ := set $env "OTEL_EXPORTER_OTLP_TIMEOUT" (int64 . | toString) }}{{ end -}}
-{{- with .resourceAttributes }}{{ $_ := set $env "OTEL_RESOURCE_ATTRIBUTES" . }}{{ end -}}
+{{- /* Our own names only: every OpenTelemetry SDK in the pod reads the OTEL_* ones (wandb's own
+       exporter would send the collector's headers to W&B). */ -}}
+{{- $_ := set $env "PRIMUS_LENS_OTLP_ENDPOINT" .endpoint -}}
+{{- $_ := set $env "PRIMUS_LENS_OTLP_PROTOCOL" .protocol -}}
+{{- with .compression }}{{ $_ := set $env "PRIMUS_LENS_OTLP_COMPRESSION" . }}{{ end -}}
+{{- with .timeoutMs }}{{ $_ := set $env "PRIMUS_LENS_OTLP_TIMEOUT" (int64 . | toString) }}{{ end -}}
+{{- with .resourceAttributes }}{{ $_ := set $env "PRIMUS_LENS_OTLP_RESOURCE_ATTRIBUTES" . }}{{ end -}}
 {{- with .headersSecret.name -}}
-{{- $_ := set $secretEnv "OTEL_EXPORTER_OTLP_HEADERS" (dict "name" . "key" $.Values.otlp.headersSecret.key) -}}
+{{- $_ := set $secretEnv "PRIMUS_LENS_OTLP_HEADERS" (dict "name" . "key" $.Values.otlp.headersSecret.key) -}}
 {{- end -}}
 {{- end }}{{ end -}}
 {{- $env = merge (deepCopy .Values.reporting.extraEnv) $env -}}
