@@ -50,7 +50,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from k8s.support import MemoryCgroup, status_field  # noqa: E402  (the tests' stand-ins)
+from k8s.support import MemoryCgroup, hold_request, status_field  # noqa: E402  (the tests' stand-ins)
 
 POD = ROOT / "tests" / "k8s" / "pytorchjob-worker.yaml"
 SERVICE_NAME = "primus-lens-inject.primus-lens.svc"
@@ -232,31 +232,16 @@ def attack(kind: str, port: int, ca_file: str, count: int) -> int:
         return 0
     body_size = 3 << 20
     started = threading.Semaphore(0)
-
-    def hold(sent: int, whole: bytes = b"") -> None:
-        """Send the head and ``sent`` bytes of a 3 MiB body (or all of ``whole``), stall."""
-        first = True
-        while True:
-            try:
-                with context.wrap_socket(socket.create_connection(("127.0.0.1", port), 5),
-                                         server_hostname=SERVICE_NAME) as sock:
-                    sock.settimeout(15)
-                    sock.sendall(b"POST /mutate?timeout=30s HTTP/1.1\r\nContent-Length: %d\r\n"
-                                 b"\r\n" % (len(whole) or body_size))
-                    if first:
-                        first = False
-                        started.release()
-                    sock.sendall(whole or b" " * sent)
-                    while sock.recv(65536):
-                        pass
-            except OSError:
-                time.sleep(0.05)
-
-    holders: List[Tuple[int, bytes]] = [(0, b"")] * 6 + [(body_size - 1, b"")] * 4
+    forever = threading.Event()  # never set: the attack lasts until this process is killed
+    # (declared length, what is sent of it) per client
+    holders: List[Tuple[int, bytes]] = [(body_size, b"")] * 6 + [(body_size,
+                                                                    b" " * (body_size - 1))] * 4
     if kind == "worst":  # every connection's own share, the pool, and the dearest decoding
-        holders = [(64 << 10, b"")] * 240 + [(0, dense_review(body_size))] * 6
-    for sent, whole in holders:
-        threading.Thread(target=hold, args=(sent, whole), daemon=True).start()
+        dense = dense_review(body_size)
+        holders = [(body_size, b" " * (64 << 10))] * 240 + [(len(dense), dense)] * 6
+    for length, body in holders:
+        threading.Thread(target=hold_request, args=(port, context, SERVICE_NAME, length, body,
+                                                    forever, started), daemon=True).start()
     for _ in holders:
         started.acquire()
     time.sleep(0.5)  # the bodies are on their way

@@ -295,6 +295,36 @@ def status_field(pid: int, name: str) -> Optional[int]:
     return None
 
 
+def hold_request(port: int, context: ssl.SSLContext, server_name: str, length: int,
+                 body: bytes, stop: threading.Event,
+                 announced: Optional[threading.Semaphore] = None) -> int:
+    """An attacking client of the webhook (the tests' and ``make bench-webhook``'s): over TLS,
+    the head of ``POST /mutate`` declaring ``length`` body bytes, then ``body`` (fewer, or all),
+    then silence; whenever the server drops it, it reconnects, until ``stop`` is set.
+    ``announced`` is released once, when the first head is out.  Returns the connections made."""
+    connections = 0
+    while not stop.is_set():
+        try:
+            with context.wrap_socket(socket.create_connection(("127.0.0.1", port), 5),
+                                     server_hostname=server_name) as sock:
+                sock.sendall(b"POST /mutate?timeout=30s HTTP/1.1\r\nContent-Length: %d\r\n\r\n"
+                             % length)
+                connections += 1
+                if announced is not None and connections == 1:
+                    announced.release()
+                sock.sendall(body)
+                sock.settimeout(0.5)  # so that ``stop`` is seen while the server says nothing
+                while not stop.is_set():
+                    try:
+                        if not sock.recv(65536):
+                            break
+                    except socket.timeout:
+                        continue
+        except OSError:  # refused, reset, shut down, or the body would not go out in time
+            stop.wait(0.05)
+    return connections
+
+
 @dataclass
 class WebhookProcess:
     port: int

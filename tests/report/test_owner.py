@@ -56,8 +56,8 @@ for i in range({STEPS}):
         while not os.path.exists(wait_for) and time.time() < deadline:
             time.sleep(0.05)
     run.log({{key: base + i, "lr": base / 1000 + i}})
+run.finish()  # a line printed before finish goes through wandb's console pipe, cut at times
 print("run", run.id, flush=True)
-run.finish()
 """
 
 DISTRIBUTED = IMPORTS + f"""
@@ -74,8 +74,8 @@ if rank == owner:
     run = wandb.init(project="distributed")
     for i in range({STEPS}):
         run.log({{key: base + total.item() - world + i, "lr": base / 1000 + i}})
-    print("run", run.id, flush=True)
     run.finish()
+    print("run", run.id, flush=True)
 dist.barrier()
 dist.destroy_process_group()
 """
@@ -229,8 +229,8 @@ if rank in owners:  # Primus's trainers pass WANDB_GROUP as group=; wandb itself
     run = wandb.init(project="ranks", group=os.environ.get("WANDB_GROUP") or None)
     for i in range({STEPS}):
         run.log({{"loss": base + i, "lr": base / 1000 + i}})
+    run.finish()  # wandb passes a line printed before this through a pipe it may cut at finish
     print("run", rank, run.id, flush=True)
-    run.finish()
 dist.barrier()
 dist.destroy_process_group()
 """
