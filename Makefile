@@ -1,6 +1,6 @@
 # primus-lens-inject — everything a user or CI needs, from a fresh checkout.
 #   make demo   run examples/train.py under the injector, reporting to the built-in receiver
-#   make test   lint + the whole suite against the wheel built from this checkout (newest wandb),
+#   make test   lint (ruff, mypy) + the whole suite against the wheel built from this checkout (newest wandb),
 #               then the wandb_compat and layouts tests against the image layout (wandb 0.12.21)
 #   make bench  the benchmarks in bench/ (baseline, patched, ratio; medians)
 
@@ -45,6 +45,7 @@ demo: install
 
 lint: install
 	$(PY) -m ruff check primus_lens_inject sitecustomize tests bench examples setup.py
+	$(PY) -m mypy primus_lens_inject sitecustomize
 
 # The .venvs' editable installs serve the unit tests only: every training subprocess runs the
 # injector as users get it, built afresh from the working tree by tests/installs.py (the wheel in
@@ -62,4 +63,4 @@ bench: install
 	$(MAKE) bench-webhook
 
 clean:
-	rm -rf $(VENV) $(OLD_VENV) .pytest_cache .ruff_cache build dist *.egg-info
+	rm -rf $(VENV) $(OLD_VENV) .pytest_cache .ruff_cache .mypy_cache build dist *.egg-info

@@ -93,10 +93,10 @@ def drain(rows: int, config: Any, tmp: str, name: str) -> Tuple[float, float]:
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     reporter.start()
-    delivered = reporter.flush(timeout=600)
+    delivered = reporter.flush(time.monotonic() + 600)
     elapsed = time.perf_counter() - started
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    reporter.close(1.0)
+    reporter.close(time.monotonic() + 1.0)
     shutil.rmtree(record.parent)
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     points = rows * KEYS

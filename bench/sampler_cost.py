@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -197,7 +198,7 @@ def watch(seconds: float, interval: float) -> None:
         shown = {k.replace("_primus_", ""): round(v, 1) for k, v in sorted(sampler.snapshot.items())}
         print(f"  {time.monotonic() - began:6.2f} s  {json.dumps(shown)}")
         time.sleep(interval)
-    sampler.stop()
+    sampler.close(math.inf)  # no process end: STOP_WAIT at most
 
 
 def main() -> None:

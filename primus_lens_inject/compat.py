@@ -10,7 +10,7 @@ import re
 from typing import Tuple
 
 MIN_WANDB = (0, 12, 21)  # older versions lack the patch points: the injector leaves them alone
-NEWEST_TESTED_WANDB = (0, 31, 0)  # newer ones are patched too (the patch points are stable)
+_NEWEST_TESTED_WANDB = (0, 31, 0)  # newer ones are patched too (the patch points are stable)
 
 
 def parse_version(text: object) -> Tuple[int, ...]:
@@ -37,7 +37,7 @@ def version_note(version: Tuple[int, ...]) -> str:
     """What a person should know about this version ("" when nothing)."""
     if not supported(version):
         return f"older than {dotted(MIN_WANDB)}: the injector leaves it alone"
-    if version > NEWEST_TESTED_WANDB:
-        return f"newer than the newest version tested ({dotted(NEWEST_TESTED_WANDB)}); " \
+    if version > _NEWEST_TESTED_WANDB:
+        return f"newer than the newest version tested ({dotted(_NEWEST_TESTED_WANDB)}); " \
                "patch points are stable"
     return ""

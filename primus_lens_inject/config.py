@@ -6,6 +6,11 @@ parses them, and ``primus-lens doctor`` and the README table are built from the 
 declarations.  An invalid value never raises: it is reported as a ``Problem`` (one warning naming
 the variable, given by ``state.get_config``) and the default is used instead.
 
+The fields come in blocks, one per part that reads them (capture, the sampler, every sink, the
+Lens sink, the OTLP sink, the pod's identity).  Each OTLP setting can be given by our variable
+or by OpenTelemetry's (metrics-only or general); which one wins is declared once,
+``OTLP_TIERS``, and applied by ``Config.otlp_setting``.
+
 A leaf below ``log``: it imports nothing of the package, so the log can read its own switch with
 ``value_of`` without a cycle.
 """
@@ -30,34 +35,44 @@ API_PRESETS = {
     "robust": "http://robust-api.primus-robust.svc:8085/api/v1",
     "robust-legacy": "http://robust-analyzer.primus-robust.svc:8085/api/v1",
 }
-ROBUST_PRESETS = ("robust", "robust-legacy")
-ROBUST_ROUTES = "/api/v1"  # what ROBUST_ANALYZER_URL (a host) is completed with
-DEFAULT_API_PRESET = "lens"
-DEFAULT_API_BASE_URL = API_PRESETS[DEFAULT_API_PRESET]
+_ROBUST_PRESETS = ("robust", "robust-legacy")
+_ROBUST_ROUTES = "/api/v1"  # what ROBUST_ANALYZER_URL (a host) is completed with
+_DEFAULT_API_PRESET = "lens"
+DEFAULT_API_BASE_URL = API_PRESETS[_DEFAULT_API_PRESET]
 
-GPU_BACKENDS = ("auto", "amdsmi", "sysfs", "nvml", "none")
-GPU_SCOPES = ("process", "node")
-REPORT_RANKS = ("owner", "zero", "all")  # or a list of global ranks, e.g. "0,8"
-EVIDENCE_LEVELS = ("standard", "minimal", "off")
-OTLP_PROTOCOLS = ("http/protobuf", "http/json")
-OTLP_COMPRESSIONS = ("gzip", "none")
-DEFAULT_OTLP_ENDPOINT = "http://localhost:4318"
+_GPU_BACKENDS = ("auto", "amdsmi", "sysfs", "nvml", "none")
+_GPU_SCOPES = ("process", "node")
+_REPORT_RANKS = ("owner", "zero", "all")  # or a list of global ranks, e.g. "0,8"
+_EVIDENCE_LEVELS = ("standard", "minimal", "off")
+_OTLP_PROTOCOLS = ("http/protobuf", "http/json")
+_OTLP_COMPRESSIONS = ("gzip", "none")
+_DEFAULT_OTLP_ENDPOINT = "http://localhost:4318"
+# Three families of variables name the OTLP settings, and the first tier that sets one gives it
+# (``Config.otlp_setting``): our own (PRIMUS_LENS_OTLP_*, what the chart sets), then
+# OpenTelemetry's metrics-only ones (OTEL_EXPORTER_OTLP_METRICS_*), then its general ones
+# (OTEL_EXPORTER_OTLP_*, which hold the defaults).  Within each family the signal-specific variable
+# wins, so our PRIMUS_LENS_OTLP_METRICS_ENDPOINT comes before PRIMUS_LENS_OTLP_ENDPOINT.  A tier is
+# the prefix of the ``Config`` fields it sets.
+OTLP_TIERS = ("otlp_metrics", "otlp", "otel_metrics", "otel")
+OTLP_SETTINGS = ("endpoint", "headers", "timeout", "compression", "protocol", "certificate",
+                 "client_certificate", "client_key", "resource_attributes", "service_name")
+_OTLP_METRICS_PATH = "/v1/metrics"  # what a base endpoint is completed with (OTLP/HTTP)
 
 _TRUE = frozenset(("1", "true", "yes", "on", "y", "t"))
 _FALSE = frozenset(("0", "false", "no", "off", "n", "f"))
 
 
-class InvalidValue(ValueError):
+class _InvalidValue(ValueError):
     """Raised by a parser when a raw value cannot be used; the message says what is expected."""
 
 
-def parse_bool(raw: str) -> bool:
+def _parse_bool(raw: str) -> bool:
     value = raw.strip().lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
         return False
-    raise InvalidValue("expected true/false (1/0, yes/no, on/off)")
+    raise _InvalidValue("expected true/false (1/0, yes/no, on/off)")
 
 
 def _number(kind: Callable[[str], Any], low: float, high: float) -> Callable[[str], Any]:
@@ -65,9 +80,9 @@ def _number(kind: Callable[[str], Any], low: float, high: float) -> Callable[[st
         try:
             value = kind(raw.strip())
         except ValueError:
-            raise InvalidValue(f"expected a {kind.__name__} between {low:g} and {high:g}")
+            raise _InvalidValue(f"expected a {kind.__name__} between {low:g} and {high:g}")
         if (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
-            raise InvalidValue(f"expected a {kind.__name__} between {low:g} and {high:g}")
+            raise _InvalidValue(f"expected a {kind.__name__} between {low:g} and {high:g}")
         return value
 
     return parse
@@ -77,7 +92,7 @@ def _choice(options: Tuple[str, ...]) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
         if value not in options:
-            raise InvalidValue("expected one of " + "|".join(options))
+            raise _InvalidValue("expected one of " + "|".join(options))
         return value
 
     return parse
@@ -90,7 +105,7 @@ def _text(raw: str) -> str:
 def _path(raw: str) -> str:
     value = raw.strip()
     if "\x00" in value:
-        raise InvalidValue("a path cannot contain NUL")
+        raise _InvalidValue("a path cannot contain NUL")
     return os.path.abspath(os.path.expanduser(value))
 
 
@@ -101,18 +116,26 @@ def _url(raw: str) -> str:
     value = raw.strip().rstrip("/")
     scheme, sep, rest = value.partition("://")
     if not sep or scheme.lower() not in ("http", "https") or not rest or " " in value:
-        raise InvalidValue("expected an http:// or https:// URL")
+        raise _InvalidValue("expected an http:// or https:// URL")
     parts = urlsplit(value)
     try:
         port = parts.port  # ValueError: not a number, or beyond 65535
     except ValueError:
         port = -1
     if port is not None and not 1 <= port <= 65535:
-        raise InvalidValue(f"port {parts.netloc.rpartition(':')[2]!r} is not a number from 1 "
-                           "to 65535")
+        raise _InvalidValue(f"port {parts.netloc.rpartition(':')[2]!r} is not a number from 1 "
+                            "to 65535")
     if not parts.hostname:
-        raise InvalidValue("expected a host name after ://")
+        raise _InvalidValue("expected a host name after ://")
     return value
+
+
+def _metrics_url(base: str) -> str:
+    """``{base}/v1/metrics``, a query string (a function key, a signature) kept at the end."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(base)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + _OTLP_METRICS_PATH))
 
 
 def _headers(raw: str) -> Tuple[Tuple[str, str], ...]:
@@ -123,9 +146,9 @@ def _headers(raw: str) -> Tuple[Tuple[str, str], ...]:
         try:
             obj = json.loads(text)
         except ValueError:
-            raise InvalidValue('expected a JSON object {"Name": "value"} or "Name: value; ..."')
+            raise _InvalidValue('expected a JSON object {"Name": "value"} or "Name: value; ..."')
         if not isinstance(obj, dict) or not all(isinstance(v, str) for v in obj.values()):
-            raise InvalidValue("header values must be strings")
+            raise _InvalidValue("header values must be strings")
         pairs = list(obj.items())
     else:
         for part in text.replace("\n", ";").split(";"):
@@ -133,11 +156,11 @@ def _headers(raw: str) -> Tuple[Tuple[str, str], ...]:
                 continue
             name, sep, value = part.partition(":")
             if not sep or not name.strip():
-                raise InvalidValue('expected "Name: value" pairs separated by ";"')
+                raise _InvalidValue('expected "Name: value" pairs separated by ";"')
             pairs.append((name.strip(), value.strip()))
     for name, value in pairs:
         if not name or any(c in name for c in " \t\r\n:") or any(c in value for c in "\r\n"):
-            raise InvalidValue(f"invalid header {name!r}")
+            raise _InvalidValue(f"invalid header {name!r}")
     return tuple(pairs)
 
 
@@ -153,7 +176,7 @@ def _pairs(raw: str) -> Tuple[Tuple[str, str], ...]:
         name, sep, value = part.partition("=")
         name, value = name.strip(), unquote(value.strip())
         if not sep or not name or any(c in name + value for c in "\r\n"):
-            raise InvalidValue("expected key=value pairs separated by commas")
+            raise _InvalidValue("expected key=value pairs separated by commas")
         pairs.append((unquote(name), value))
     return tuple(pairs)
 
@@ -161,18 +184,18 @@ def _pairs(raw: str) -> Tuple[Tuple[str, str], ...]:
 def _otlp_protocol(raw: str) -> str:
     value = raw.strip().lower()
     if value == "grpc":
-        raise InvalidValue("grpc is not supported by this exporter, it sends OTLP/HTTP")
-    return _choice(OTLP_PROTOCOLS)(value)
+        raise _InvalidValue("grpc is not supported by this exporter, it sends OTLP/HTTP")
+    return _choice(_OTLP_PROTOCOLS)(value)
 
 
 def _report_ranks(raw: str) -> str:
     """owner | zero | all, or global ranks separated by commas (kept as "0,8", sorted)."""
     value = raw.strip().lower()
-    if value in REPORT_RANKS:
+    if value in _REPORT_RANKS:
         return value
     parts = [part.strip() for part in value.split(",") if part.strip()]
     if not parts or not all(part.isdigit() and part.isascii() for part in parts):
-        raise InvalidValue("expected owner, zero, all or a list of global ranks such as 0,8")
+        raise _InvalidValue("expected owner, zero, all or a list of global ranks such as 0,8")
     return ",".join(str(rank) for rank in sorted({int(part) for part in parts}))
 
 
@@ -208,39 +231,55 @@ class Config:
     """Every setting of the injector, each declared once with ``setting``: the defaults here are
     the documented defaults."""
 
+    # -- The switch, the local record and the process's end (capture, log) -------------------------
     hook: bool = setting(
-        "PRIMUS_LENS_WANDB_HOOK", True, parse_bool,
+        "PRIMUS_LENS_WANDB_HOOK", True, _parse_bool,
         "Master switch. false: the bootstrap imports nothing, patches nothing, starts nothing.")
     enhance_metrics: bool = setting(
-        "PRIMUS_LENS_WANDB_ENHANCE_METRICS", False, parse_bool,
+        "PRIMUS_LENS_WANDB_ENHANCE_METRICS", False, _parse_bool,
         "Add `_primus_sys_*` / `_primus_gpu_*` figures to every logged row (wandb and record).")
     save_local: bool = setting(
-        "PRIMUS_LENS_WANDB_SAVE_LOCAL", True, parse_bool,
+        "PRIMUS_LENS_WANDB_SAVE_LOCAL", True, _parse_bool,
         "Keep the local JSONL record under the output path.")
     output_path: Optional[str] = setting(
         "PRIMUS_LENS_WANDB_OUTPUT_PATH", None, _path,
         "Root of the local record. Unset: `$WANDB_DIR/wandb/primus-lens` "
         "(`./wandb/primus-lens` without `WANDB_DIR`), next to wandb's own files.")
     debug: bool = setting(
-        "PRIMUS_LENS_WANDB_DEBUG", False, parse_bool,
+        "PRIMUS_LENS_WANDB_DEBUG", False, _parse_bool,
         "Print one JSON line per injector decision on stderr.")
+    shutdown_timeout: float = setting(
+        "PRIMUS_LENS_SHUTDOWN_TIMEOUT", 5.0, _number(float, 0.0, 600.0),
+        "Most seconds spent flushing at finish, exit or SIGTERM before giving up (data stays "
+        "in the record and is sent by the next process that uses it).")
+
+    # -- The background sampler (metrics) ----------------------------------------------------------
     sample_interval: float = setting(
         "PRIMUS_LENS_SAMPLE_INTERVAL", 1.0, _number(float, 0.1, 3600.0),
         "Seconds between two system/GPU samples of the background sampler.")
     gpu_backend: str = setting(
-        "PRIMUS_LENS_GPU_BACKEND", "auto", _choice(GPU_BACKENDS),
+        "PRIMUS_LENS_GPU_BACKEND", "auto", _choice(_GPU_BACKENDS),
         "GPU library: auto (amdsmi, then amdgpu sysfs, then NVML), amdsmi, sysfs, nvml, none.")
     gpu_scope: str = setting(
-        "PRIMUS_LENS_GPU_SCOPE", "process", _choice(GPU_SCOPES),
+        "PRIMUS_LENS_GPU_SCOPE", "process", _choice(_GPU_SCOPES),
         "process: this process's own GPU(s); node: every GPU, sampled by local rank 0 only.")
     sysfs_root: str = setting(
         "PRIMUS_LENS_SYSFS_ROOT", "/sys", _path,
         "Where sysfs is mounted, for the amdgpu fallback (chroots, tests).")
+
+    # -- Every sink: which processes send ----------------------------------------------------------
+    report_ranks: str = setting(
+        "PRIMUS_LENS_REPORT_RANKS", "owner", _report_ranks,
+        "Which processes send rows and detection: owner (every process that owns a wandb "
+        "run), zero (global rank 0), all (every owner, keys always prefixed with its "
+        "`rankN/` label) or a list of global ranks (`0,8`); see docs/reporting.md.")
+
+    # -- The Lens sink: rows and the framework-detection report (report) ---------------------------
     api_reporting: bool = setting(
-        "PRIMUS_LENS_WANDB_API_REPORTING", True, parse_bool,
+        "PRIMUS_LENS_WANDB_API_REPORTING", True, _parse_bool,
         "Send rows and the framework-detection report to the Lens telemetry-processor.")
     api_preset: str = setting(
-        "PRIMUS_LENS_API_PRESET", DEFAULT_API_PRESET, _choice(tuple(API_PRESETS)),
+        "PRIMUS_LENS_API_PRESET", _DEFAULT_API_PRESET, _choice(tuple(API_PRESETS)),
         "Where the server is: lens (Primus Lens's telemetry-processor, "
         "`primus-lens-telemetry-processor.primus-lens:8989/v1`), robust (SaFE's primus-robust "
         "add-on 1.0.6 and later, `robust-api.primus-robust:8085/api/v1`) or robust-legacy "
@@ -279,35 +318,29 @@ class Config:
         'Extra request headers, e.g. `Cookie: token=...` or a JSON object; never logged.',
         secret=True)
     api_verify: bool = setting(
-        "PRIMUS_LENS_API_VERIFY", True, parse_bool,
+        "PRIMUS_LENS_API_VERIFY", True, _parse_bool,
         "Verify the server's TLS certificate for https:// base URLs.")
     api_ca_bundle: Optional[str] = setting(
         "PRIMUS_LENS_API_CA_BUNDLE", None, _path,
         "PEM file of CA certificates to verify the server with (default: system/certifi).")
     api_use_proxy: bool = setting(
-        "PRIMUS_LENS_API_USE_PROXY", False, parse_bool,
+        "PRIMUS_LENS_API_USE_PROXY", False, _parse_bool,
         "Honour HTTP(S)_PROXY/NO_PROXY for the telemetry-processor (default: connect directly).")
-    shutdown_timeout: float = setting(
-        "PRIMUS_LENS_SHUTDOWN_TIMEOUT", 5.0, _number(float, 0.0, 600.0),
-        "Most seconds spent flushing at finish, exit or SIGTERM before giving up (data stays "
-        "in the record and is sent by the next process that uses it).")
-    report_ranks: str = setting(
-        "PRIMUS_LENS_REPORT_RANKS", "owner", _report_ranks,
-        "Which processes send rows and detection: owner (every process that owns a wandb "
-        "run), zero (global rank 0), all (every owner, keys always prefixed with its "
-        "`rankN/` label) or a list of global ranks (`0,8`); see docs/reporting.md.")
     evidence: str = setting(
-        "PRIMUS_LENS_EVIDENCE", "standard", _choice(EVIDENCE_LEVELS),
+        "PRIMUS_LENS_EVIDENCE", "standard", _choice(_EVIDENCE_LEVELS),
         "What the detection report carries: standard (allow-listed evidence), minimal "
         "(framework names and versions only) or off (framework names only, no evidence); "
         "see docs/detection.md.")
+
+    # -- The OTLP sink (report) --------------------------------------------------------------------
+    # Up to four variables give each setting; read them with ``Config.otlp_setting``, which
+    # takes each from the first tier that sets it (the order: ``OTLP_TIERS``).  The chart
+    # sets only our names: the OTEL_* ones are also read by every OpenTelemetry SDK in the
+    # process, wandb's own exporter to W&B among them.
     otlp: bool = setting(
-        "PRIMUS_LENS_OTLP", False, parse_bool,
+        "PRIMUS_LENS_OTLP", False, _parse_bool,
         "Also export the rows as OTLP/HTTP metrics to an OpenTelemetry endpoint, configured by "
         "the `PRIMUS_LENS_OTLP_*` variables below; see docs/otlp.md.")
-    # The OTLP settings: PRIMUS_LENS_OTLP_* > OTEL_EXPORTER_OTLP_METRICS_* > OTEL_EXPORTER_OTLP_*
-    # (report/otlp_sink.settings).  The chart sets only our names: the OTEL_* ones are also read
-    # by every OpenTelemetry SDK in the process, wandb's own exporter to W&B among them.
     otlp_endpoint: Optional[str] = setting(
         "PRIMUS_LENS_OTLP_ENDPOINT", None, _url,
         "OTLP base URL; metrics go to `{endpoint}/v1/metrics`. Unset: "
@@ -322,7 +355,7 @@ class Config:
         "PRIMUS_LENS_OTLP_TIMEOUT", None, _number(int, 1, 600_000),
         "Milliseconds to wait for an OTLP answer (default 10000).")
     otlp_compression: Optional[str] = setting(
-        "PRIMUS_LENS_OTLP_COMPRESSION", None, _choice(OTLP_COMPRESSIONS),
+        "PRIMUS_LENS_OTLP_COMPRESSION", None, _choice(_OTLP_COMPRESSIONS),
         "OTLP body compression: gzip or none (default none).")
     otlp_protocol: Optional[str] = setting(
         "PRIMUS_LENS_OTLP_PROTOCOL", None, _otlp_protocol,
@@ -344,7 +377,7 @@ class Config:
         "OTLP `service.name` (wins over one in the resource attributes; "
         "default `primus-lens-inject`).")
     otel_endpoint: str = setting(
-        "OTEL_EXPORTER_OTLP_ENDPOINT", DEFAULT_OTLP_ENDPOINT, _url,
+        "OTEL_EXPORTER_OTLP_ENDPOINT", _DEFAULT_OTLP_ENDPOINT, _url,
         "Fallback of `PRIMUS_LENS_OTLP_ENDPOINT`, for runs by hand (see docs/otlp.md).")
     otel_metrics_endpoint: Optional[str] = setting(
         "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", None, _url,
@@ -365,10 +398,10 @@ class Config:
         "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", None, _number(int, 1, 600_000),
         "The same, metrics only; wins over `OTEL_EXPORTER_OTLP_TIMEOUT`.")
     otel_compression: str = setting(
-        "OTEL_EXPORTER_OTLP_COMPRESSION", "none", _choice(OTLP_COMPRESSIONS),
+        "OTEL_EXPORTER_OTLP_COMPRESSION", "none", _choice(_OTLP_COMPRESSIONS),
         "Fallback of `PRIMUS_LENS_OTLP_COMPRESSION`.")
     otel_metrics_compression: Optional[str] = setting(
-        "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", None, _choice(OTLP_COMPRESSIONS),
+        "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", None, _choice(_OTLP_COMPRESSIONS),
         "The same, metrics only; wins over `OTEL_EXPORTER_OTLP_COMPRESSION`.")
     otel_protocol: str = setting(
         "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf", _otlp_protocol,
@@ -400,6 +433,8 @@ class Config:
     otel_service_name: str = setting(
         "OTEL_SERVICE_NAME", "", _text,
         "Fallback of `PRIMUS_LENS_OTLP_SERVICE_NAME`.")
+
+    # -- The pod's identity (downward API): the Lens sink's request identity, the OTLP resource ----
     pod_name: str = setting(
         "POD_NAME", "", _text, "Pod name (downward API): the server's identity key.")
     pod_uid: str = setting(
@@ -427,8 +462,8 @@ class Config:
                 values[var.field] = value
         if "api_base_url" not in values and values.get("robust_analyzer_url"):
             host = values["robust_analyzer_url"]
-            values["api_base_url"] = host if host.endswith(ROBUST_ROUTES) else host + ROBUST_ROUTES
-        values.setdefault("api_base_url", API_PRESETS[values.get("api_preset", DEFAULT_API_PRESET)])
+            values["api_base_url"] = host if host.endswith(_ROBUST_ROUTES) else host + _ROBUST_ROUTES
+        values.setdefault("api_base_url", API_PRESETS[values.get("api_preset", _DEFAULT_API_PRESET)])
         config = cls(**values)
         # an invalid base URL is said once, with the URL used instead and where it comes from
         used = f"{config.api_base_url} ({config.base_url_source})"
@@ -446,14 +481,14 @@ class Config:
         """The server is primus-robust (a robust preset, or the base URL from
         ``ROBUST_ANALYZER_URL``): its error texts are not public, so an unknown 400 is retried
         for a while instead of dropped at once (``report.policy``)."""
-        return self.api_preset in ROBUST_PRESETS or self.base_url_source == "ROBUST_ANALYZER_URL"
+        return self.api_preset in _ROBUST_PRESETS or self.base_url_source == "ROBUST_ANALYZER_URL"
 
     @property
     def base_url_source(self) -> str:
         """Where ``api_base_url`` came from, as a user would name it (a preset nobody chose is
         "the default preset"; one used because the base URL was invalid says so)."""
         if self.api_base_url == API_PRESETS.get(self.api_preset):
-            chosen = "preset" if self.api_preset != DEFAULT_API_PRESET else "the default preset"
+            chosen = "preset" if self.api_preset != _DEFAULT_API_PRESET else "the default preset"
             invalid = any(p.variable == "PRIMUS_LENS_API_BASE_URL" for p in self.problems)
             return f"{chosen} {self.api_preset}" + (
                 ", PRIMUS_LENS_API_BASE_URL being invalid" if invalid else "")
@@ -463,6 +498,24 @@ class Config:
 
     def default_of(self, name: str) -> Any:
         return next(f.default for f in fields(self) if f.name == name)
+
+    def otlp_setting(self, name: str) -> Any:
+        """The OTLP setting ``name`` (one of ``OTLP_SETTINGS``) from the first tier of
+        ``OTLP_TIERS`` that sets it, the last tier giving the default; a tier without that name
+        is passed over (the resource attributes and the service name have no metrics-only
+        variable).  ``endpoint`` is the URL metrics are posted to: a base endpoint (a variable
+        without ``METRICS`` in its name) gets ``/v1/metrics`` after its path, a metrics
+        endpoint is used as it is.  Timeouts are in milliseconds, as the variables give them."""
+        if name not in OTLP_SETTINGS:
+            raise ValueError(f"{name!r} is not an OTLP setting: one of {', '.join(OTLP_SETTINGS)}")
+        chain = [f"{tier}_{name}" for tier in OTLP_TIERS if f"{tier}_{name}" in _BY_FIELD]
+        for setter in chain:
+            value = getattr(self, setter)
+            if value is not None:
+                break
+        if name == "endpoint" and not setter.endswith("_metrics_endpoint"):
+            return _metrics_url(value)
+        return value
 
 
 @dataclass(frozen=True)
@@ -494,7 +547,7 @@ def _read(var: Variable, env: Mapping[str, str]) -> Any:
         return _UNSET
     try:
         return var.parse(raw)
-    except InvalidValue as exc:
+    except _InvalidValue as exc:
         return Problem(var.name, "<hidden>" if var.secret else raw, str(exc))
 
 

@@ -48,7 +48,7 @@ SCAN_LIMIT = 1 << 20  # longer strings are never inspected: callers describe the
 # wandb/api/key, "xApiKey" -> x/api/key, "OAuth2Token" -> o/auth/2/token, "db-pw" -> db/pw.
 _WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 # Any of these words anywhere in the name.
-SECRET_WORDS = frozenset((
+_SECRET_WORDS = frozenset((
     "apikey", "auth", "authorization", "authentication", "bearer", "cert", "certificate", "certs",
     "cookie", "cookies", "credential", "credentials", "creds", "csrf", "jwt", "oauth", "otp",
     "passcode", "passphrase", "passwd", "password", "passwords", "privkey", "private", "pw",
@@ -93,11 +93,11 @@ COMPACT_ENDINGS = {
 
 
 # Every secret-looking name contains one of these (lower-cased): a quick first test for text.
-_SECRET_PARTS = tuple(sorted(SECRET_WORDS | _SECRET_LAST_WORDS | set(_SECRET_FRAGMENTS)
+_SECRET_PARTS = tuple(sorted(_SECRET_WORDS | _SECRET_LAST_WORDS | set(_SECRET_FRAGMENTS)
                              | set(_WORD_FRAGMENTS) | set(COMPACT_ENDINGS)))
 
 
-def mentions_secret(text: str) -> bool:
+def _mentions_secret(text: str) -> bool:
     """False when no word of ``text`` can be secret-looking (most metric keys and log lines)."""
     lowered = text.lower()
     return any(part in lowered for part in _SECRET_PARTS)
@@ -118,7 +118,7 @@ def is_secret_key(name: str) -> bool:
     parts = [w.lower() for w in _WORDS.findall(name)]
     if not parts:
         return False
-    if any(w in SECRET_WORDS or any(f in w for f in _WORD_FRAGMENTS) for w in parts):
+    if any(w in _SECRET_WORDS or any(f in w for f in _WORD_FRAGMENTS) for w in parts):
         return True
     core = list(parts)
     while len(core) > 1 and (core[-1] in _QUALIFIERS or core[-1].isdigit()):
@@ -167,7 +167,7 @@ def looks_random(text: str) -> bool:
             and any(c.isdigit() for c in text))
 
 
-def redact_random_words(text: str) -> str:
+def _redact_random_words(text: str) -> str:
     """``text`` with every random-looking run of letters and digits replaced (for labels)."""
     return _ALNUM_RUN.sub(lambda m: REDACTED if _random_run(m.group()) else m.group(), text)
 
@@ -178,7 +178,7 @@ def redact_random_words(text: str) -> str:
 # minimum length so that ordinary words, paths, hashes and numbers do not match, and none may
 # start inside a word.  The prefixes alone make a quick first test (most text has none).
 _WORD, _WORD_DASH, _ALNUM = "[A-Za-z0-9_]", "[A-Za-z0-9_\\-]", "[A-Za-z0-9]"
-TOKEN_FORMATS = (
+_TOKEN_FORMATS = (
     ("PEM private key", "", "-----BEGIN ",
      r"[A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----(?s:.*?)(?:-----END [A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----|\Z)"),
     ("Hugging Face", _WORD, "hf_", r"[A-Za-z0-9]{20,}"),
@@ -199,8 +199,8 @@ TOKEN_FORMATS = (
     ("JWT", _WORD_DASH, "eyJ", r"[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]*"),
 )
 _TOKENS = re.compile("|".join(f"(?<!{behind}){prefix}{rest}" if behind else prefix + rest
-                              for _what, behind, prefix, rest in TOKEN_FORMATS))
-_TOKEN_PREFIX = re.compile("|".join(prefix for _what, _behind, prefix, _rest in TOKEN_FORMATS))
+                              for _what, behind, prefix, rest in _TOKEN_FORMATS))
+_TOKEN_PREFIX = re.compile("|".join(prefix for _what, _behind, prefix, _rest in _TOKEN_FORMATS))
 # "Bearer <credential>" anywhere; "Basic <base64>" when the base64 really encodes "user:password"
 # (so that "Basic training" survives).
 _BEARER = re.compile(r"(?i:\bbearer\s+)[A-Za-z0-9\-._~+/]{8,}=*")
@@ -226,7 +226,7 @@ _QUERY_HINT = re.compile(r"[?&#](?:" + "|".join(sorted(QUERY_SECRET_NAMES)) + r"
                          re.IGNORECASE)
 # Authorization schemes (IANA registry and common custom ones): after a secret name the
 # credential that follows the scheme word belongs to the value too.
-AUTH_SCHEMES = frozenset((
+_AUTH_SCHEMES = frozenset((
     "basic", "bearer", "token", "digest", "negotiate", "ntlm", "hoba", "mutual", "vapid",
     "scram-sha-1", "scram-sha-256", "aws4-hmac-sha256", "apikey", "api-key", "key", "oauth",
     "jwt", "sso", "dpop", "gnap", "privatetoken", "otp", "session", "sharedkey", "signature",
@@ -286,7 +286,7 @@ def _secret_value(text: str, start: int) -> Optional[Tuple[int, str]]:
     """(end, quote) of the value that follows a secret name at ``start``, or None; a value that
     starts with an authorization scheme extends over the credential after it."""
     scheme = _SCHEME_VALUE.match(text, start)
-    if scheme and scheme.group("scheme").lower() in AUTH_SCHEMES:
+    if scheme and scheme.group("scheme").lower() in _AUTH_SCHEMES:
         return scheme.end(), ""
     value = _VALUE.match(text, start)
     if value is None:
@@ -306,7 +306,7 @@ def _secret_pair(text: str, match: re.Match) -> bool:
 
 
 def _redact_pairs(text: str) -> str:
-    if not mentions_secret(text) and not _QUERY_HINT.search(text):
+    if not _mentions_secret(text) and not _QUERY_HINT.search(text):
         return text
     pieces: List[str] = []
     pos = 0
@@ -332,7 +332,7 @@ def _after_secret_word(text: str, start: int) -> bool:
 
 
 def _redact_near_secret_words(text: str) -> str:
-    if not mentions_secret(text):
+    if not _mentions_secret(text):
         return text
 
     def replace(match: re.Match) -> str:
@@ -457,7 +457,7 @@ def redact_text(text: str) -> str:
 def redact_label(text: str) -> str:
     """``redact_text``, then every random-looking word replaced too: for names that must pass
     (metric keys, run names, tags), where a key or token may stand alone with no secret word near."""
-    return redact_random_words(redact_text(text))
+    return _redact_random_words(redact_text(text))
 
 
 @functools.lru_cache(maxsize=8192)
@@ -468,12 +468,12 @@ def redact_key(key: str) -> str:
 
 # --- the injector's own secrets -------------------------------------------------------------------
 
-HEADERS_VARIABLE = "PRIMUS_LENS_API_HEADERS"
-BASE_URL_VARIABLE = "PRIMUS_LENS_API_BASE_URL"
-URL_VARIABLES = (BASE_URL_VARIABLE, "PRIMUS_LENS_OTLP_ENDPOINT", "PRIMUS_LENS_OTLP_METRICS_ENDPOINT",
-                 "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
-OTLP_HEADERS_VARIABLES = ("PRIMUS_LENS_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS",
-                          "OTEL_EXPORTER_OTLP_METRICS_HEADERS")
+_HEADERS_VARIABLE = "PRIMUS_LENS_API_HEADERS"
+_BASE_URL_VARIABLE = "PRIMUS_LENS_API_BASE_URL"
+_URL_VARIABLES = (_BASE_URL_VARIABLE, "PRIMUS_LENS_OTLP_ENDPOINT", "PRIMUS_LENS_OTLP_METRICS_ENDPOINT",
+                  "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+_OTLP_HEADERS_VARIABLES = ("PRIMUS_LENS_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS",
+                           "OTEL_EXPORTER_OTLP_METRICS_HEADERS")
 _MIN_OWN = 4  # shorter values would blot out ordinary text and protect nothing
 _MIN_WORD = 8  # the same for single words of a longer value
 
@@ -517,7 +517,7 @@ def _pieces(value: str) -> List[str]:
     out = [value]
     for word in re.split(r"[\s;,]+", value):
         for piece in (word, word.partition("=")[2]):
-            if len(piece) >= _MIN_WORD and piece.lower() not in AUTH_SCHEMES:
+            if len(piece) >= _MIN_WORD and piece.lower() not in _AUTH_SCHEMES:
                 out.append(piece)
     return out
 
@@ -540,9 +540,9 @@ def own_secrets(environ: Optional[Mapping[str, str]] = None) -> Tuple[str, ...]:
     values, the userinfo of the Lens and OTLP endpoints and its parts and their secret query
     values, raw and percent-decoded), longest first."""
     env = os.environ if environ is None else environ
-    return _own_secrets(env.get(HEADERS_VARIABLE) or "",
-                        tuple(env.get(name) or "" for name in URL_VARIABLES),
-                        tuple(env.get(name) or "" for name in OTLP_HEADERS_VARIABLES))
+    return _own_secrets(env.get(_HEADERS_VARIABLE) or "",
+                        tuple(env.get(name) or "" for name in _URL_VARIABLES),
+                        tuple(env.get(name) or "" for name in _OTLP_HEADERS_VARIABLES))
 
 
 def _without(text: str, secret: str) -> str:

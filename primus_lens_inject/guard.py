@@ -19,8 +19,8 @@ from typing import Callable
 from . import log
 
 RESTART_FIRST = 0.1  # seconds before the first restart of a failed thread body
-RESTART_MAX = 30.0  # the pause stops growing here: a body that always fails costs nearly nothing
-POLL = 0.005  # how often a waiter looks at the flag it waits for
+_RESTART_MAX = 30.0  # the pause stops growing here: a body that always fails costs nearly nothing
+_POLL = 0.005  # how often a waiter looks at the flag it waits for
 
 
 def run_guarded(name: str, body: Callable[[], None], restart: bool = True) -> None:
@@ -38,7 +38,7 @@ def run_guarded(name: str, body: Callable[[], None], restart: bool = True) -> No
             if not restart:
                 return
         time.sleep(pause)
-        pause = min(pause * 2, RESTART_MAX)
+        pause = min(pause * 2, _RESTART_MAX)
 
 
 def start_thread(name: str, body: Callable[[], None], restart: bool = True) -> threading.Thread:
@@ -54,7 +54,7 @@ def wait_until(done: Callable[[], bool], deadline: float) -> bool:
     while not done():
         if time.monotonic() >= deadline:
             return done()
-        time.sleep(POLL)
+        time.sleep(_POLL)
     return True
 
 

@@ -16,8 +16,8 @@ from io import BufferedIOBase
 from typing import Optional, Union
 
 DRAIN_LIMIT = 64 << 20  # bytes read and dropped at most
-DRAIN_SECONDS = 2.0  # for at most this long in all
-DRAIN_IDLE = 0.5  # and no longer than this waiting for the next bytes
+_DRAIN_SECONDS = 2.0  # for at most this long in all
+_DRAIN_IDLE = 0.5  # and no longer than this waiting for the next bytes
 
 _DIGITS = re.compile(rb"[0-9]+")
 
@@ -37,13 +37,13 @@ def discard(connection: socket.socket, rfile: BufferedIOBase, limit: int = DRAIN
     """Read and drop up to ``limit`` bytes from ``rfile`` (buffered over ``connection``) until
     the client stops sending; never raises (the connection is closed next either way)."""
     remaining = min(limit, DRAIN_LIMIT)
-    deadline = time.monotonic() + DRAIN_SECONDS
+    deadline = time.monotonic() + _DRAIN_SECONDS
     try:
         while remaining > 0:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            connection.settimeout(min(left, DRAIN_IDLE))
+            connection.settimeout(min(left, _DRAIN_IDLE))
             chunk = rfile.read1(min(remaining, 1 << 16))
             if not chunk:
                 return

@@ -54,16 +54,16 @@ def warn(message: str, key: str = "") -> None:
 # Children inherit the environment, so a bad value would be reported again by every
 # DataLoader worker and by old wandb's own Python service process; the parent's warnings are
 # remembered here (short digests, inherited by children) and not repeated below it.
-INHERITED_WARNINGS = "_PRIMUS_LENS_WARNED"
+_INHERITED_WARNINGS = "_PRIMUS_LENS_WARNED"
 
 
 def warn_inherited(message: str) -> None:
     """``warn``, but once per process tree: for problems every child would see the same way."""
     digest = format(zlib.crc32(message.encode("utf-8", "replace")), "08x")
-    said = os.environ.get(INHERITED_WARNINGS, "")
+    said = os.environ.get(_INHERITED_WARNINGS, "")
     if digest in said.split(","):
         return
-    os.environ[INHERITED_WARNINGS] = f"{said},{digest}" if said else digest
+    os.environ[_INHERITED_WARNINGS] = f"{said},{digest}" if said else digest
     warn(message)
 
 

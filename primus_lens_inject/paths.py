@@ -21,15 +21,15 @@ if TYPE_CHECKING:  # annotations only: the leaf stays free of runtime imports
     from .config import Config
     from .topology import Topology
 
-FILE_NAME = "wandb_metrics.jsonl"
-PRIVATE_DIR = "spool"  # under ``fallback_root()``: one private spool per process
-JOB_PREFIX = "job-"  # under ``fallback_root()``: one fallback record tree per job
+_FILE_NAME = "wandb_metrics.jsonl"
+_PRIVATE_DIR = "spool"  # under ``fallback_root()``: one private spool per process
+_JOB_PREFIX = "job-"  # under ``fallback_root()``: one fallback record tree per job
 # Variables that name the job a process belongs to, most specific first: two jobs of one user on
 # one machine must never share a fallback record (their rows would interleave under one name).
-JOB_VARIABLES = ("WORKLOAD_UID", "POD_NAME", "SLURM_JOB_ID")
+_JOB_VARIABLES = ("WORKLOAD_UID", "POD_NAME", "SLURM_JOB_ID")
 
 
-def default_root(environ: Optional[Dict[str, str]] = None) -> str:
+def _default_root(environ: Optional[Dict[str, str]] = None) -> str:
     """Beside wandb's own files: ``$WANDB_DIR/wandb/primus-lens`` or ``./wandb/primus-lens``."""
     env = os.environ if environ is None else environ
     base = env.get("WANDB_DIR") or os.getcwd()
@@ -42,12 +42,12 @@ def fallback_root() -> str:
     return os.path.join(tempfile.gettempdir(), f"primus-lens-{os.getuid()}")
 
 
-def job_name(environ: Optional[Dict[str, str]] = None) -> Tuple[str, bool]:
+def _job_name(environ: Optional[Dict[str, str]] = None) -> Tuple[str, bool]:
     """The name of this process's job for its fallback record, and whether another process of
     the same job (a restart, ``primus-lens doctor`` in the same pod) finds the same name: the
-    first of ``JOB_VARIABLES`` that is set, else this process's own ``pid-<pid>``."""
+    first of ``_JOB_VARIABLES`` that is set, else this process's own ``pid-<pid>``."""
     env = os.environ if environ is None else environ
-    for name in JOB_VARIABLES:
+    for name in _JOB_VARIABLES:
         value = (env.get(name) or "").strip()
         if value:
             return re.sub(r"[^A-Za-z0-9._-]", "_", value)[:100], True
@@ -56,7 +56,7 @@ def job_name(environ: Optional[Dict[str, str]] = None) -> Tuple[str, bool]:
 
 def record_path(root: str, node: int, local_rank: int) -> str:
     """``node`` is ``Topology.node``: the node rank, or global - local rank where none is given."""
-    return os.path.join(root, f"node_{int(node)}", f"rank_{int(local_rank)}", FILE_NAME)
+    return os.path.join(root, f"node_{int(node)}", f"rank_{int(local_rank)}", _FILE_NAME)
 
 
 def close_quietly(fd: int) -> None:
@@ -74,7 +74,7 @@ class RecordLocation:
     ``path`` is "" when it keeps none (``SAVE_LOCAL=false`` and nothing to report).  ``fallback``
     is tried when ``path`` cannot be opened, and takes the rows ``path`` cannot take at the
     process end ("" for a private spool: it is in the fallback root already); it is the job's
-    own (``job_name``), and ``fallback_known`` says whether another process of the job can
+    own (``_job_name``), and ``fallback_known`` says whether another process of the job can
     name it (false: it carries the writer's pid).  ``private`` is the root of a spool of this
     process alone ("" otherwise): with ``SAVE_LOCAL=false`` a reporting process still delivers
     from a record, one that no other process shares (so none can remove rows from it) and that
@@ -93,11 +93,11 @@ class RecordLocation:
         have written, in the order they are tried; for private spools, the ones that exist
         (each process names its own, so only the file system knows them)."""
         if self.private:
-            pattern = record_path(os.path.join(fallback_root(), PRIVATE_DIR, "*"), self.node,
+            pattern = record_path(os.path.join(fallback_root(), _PRIVATE_DIR, "*"), self.node,
                                   self.local_rank)
             return sorted(glob.glob(pattern))
         if self.fallback and not self.fallback_known:  # named by each writer's pid
-            pattern = record_path(os.path.join(fallback_root(), JOB_PREFIX + "pid-*"), self.node,
+            pattern = record_path(os.path.join(fallback_root(), _JOB_PREFIX + "pid-*"), self.node,
                                   self.local_rank)
             return [path for path in (self.path, *sorted(glob.glob(pattern))) if path]
         return [path for path in (self.path, self.fallback) if path]
@@ -112,12 +112,12 @@ def record_location(config: Config, topology: Topology, reporting: bool = True) 
     """
     node, rank = topology.node, topology.local_rank
     if config.save_local:
-        root = config.output_path or default_root()
-        job, known = job_name({"WORKLOAD_UID": config.workload_uid, "POD_NAME": config.pod_name,
-                               "SLURM_JOB_ID": os.environ.get("SLURM_JOB_ID", "")})
-        fallback = record_path(os.path.join(fallback_root(), JOB_PREFIX + job), node, rank)
+        root = config.output_path or _default_root()
+        job, known = _job_name({"WORKLOAD_UID": config.workload_uid, "POD_NAME": config.pod_name,
+                                "SLURM_JOB_ID": os.environ.get("SLURM_JOB_ID", "")})
+        fallback = record_path(os.path.join(fallback_root(), _JOB_PREFIX + job), node, rank)
         return RecordLocation(record_path(root, node, rank), fallback, "", node, rank, known)
     if not reporting:
         return RecordLocation("", "", "", node, rank)
-    private = os.path.join(fallback_root(), PRIVATE_DIR, f"{os.getpid()}-{os.urandom(4).hex()}")
+    private = os.path.join(fallback_root(), _PRIVATE_DIR, f"{os.getpid()}-{os.urandom(4).hex()}")
     return RecordLocation(record_path(private, node, rank), "", private, node, rank)

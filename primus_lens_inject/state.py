@@ -30,7 +30,7 @@ from . import log
 from .config import Config
 from .topology import Topology, detect
 
-Callback = Callable[[], None]
+Callback = Callable[[], object]  # what it returns is ignored (a lock's acquire says True)
 
 
 class Ending(Protocol):

@@ -23,10 +23,10 @@ import os
 from dataclasses import dataclass
 from typing import List, Mapping, Optional, Sequence, Tuple
 
-NODE_RANK_VARS = ("NODE_RANK", "SLURM_NODEID", "PET_NODE_RANK", "GROUP_RANK")
-RANK_VARS = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
-LOCAL_RANK_VARS = ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID")
-WORLD_SIZE_VARS = ("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+_NODE_RANK_VARS = ("NODE_RANK", "SLURM_NODEID", "PET_NODE_RANK", "GROUP_RANK")
+_RANK_VARS = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+_LOCAL_RANK_VARS = ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID")
+_WORLD_SIZE_VARS = ("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 
 _MAX_RANK = 1 << 24  # no job has 16 million ranks; anything larger is garbage
 
@@ -58,10 +58,10 @@ def detect(environ: Optional[Mapping[str, str]] = None) -> Tuple[Topology, List[
     """Read the topology; also return (variable, raw value) for every value that was rejected."""
     env = os.environ if environ is None else environ
     problems: List[Tuple[str, str]] = []
-    node, _ = _first(env, NODE_RANK_VARS, 0, problems)
-    rank, rank_source = _first(env, RANK_VARS, 0, problems)
-    local, _ = _first(env, LOCAL_RANK_VARS, 0, problems)
-    world, _ = _first(env, WORLD_SIZE_VARS, 1, problems)
+    node, _ = _first(env, _NODE_RANK_VARS, 0, problems)
+    rank, rank_source = _first(env, _RANK_VARS, 0, problems)
+    local, _ = _first(env, _LOCAL_RANK_VARS, 0, problems)
+    world, _ = _first(env, _WORLD_SIZE_VARS, 1, problems)
     if local is None:
         local = rank if rank is not None else 0
     if rank is None:

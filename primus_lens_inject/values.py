@@ -5,12 +5,12 @@ not change what was recorded, and the background writer only has to ``json.dumps
 The rules, all documented in the README:
 
 * ``bool``, ``int``, ``str``, ``None`` and finite ``float`` stay as they are, except an ``int``
-  beyond ``MAX_INT_BITS`` (Python refuses to print ints of more than 4300 digits by default, and
+  beyond ``_MAX_INT_BITS`` (Python refuses to print ints of more than 4300 digits by default, and
   wandb accepts them): it becomes ``{"_type": "int", "bits": n}``;
 * non-finite floats become the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` (the protobuf
   JSON convention), so every line is strict JSON yet a NaN stays distinguishable from a missing value;
 * numpy and torch scalars and one-element tensors/arrays become numbers (``.item()``), and
-  arrays/tensors of up to ``MAX_ARRAY`` elements become (nested) lists of numbers, as wandb
+  arrays/tensors of up to ``_MAX_ARRAY`` elements become (nested) lists of numbers, as wandb
   keeps them itself (larger ones become a histogram in wandb's history);
 * a histogram (``wandb.Histogram``, or wandb's JSON form of one read back from its history)
   becomes ``{"_type": "histogram", "bins", "min", "max", "count"}`` (``histogram_summary``);
@@ -33,10 +33,10 @@ from typing import Any, Dict, Mapping
 STRICT_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
 MAX_LIST = 64
-MAX_ARRAY = 32  # wandb keeps arrays of up to this many elements as lists (``util.json_friendly``)
+_MAX_ARRAY = 32  # wandb keeps arrays of up to this many elements as lists (``util.json_friendly``)
 MAX_DEPTH = 8
-MAX_STR = 65536
-MAX_INT_BITS = 10_000  # about 3000 decimal digits, inside ``sys.get_int_max_str_digits()``
+_MAX_STR = 65536
+_MAX_INT_BITS = 10_000  # about 3000 decimal digits, inside ``sys.get_int_max_str_digits()``
 
 _NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 _PLAIN = (bool, int, str, type(None))
@@ -53,7 +53,7 @@ def _float(value: float) -> Any:
 
 def _int(value: int) -> Any:
     bits = value.bit_length()
-    return value if bits <= MAX_INT_BITS else {"_type": "int", "bits": bits}
+    return value if bits <= _MAX_INT_BITS else {"_type": "int", "bits": bits}
 
 
 def _class_name(value: Any) -> str:
@@ -71,7 +71,7 @@ def _scalar_like(value: Any) -> Any:
         size = numel() if callable(numel) else None
     if size == 1 and callable(getattr(value, "item", None)):
         return freeze_value(value.item(), MAX_DEPTH)
-    if isinstance(size, int) and size <= MAX_ARRAY and callable(getattr(value, "tolist", None)):
+    if isinstance(size, int) and size <= _MAX_ARRAY and callable(getattr(value, "tolist", None)):
         return freeze_value(value.tolist(), 1)
     described: Dict[str, Any] = {"_type": _class_name(value)}
     if shape is not None:
@@ -131,7 +131,7 @@ def freeze_value(value: Any, depth: int = 0) -> Any:
     if cls is int:
         return _int(value)
     if cls in _PLAIN:
-        if cls is str and len(value) > MAX_STR:
+        if cls is str and len(value) > _MAX_STR:
             return {"_type": "str", "length": len(value)}
         return value
     try:
@@ -140,7 +140,7 @@ def freeze_value(value: Any, depth: int = 0) -> Any:
         if isinstance(value, (bool, int)):  # int subclasses, IntEnum
             return _int(int(value))
         if isinstance(value, str):
-            return str(value)[:MAX_STR]
+            return str(value)[:_MAX_STR]
         if depth >= MAX_DEPTH:
             return {"_type": "nested", "depth": depth}
         if isinstance(value, Mapping):

@@ -8,8 +8,14 @@ and absolute, and checks it against the layers:
   state, paths, ...) import the standard library, third-party packages and other leaves only;
 - ``metrics`` and ``report`` import leaves (and their own modules), not each other, not capture;
 - ``capture`` wires leaves, metrics and report together;
+- inside ``report``, the sinks are peers: ``report.lens`` and ``report.otlp`` never import each
+  other (both use the shared ``report`` modules; ``report.sinks`` builds them);
 - ``k8s`` and ``devserver`` are products of their own: the standard library and ``httpbody`` only;
 - ``cli`` (and ``__main__``) may import anything.
+
+From outside a package only its face is imported (its ``__init__``, or a nested package's), and
+only the names its ``__all__`` declares; every package's ``__init__`` has a docstring and an
+``__all__`` (``cli`` and ``__main__`` are exempt from the faces, as from the layers).
 
 No import cycle may exist among the modules, whatever the layers.  The bootstrap
 (``sitecustomize/sitecustomize.py``) runs in every Python process of a pod, so it may import the
@@ -73,8 +79,18 @@ def layer(module: str) -> str:
     return parts[1]
 
 
+# Peers inside a layer that must not know each other: a sink never imports another sink.
+PEERS = (f"{PACKAGE}.report.lens", f"{PACKAGE}.report.otlp")
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
 def may_import(module: str, target: str) -> bool:
     """Whether the layers let ``module`` import the package module ``target``."""
+    if any(_within(module, a) and _within(target, b) for a in PEERS for b in PEERS if a != b):
+        return False
     if module in SHARED:
         return False
     if target in SHARED:
@@ -214,6 +230,74 @@ def test_no_import_cycle() -> None:
     assert not found, "import cycles:\n" + "\n".join(" <-> ".join(cycle) for cycle in found)
 
 
+def faces() -> Dict[str, Set[str]]:
+    """Every subpackage's face: the names its ``__init__`` lists in ``__all__``, by package."""
+    out = {}
+    for name, path in package_modules().items():
+        if _is_package(path) and name != PACKAGE:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            out[name] = {element.value for node in tree.body if isinstance(node, ast.Assign)
+                         and any(isinstance(t, ast.Name) and t.id == "__all__"
+                                 for t in node.targets)
+                         for element in getattr(node.value, "elts", ())
+                         if isinstance(element, ast.Constant)}
+    return out
+
+
+def face_violation(module: str, name: str, target: str, declared: Dict[str, Set[str]]) -> str:
+    """Why importing ``name`` (found in ``target``) from ``module`` bypasses a face, or "".
+
+    From outside a subpackage, only a face may be imported (the subpackage's ``__init__``, or a
+    nested package's, itself a face), and from a face only what its ``__all__`` declares.  The
+    commands (``cli``, ``__main__``) are exempt: they wire everything, lazily where start-up
+    matters."""
+    if layer(module) in ("cli", "entry"):
+        return ""
+    parts = target.split(".")
+    for end in range(2, len(parts) + 1):
+        package = ".".join(parts[:end])
+        if package not in declared:
+            break  # a plain module of a package the importer is inside
+        if module != package and not module.startswith(package + "."):
+            if target not in declared:
+                return f"imports {target}, inside {package}: import its face instead"
+            attribute = name[len(target) + 1:].split(".")[0]
+            if attribute and f"{target}.{attribute}" not in declared \
+                    and attribute not in declared[target]:
+                return f"imports {attribute} from {target}, which its __all__ does not declare"
+            return ""
+    return ""
+
+
+def test_imports_go_through_package_faces() -> None:
+    declared = faces()
+    modules = package_modules()
+    violations = []
+    for module, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for line, name in _imports(tree, module, _is_package(path)):
+            target = _target(name, modules) if name.startswith(PACKAGE + ".") else None
+            why = face_violation(module, name, target, declared) if target else ""
+            if why:
+                violations.append(f"{path.relative_to(ROOT)}:{line}: {module} {why}")
+    assert not violations, "imports that bypass a package's face:\n" + "\n".join(violations)
+
+
+def test_each_package_declares_its_face() -> None:
+    """A subpackage's ``__init__`` says what it is for (a docstring) and what other layers may use
+    (``__all__``, every name of which it defines or imports)."""
+    missing = []
+    for package, names in faces().items():
+        module = importlib.import_module(package)
+        if not (module.__doc__ or "").strip():
+            missing.append(f"{package}: no docstring")
+        if not hasattr(module, "__all__"):
+            missing.append(f"{package}: no __all__")
+        missing += [f"{package}: __all__ names {name}, which it lacks" for name in sorted(names)
+                    if not hasattr(module, name)]
+    assert missing == [], "package faces:\n" + "\n".join(missing)
+
+
 def test_bootstrap_imports_the_package_only_in_the_wandb_hook() -> None:
     tree = ast.parse(BOOTSTRAP.read_text(encoding="utf-8"))
     offending = []
@@ -269,3 +353,15 @@ def test_the_walk_sees_function_level_and_relative_imports() -> None:
     assert not may_import(f"{PACKAGE}.report.reporter", f"{PACKAGE}.metrics.sampler")
     assert not may_import(f"{PACKAGE}.config", f"{PACKAGE}.capture.session")
     assert may_import(f"{PACKAGE}.capture.session", f"{PACKAGE}.report.reporter")
+    assert not may_import(f"{PACKAGE}.report.lens.sink", f"{PACKAGE}.report.otlp.encoding")
+    assert not may_import(f"{PACKAGE}.report.otlp.sink", f"{PACKAGE}.report.lens")
+    assert may_import(f"{PACKAGE}.report.otlp.sink", f"{PACKAGE}.report.sink")
+    declared = {f"{PACKAGE}.metrics": {"Sampler"}, f"{PACKAGE}.metrics.gpu": {"inventory"}}
+    session, gpu = f"{PACKAGE}.capture.session", f"{PACKAGE}.metrics.gpu"
+    assert face_violation(session, f"{gpu}.inventory", gpu, declared) == ""
+    assert face_violation(session, f"{PACKAGE}.metrics.Sampler", f"{PACKAGE}.metrics", declared) == ""
+    assert "face" in face_violation(session, f"{gpu}.source.GpuSource", f"{gpu}.source", declared)
+    assert "__all__" in face_violation(session, f"{gpu}.choose", gpu, declared)
+    assert face_violation(f"{PACKAGE}.metrics.sampler", f"{gpu}.choose", gpu, declared) != ""
+    assert face_violation(f"{gpu}.source", f"{gpu}.choose.choose", f"{gpu}.choose", declared) == ""
+    assert face_violation(f"{PACKAGE}.cli.doctor", f"{gpu}.choose", f"{gpu}.choose", declared) == ""

@@ -111,3 +111,61 @@ def test_the_log_reads_its_debug_switch_once(monkeypatch, capsys):
     monkeypatch.setenv("PRIMUS_LENS_WANDB_DEBUG", "maybe")  # invalid: the default, off
     log.debug("third")
     assert capsys.readouterr().err == ""
+
+
+def _otlp_chain(name):
+    """The variables of one OTLP setting, in the declared order (config.OTLP_TIERS)."""
+    by_field = {var.field: var.name for var in VARIABLES}
+    return [by_field[f"{tier}_{name}"] for tier in config.OTLP_TIERS if f"{tier}_{name}" in by_field]
+
+
+def _otlp_sample(name, variable, tier):
+    """A raw value for ``variable`` that tells its tier apart, and the value otlp_setting gives."""
+    if name == "endpoint":
+        url = f"http://tier{tier}:4318/p"
+        return url, url if "_METRICS_" in variable else url + "/v1/metrics"
+    if name in ("headers", "resource_attributes"):
+        return f"k=tier{tier}", (("k", f"tier{tier}"),)
+    if name == "timeout":
+        return str(100 + tier), 100 + tier
+    if name == "compression":
+        return ("gzip", "none")[tier % 2], ("gzip", "none")[tier % 2]
+    if name == "protocol":
+        return ("http/json", "http/protobuf")[tier % 2], ("http/json", "http/protobuf")[tier % 2]
+    if name == "service_name":
+        return f"tier{tier}", f"tier{tier}"
+    return f"/tier{tier}", f"/tier{tier}"  # certificate and key paths
+
+
+# A value each OTLP setting's parser refuses (a service name is any text).
+UNUSABLE_OTLP = {"endpoint": "collector:4318", "headers": "token", "timeout": "0",
+                 "compression": "zip", "protocol": "grpc", "certificate": "a\x00b",
+                 "client_certificate": "a\x00b", "client_key": "a\x00b", "resource_attributes": "=x"}
+
+
+@pytest.mark.parametrize("name", config.OTLP_SETTINGS)
+def test_each_otlp_setting_comes_from_the_first_tier_that_sets_it(name):
+    chain = _otlp_chain(name)
+    assert chain[0].startswith("PRIMUS_LENS_OTLP_") and chain[-1].startswith("OTEL_")
+    samples = [_otlp_sample(name, variable, tier) for tier, variable in enumerate(chain)]
+    for top in range(len(chain)):  # the tiers above ``top`` unset: ``top`` gives the value
+        env = {variable: raw for variable, (raw, _) in zip(chain[top:], samples[top:])}
+        assert Config.from_env(env).otlp_setting(name) == samples[top][1], (name, chain[top])
+        if name in UNUSABLE_OTLP:  # unusable: said once, and the next tier is used
+            parsed = Config.from_env({**env, chain[top]: UNUSABLE_OTLP[name]})
+            expected = samples[top + 1][1] if top + 1 < len(chain) else Config().otlp_setting(name)
+            assert [p.variable for p in parsed.problems] == [chain[top]]
+            assert parsed.otlp_setting(name) == expected
+
+
+def test_the_otlp_tiers_cover_every_otlp_variable_and_nothing_else():
+    chained = {variable for name in config.OTLP_SETTINGS for variable in _otlp_chain(name)}
+    otlp = {var.name for var in VARIABLES if var.field.startswith(("otlp_", "otel_"))}
+    assert chained == otlp
+    defaults = Config()
+    assert defaults.otlp_setting("endpoint") == "http://localhost:4318/v1/metrics"
+    assert defaults.otlp_setting("timeout") == 10_000
+    pinned = Config.from_env({"PRIMUS_LENS_OTLP_ENDPOINT": "https://c.example/otlp/?code=k"})
+    assert pinned.otlp_setting("endpoint") == "https://c.example/otlp/v1/metrics?code=k"
+    with pytest.raises(ValueError, match="not an OTLP setting"):
+        defaults.otlp_setting("metrics_endpoint")

@@ -25,7 +25,7 @@ from conftest import TRAIN_PYTHON, training_env
 from test_reporting import assert_bodies_valid, exactly_once, reporting_env, wait_until
 
 from primus_lens_inject.devserver.receiver import Receiver
-from primus_lens_inject.report.wire import MAX_BODY
+from primus_lens_inject.report.sendable import MAX_BODY
 
 SCRIPTS = Path(__file__).parent / "scripts"
 DOCS = Path(__file__).parent.parent / "docs" / "reliability.md"
@@ -381,7 +381,7 @@ def test_stalled_writer_bounds_memory_by_values_and_keeps_steps(tmp_path, monkey
     import fcntl
 
     from primus_lens_inject import log
-    from primus_lens_inject.capture import record
+    from primus_lens_inject.capture import calls, record
     from primus_lens_inject.capture.rows import RunRows
 
     monkeypatch.setattr(log, "_said", set())
@@ -392,15 +392,17 @@ def test_stalled_writer_bounds_memory_by_values_and_keeps_steps(tmp_path, monkey
     with open(path) as holder:
         fcntl.flock(holder, fcntl.LOCK_EX)  # another open file: our writer cannot take it
         writer = record.RecordWriter(str(path))
+        writer.start()
         for i in range(3000):  # 6,000,000 values: six times the bound, in 3,000 calls
             writer.append((rows, dict(wide, i=i), None, None, time.time(), {}))
         assert writer.stalled and writer.dropped > 0
     assert writer.flush(time.monotonic() + 30)  # the lock is gone: what was kept is written
     writer.append((rows, {"i": 3000}, None, None, time.time(), {}))
-    assert writer.close(time.monotonic() + 30)
+    writer.close(time.monotonic() + 30)
+    assert writer.closed
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     kept = len(lines) - 1
-    assert kept + writer.dropped == 3000 and kept <= 2 * record.MAX_QUEUED_VALUES // 2000 + 1
+    assert kept + writer.dropped == 3000 and kept <= 2 * calls.MAX_QUEUED_VALUES // 2000 + 1
     assert [(line["step"], line["data"]["i"]) for line in lines] \
         == [(i, i) for i in range(kept)] + [(3000, 3000)]
     err = capsys.readouterr().err

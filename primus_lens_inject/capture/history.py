@@ -29,10 +29,10 @@ from ..values import freeze, histogram_summary
 from .rows import Row
 
 BLOCK = 32768
-HEADER = 7  # bytes, both the file's header and each chunk's
+_HEADER = 7  # bytes, both the file's header and each chunk's
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 READ_BYTES = 4 << 20  # the most one poll reads (the rest waits for the next poll)
-WANDB_KEYS = ("_step", "_runtime", "_timestamp")  # wandb's own, not the user's
+_WANDB_KEYS = ("_step", "_runtime", "_timestamp")  # wandb's own, not the user's
 
 
 def transaction_log(run: Any) -> Optional[str]:
@@ -74,7 +74,7 @@ class TransactionLog:
         self.grew_at = time.monotonic()  # when its size last changed (or reading began)
         self._fd = -1
         self._size = -1
-        self._pos = HEADER  # the next chunk's offset; always at a chunk boundary
+        self._pos = _HEADER  # the next chunk's offset; always at a chunk boundary
         self._partial = b""  # a record's first and middle chunks, waiting for its last
 
     def close(self) -> None:
@@ -109,12 +109,12 @@ class TransactionLog:
         at = 0  # into ``raw``; the file offset is ``self._pos + at``
         while True:
             left = BLOCK - (self._pos + at) % BLOCK
-            if left < HEADER:  # a block's tail too short for a header is padding
+            if left < _HEADER:  # a block's tail too short for a header is padding
                 if at + left > len(raw):
                     break
                 at += left
                 continue
-            if at + HEADER > len(raw):
+            if at + _HEADER > len(raw):
                 break
             _crc, length, kind = struct.unpack_from("<IHB", raw, at)
             if kind == 0 and length == 0:  # zeros: padding to the block's end, or not written yet
@@ -122,10 +122,10 @@ class TransactionLog:
                     break
                 at += left
                 continue
-            end = at + HEADER + length
+            end = at + _HEADER + length
             if end > len(raw):
                 break
-            body = raw[at + HEADER:end]
+            body = raw[at + _HEADER:end]
             at = end
             if kind == FULL:
                 records.append(body)
@@ -150,7 +150,7 @@ def _summarised(value: Any) -> Any:
     return {key: _summarised(item) for key, item in value.items()}
 
 
-def item_value(item: Any) -> Any:
+def _item_value(item: Any) -> Any:
     """The value of one ``HistoryItem``.
 
     Every wandb writes ``value_json``, the value as JSON text.  wandb 0.31 added beside it a
@@ -185,10 +185,10 @@ def history_row(history: Any) -> Tuple[int, float, Dict[str, Any]]:
     for item in history.item:
         path = list(item.nested_key) or [item.key]
         try:
-            value = item_value(item)
+            value = _item_value(item)
         except ValueError:  # never seen from wandb; the row's other values still count
             value = {"_type": "unreadable"}
-        if len(path) == 1 and path[0] in WANDB_KEYS:
+        if len(path) == 1 and path[0] in _WANDB_KEYS:
             if path[0] == "_step" and isinstance(value, int):
                 step = value
             elif path[0] == "_timestamp" and isinstance(value, (int, float)):

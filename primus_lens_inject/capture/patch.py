@@ -24,7 +24,7 @@ from typing import Any, Callable, Tuple
 
 from .. import compat, log, state
 from . import session
-from .session import ARGS, KWARGS
+from .session import PREPARED_ARGS, PREPARED_KWARGS
 
 _MARK = "_primus_lens_wrapped"
 
@@ -34,7 +34,7 @@ def wandb_version(module: Any) -> Tuple[int, ...]:
     return compat.parse_version(getattr(module, "__version__", "0"))
 
 
-def is_wrapped(fn: Any) -> bool:
+def _is_wrapped(fn: Any) -> bool:
     return bool(getattr(fn, _MARK, False))
 
 
@@ -64,9 +64,10 @@ def _log_through(run: Any, original: Callable, method: bool, args: tuple, kwargs
             prepared = s.begin_log(run, args, kwargs)
         except Exception as exc:
             s.fail(exc)
-    if prepared is None:
+    if prepared is None or s is None:  # s is set whenever prepared is
         return _call(original, run, method, args, kwargs)
-    result = _call(original, run, method, prepared[ARGS], prepared[KWARGS])  # wandb's errors
+    result = _call(original, run, method, prepared[PREPARED_ARGS],
+                   prepared[PREPARED_KWARGS])  # wandb's errors
     try:  # propagate, unrecorded
         s.end_log(run, prepared)
     except Exception as exc:
@@ -116,10 +117,10 @@ _THROUGH = {"log": _log_through, "finish": _finish_through, "_finish": _finish_t
             "define_metric": _define_metric_through}
 
 
-def wrap_method(cls: type, name: str) -> None:
+def _wrap_method(cls: type, name: str) -> None:
     """Wrap ``cls.<name>`` in place, where it is defined on ``cls`` itself."""
     original = cls.__dict__[name]
-    if is_wrapped(original) or not callable(original):
+    if _is_wrapped(original) or not callable(original):
         return
     through = _THROUGH[name]
 
@@ -145,19 +146,19 @@ def patch_run(run: Any) -> None:
     ≥ 0.28) overrides them on its class; older disabled runs carry plain functions on the
     instance (0.17–0.25) or in a ``RunDisabled`` attribute store (0.12–0.15).
     """
-    wandb = sys.modules.get("wandb")
+    wandb: Any = sys.modules.get("wandb")  # its attributes are whatever this version has
     for name in _THROUGH:
         try:
             current = getattr(run, name)
         except Exception:
             continue
         func = getattr(current, "__func__", None)
-        if is_wrapped(func if func is not None else current) or not callable(current):
+        if _is_wrapped(func if func is not None else current) or not callable(current):
             continue
         if func is not None and getattr(current, "__self__", None) is run:
             for klass in type(run).__mro__:
                 if klass.__dict__.get(name) is func:
-                    wrap_method(klass, name)
+                    _wrap_method(klass, name)
                     break
         elif not isinstance(current, type(run)):  # RunDisabled answers any name with itself
             wrapped = _wrap_instance(run, name, current)
@@ -167,7 +168,8 @@ def patch_run(run: Any) -> None:
     # wandb.log is a bound method made at init time; if it was bound before we wrapped the
     # class, it still points at the old function.
     bound = getattr(wandb, "log", None) if wandb is not None else None
-    if getattr(bound, "__self__", None) is run and not is_wrapped(getattr(bound, "__func__", None)):
+    bound_to_run = getattr(bound, "__self__", None) is run  # named: ``run`` keeps its own type
+    if bound_to_run and not _is_wrapped(getattr(bound, "__func__", None)):
         wandb.log = run.log
 
 
@@ -175,7 +177,7 @@ def _wrap_init(wandb: Any) -> None:
     from wandb.sdk import wandb_init
 
     original = wandb_init.init
-    if is_wrapped(original):
+    if _is_wrapped(original):
         return
 
     def init(*args: Any, **kwargs: Any) -> Any:
@@ -185,6 +187,7 @@ def _wrap_init(wandb: Any) -> None:
 
     wrapped = _mark(init, original)
     wandb_init.init = wrapped
+    module: Any  # wandb's modules: their attributes are whatever this version has
     for module in (wandb, sys.modules.get("wandb.sdk")):
         if module is not None and getattr(module, "init", None) is original:
             module.init = wrapped
@@ -194,13 +197,14 @@ def _wrap_module_watch(wandb: Any) -> None:
     """Old versions (< 0.13) define ``wandb.watch`` as a module function that ``Run.watch`` calls
     in turn; newer ones bind it to ``Run.watch`` at init, which is already wrapped."""
     original = getattr(wandb, "watch", None)
-    if type(original) is not types.FunctionType or is_wrapped(original):
+    if type(original) is not types.FunctionType or _is_wrapped(original):
         return
 
     def watch(*args: Any, **kwargs: Any) -> Any:
         return _watch_through(getattr(wandb, "run", None), original, False, args, kwargs)
 
     wrapped = _mark(watch, original)
+    module: Any  # wandb's modules: their attributes are whatever this version has
     for module in (wandb, sys.modules.get("wandb.sdk"), sys.modules.get("wandb.sdk.wandb_watch")):
         if module is not None and getattr(module, "watch", None) is original:
             module.watch = wrapped
@@ -223,7 +227,7 @@ def install(wandb: Any) -> str:
         s = session.create(patch_run)
         for name in _THROUGH:
             if name in wandb_run.Run.__dict__:
-                wrap_method(wandb_run.Run, name)
+                _wrap_method(wandb_run.Run, name)
         _wrap_init(wandb)
         _wrap_module_watch(wandb)
         wandb._primus_lens_patched = True

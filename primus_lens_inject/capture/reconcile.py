@@ -19,7 +19,7 @@ SIGKILL.  But the ``log`` calls of such a run carry wandb's own step (``capture.
    shows that no call made (a row only ``watch`` filled) is written from the log too.
 
 Readers fold an amendment into the row of its run and step (``fold``): the record read that way
-equals wandb's history.  The senders pass amendment lines over (``report.spool.AMENDMENT``): the
+equals wandb's history.  The senders pass amendment lines over (``recordline.AMENDMENT``): the
 server gets exactly one write per step, the early row, as for a plain run.  What it lacks is what
 wandb added after the call: the step metric's value on rows that omitted it; watch's histograms
 and media never go on the wire anyway.
@@ -33,12 +33,10 @@ from __future__ import annotations
 import collections
 from typing import Any, Dict, Iterable, List, NamedTuple, OrderedDict, Set, Tuple, Union
 
-from ..report.spool import AMENDMENT
+from ..recordline import AMENDMENT, OURS, UNSET
 from ..values import freeze_value
 from .rows import Row
 
-OURS = "_primus_"  # keys the injector adds to a row (enrichment, marks); wandb may lack them
-UNSET = "unset"  # the amendment line's list of keys wandb's row does not have
 EARLY_ROWS = 20_000  # rows written from calls kept until the log shows their steps
 
 

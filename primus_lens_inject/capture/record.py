@@ -1,9 +1,12 @@
 """The local record: one JSONL file per node and rank, written by a background thread.
 
-The training thread only appends one tuple (``Call``) per ``log`` call to a deque (the frozen values, the
-step and commit arguments, the time, the system sample of that moment): no lock, no I/O, so a
-signal handler that interrupts it can never wait on it.  The writer thread looks at the queue
-every ``POLL_SECONDS`` and drains it every ``FLUSH_SECONDS`` (sooner when it is long or a flush
+The training thread only puts one tuple (``calls.Call``) per ``log`` call on the writer's queue
+(``calls.CallQueue``: the frozen values, the step and commit arguments, the time, the system
+sample of that moment): no lock, no I/O, so a signal handler that interrupts it can never wait on
+it.  The queue is the only object the two threads share; the rest of ``RecordWriter`` is the
+writer thread's, or its closer's (``flush``/``close``, which wait for it by polling, and read
+what it counted only once it ended or they gave up).  The writer thread looks at the queue
+every ``_POLL_SECONDS`` and drains it every ``_FLUSH_SECONDS`` (sooner when it is long or a flush
 asks): it merges each call's sample into its values, replays the calls through each run's
 ``RunRows`` (wandb's step rules), encodes the rows, and appends them with one ``write`` to a file
 opened with ``O_APPEND`` under an exclusive ``flock`` taken without waiting: lines of several
@@ -11,7 +14,8 @@ processes sharing a file never interleave, a process holding the lock never bloc
 a row reaches the kernel (and survives SIGKILL) well within a second.  Keeping that work off the
 training thread matters more than its size suggests: right after a wandb call every cache is
 cold, and each line of our code touched there costs several times its warm price.  ``flush`` and
-``close`` (finish, exit, SIGTERM) ask the writer and wait for it within a deadline.
+``close`` (finish, exit, SIGTERM) ask the writer and wait for it within a deadline: the writer
+is one of the session's parts (``lifecycle.Part``).
 
 For a followed run (``capture.history``) the writer also reads wandb's transaction log, after
 the queued calls of each round, and writes what it shows: a tensorboard run's rows, or the
@@ -20,105 +24,37 @@ amendments of rows already written from calls (``capture.reconcile``).
 
 from __future__ import annotations
 
-import collections
 import fcntl
 import math
 import os
 import threading
 import time
-from typing import Any, Deque, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple
 
 from .. import guard, log
 from ..paths import close_quietly
-from ..report.spool import AMENDMENT
-from ..values import STRICT_JSON, freeze
+from ..recordline import APPROX_KEY, encode, encode_amendment
+from .calls import MAX_QUEUED, Approximate, CallQueue, EndOfRun, Follow
 from .history import Follower
-from .reconcile import UNSET, Amendment, Reconciler
-from .rows import APPROX_KEY, Row, RunRows
+from .reconcile import Amendment, Reconciler
+from .rows import Row, RunRows
 
-ENABLED_KEY = "_primus_lens_enabled"  # in every row of the record, never sent to wandb
-FLUSH_SECONDS = 0.5  # a row reaches the kernel within this (the promise is: within 1 s)
-POLL_SECONDS = 0.05  # how often the writer looks at the queue and at flush requests
-WAKE_AT = 1000  # queued calls that make the writer drain before FLUSH_SECONDS is up
-MAX_QUEUED = 10_000  # queued calls beyond which the logging thread waits or calls lose values,
-MAX_QUEUED_VALUES = 1_000_000  # ... or top-level values in them (a row may hold 60,000 keys)
-ROUND_BYTES = 16 << 20  # encoded bytes the writer takes from the queue in one round
-BACKPRESSURE_MAX = 1.0  # the longest one ``log`` call waits for a writer that makes progress
-HARD_LIMIT = 200_000  # queued calls (mostly bare steps) beyond which calls are not queued
+_FLUSH_SECONDS = 0.5  # a row reaches the kernel within this (the promise is: within 1 s)
+_POLL_SECONDS = 0.05  # how often the writer looks at the queue and at flush requests
+_WAKE_AT = 1000  # queued calls that make the writer drain before _FLUSH_SECONDS is up
+_ROUND_BYTES = 16 << 20  # encoded bytes the writer takes from the queue in one round
 LOG_IDLE = 1.0  # seconds a run's end waits for wandb's log to grow before it stops waiting
-SPILL_AFTER = 0.5  # seconds a closing writer retries a record that cannot take its rows (locked,
+_SPILL_AFTER = 0.5  # seconds a closing writer retries a record that cannot take its rows (locked,
 # disk full) before it writes them to the fallback record instead
 
 
-class Follow(NamedTuple):
-    """In place of a row: from here on, read the run's rows from wandb's transaction log."""
-
-    path: str
-    record_class: Any  # wandb's protobuf ``Record``
-
-
-# A queued ``log`` call, the end of a run, or the switch to wandb's transaction log: made on the
-# training thread, read by the writer thread, never changed in between.  A plain tuple: it is
-# built on every ``log`` call, where a NamedTuple costs measurably more
-# (bench/log_overhead.py); its fields, by index:
-ROWS = 0  # RunRows: the run's step rules
-DATA = 1  # the frozen row (a dict); None: the run finished; a ``Follow``
-STEP = 2  # Optional[int], as given to ``log``
-COMMIT = 3  # as given to ``log``
-TIMESTAMP = 4  # float: ``time.time()`` of the call
-SAMPLE = 5  # the system sample current at the call, merged in by the writer
-Call = Tuple[RunRows, Union[Dict[str, Any], Follow, None], Optional[int], Any, float,
-             Dict[str, Any]]
-NO_SAMPLE: Dict[str, Any] = {}  # the sample of a call made while nothing samples (never mutated)
-
-
-def end_of_run(rows: RunRows) -> Call:
-    """The call that makes the writer turn a run's pending row into its last one (or, for a
-    followed run, read wandb's transaction log to its end)."""
-    return (rows, None, None, None, 0.0, NO_SAMPLE)
-
-
-def follow_log(rows: RunRows, path: str, record_class: Any) -> Call:
-    """The call after which the writer takes the run's rows from wandb's transaction log."""
-    return (rows, Follow(path, record_class), None, None, 0.0, NO_SAMPLE)
-
-
-def encode(run_id: str, step: int, timestamp: float, data: Dict[str, Any], who: str = "") -> bytes:
-    """One line: ``{"timestamp", "step", "run_id", "who", "data"}``, ``data`` marked as ours;
-    ``who`` names the writer (``owner.Writer``), so a sender never relabels another's rows.  Rows
-    of plain values arrive unfrozen (a NaN still a float): those get their strict-JSON spelling."""
-    data[ENABLED_KEY] = True
-    line = {"timestamp": timestamp, "step": step, "run_id": run_id, "who": who, "data": data}
-    try:
-        text = STRICT_JSON.encode(line)
-    except ValueError:  # a non-finite float
-        line["data"] = freeze(data)
-        text = STRICT_JSON.encode(line)
-    return text.encode("ascii") + b"\n"
-
-
-def encode_amendment(run_id: str, change: Amendment, who: str = "") -> bytes:
-    """One amendment line (``capture.reconcile``): wandb's changes to the row of its step."""
-    line: Dict[str, Any] = {"timestamp": change.timestamp, "step": change.step, "run_id": run_id,
-                            "who": who, AMENDMENT: 1, "data": change.changes}
-    if change.unset:
-        line[UNSET] = change.unset
-    return STRICT_JSON.encode(line).encode("ascii") + b"\n"
-
-
-def open_append(path: str) -> int:
+def _open_append(path: str) -> int:
     """Read-write, so that a writer can look at the last byte before appending (a torn line)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
 
-# A queued call whose values could not be kept (the writer was stalled): it still moves the run's
-# step as wandb did, so the rows after it keep their true steps.  Never mutated (no row is made
-# from an empty call).
-DROPPED: Dict[str, Any] = {}
-
-
-class ExitCount:
+class _ExitCount:
     """The rows a closing writer could not put in its record: ``spilled`` went to the fallback
     record ``spill_path`` instead, ``lost`` went nowhere (wandb has them); ``reason`` is why the
     record could not take them.  ``say`` prints it once; the session copies it into the status
@@ -150,37 +86,37 @@ class RecordWriter:
 
     Only the writer thread drains the queue, encodes and writes; ``flush`` and ``close`` ask it to
     and wait for it within a deadline.  A write that cannot happen now (the file locked by another
-    process, the disk full) is kept and retried; meanwhile the queue grows up to ``MAX_QUEUED``
-    calls (or ``MAX_QUEUED_VALUES`` values), after which calls keep only their step (``dropped``
-    counts them, one warning says so) and, past ``HARD_LIMIT``, are not queued at all.
+    process, the disk full) is kept and retried; meanwhile the queue grows up to
+    ``calls.MAX_QUEUED`` calls (or ``calls.MAX_QUEUED_VALUES`` values), after which calls keep only
+    their step (``dropped`` counts them, one warning says so) and, past ``calls.HARD_LIMIT``, are
+    not queued at all.
     """
+
+    name = "record"
 
     def __init__(self, path: str, fallback: Optional[str] = None) -> None:
         self.path = path
-        self.dropped = 0  # logged calls whose values are not in the record
-        self.exit = ExitCount()  # what a closing writer could not put in the record
+        self.exit = _ExitCount()  # what a closing writer could not put in the record
+        self._unencodable = 0  # calls whose row could not be encoded (the writer's count)
         self._spill_to = ""  # where rows go that the record cannot take at close ("": nowhere)
         self._spill_at = math.inf  # ``time.monotonic()`` from which a closing writer spills
         self._spilling = False  # the writer writes to ``exit.spill_path`` now
         self._given_up = False  # ``close`` stopped waiting: the writer must write nothing more
         self._fd = -1
-        self._queue: Deque[Call] = collections.deque()
         self._unwritten = b""  # encoded lines a write could not place yet
-        self._values_in = 0  # top-level values queued by the logging threads ...
-        self._values_out = 0  # ... and taken by the writer
-        self._stalled = ""  # why the last write failed ("" while writes succeed)
         self._said_dropped = 0
         self._asked = 0  # flush requests issued ...
         self._done = 0  # ... and the newest one whose calls are all in the file
         self._tickets = threading.Lock()  # flush callers only, never the logging thread
         self._wake = threading.Event()
-        self._stop = False
         self._closed = False  # the writer thread wrote everything after ``close`` and ended
         self._thread: Optional[threading.Thread] = None
         self._followed: List[RunRows] = []  # runs whose rows come from wandb's log (writer's)
         self._open(fallback)
-        if self.is_open:
-            self._thread = guard.start_thread("record", self._run)
+        self.queue = CallQueue(accepting=self.is_open)
+        # The logging threads' one entry, the queue's ``put``: bound here, so that a ``log`` call
+        # costs one method call and touches nothing else of the writer.
+        self.append = self.queue.put
 
     @property
     def is_open(self) -> bool:
@@ -194,14 +130,25 @@ class RecordWriter:
     @property
     def stalled(self) -> str:
         """Why rows cannot reach the file right now; "" when the writer keeps up."""
-        return self._stalled
+        return self.queue.stalled
+
+    @property
+    def dropped(self) -> int:
+        """Logged calls whose values are not in the record: left out while the queue was full,
+        or unencodable."""
+        return self.queue.lost + self._unencodable
+
+    @property
+    def closed(self) -> bool:
+        """Whether the writer wrote everything after ``close`` and ended."""
+        return self._closed
 
     def _open(self, fallback: Optional[str]) -> None:
         for candidate in (self.path, fallback):
             if not candidate:
                 continue
             try:
-                self._fd = open_append(candidate)
+                self._fd = _open_append(candidate)
             except OSError as exc:
                 log.warn(f"cannot write the local record at {candidate} ({exc.strerror or exc})"
                          + ("; trying " + fallback if fallback and candidate != fallback else ""))
@@ -211,94 +158,49 @@ class RecordWriter:
             return
         log.warn("local record disabled: no writable location; training continues")
 
-    # -- the logging thread ------------------------------------------------------------------
+    # -- the part's life: start, and flush and close from finish, exit and SIGTERM -----------
 
-    def append(self, call: Call) -> None:
-        """Queue one ``log`` call (or, with data None, the end of a run).  Takes no lock and does
-        no I/O: the writer thread notices a long queue by itself within ``POLL_SECONDS``."""
-        if self._fd < 0:
-            return
-        data = call[DATA]
-        if type(data) is dict:
-            if len(self._queue) >= MAX_QUEUED \
-                    or self._values_in - self._values_out >= MAX_QUEUED_VALUES:
-                crowded = self._crowded(call)
-                if crowded is None:
-                    return
-                call = crowded
-                data = call[DATA]
-            self._values_in += len(data)
-        self._queue.append(call)
-
-    def _full(self) -> bool:
-        return len(self._queue) >= MAX_QUEUED \
-            or self._values_in - self._values_out >= MAX_QUEUED_VALUES
-
-    def _crowded(self, call: Call) -> Optional[Call]:
-        """The queue is full.  A writer that makes progress is waited for (logging faster than
-        rows can be encoded: back-pressure, at most ``BACKPRESSURE_MAX`` per call); a stalled
-        one is not: the call keeps only its step, or is not queued past ``HARD_LIMIT``."""
-        if not self._stalled and not self._stop:  # nobody drains a closed writer
-            guard.wait_until(lambda: not self._full() or bool(self._stalled),
-                             time.monotonic() + BACKPRESSURE_MAX)
-            if not self._full():
-                return call
-            self._stalled = self._stalled or "the writer makes no progress"
-        self.dropped += 1
-        if len(self._queue) >= HARD_LIMIT:
-            return None
-        return (call[ROWS], DROPPED, call[STEP], call[COMMIT], call[TIMESTAMP], DROPPED)
-
-    # -- flush and close, from finish, exit and SIGTERM (never from the logging thread) ------
+    def start(self) -> None:
+        """Start the writer thread (once; a record that could not be opened has none)."""
+        if self.is_open and self._thread is None:
+            self._thread = guard.start_thread("record", self._run)
 
     def flush(self, deadline: float) -> bool:
         """Ask the writer for everything queued so far; True once it is in the file, False if
         ``deadline`` (``time.monotonic()``) passed first."""
         if self._thread is None:
-            return not self._queue
+            return not self.queue.calls
         with self._tickets:
             self._asked += 1
             ticket = self._asked
         self._wake.set()
         return guard.wait_until(lambda: self._done >= ticket, deadline)
 
-    def close(self, deadline: float) -> bool:
-        """Write everything, sync the file and stop the writer, waiting until ``deadline``.
+    def close(self, deadline: float) -> None:
+        """Write everything, sync the file and stop the writer, waiting until ``deadline``
+        (``closed`` says whether it ended in time).
 
         A record that cannot take the rows (locked past our end, a disk that does not free) is
-        retried for ``SPILL_AFTER`` (at most a third of the time left); then the rows go to the
+        retried for ``_SPILL_AFTER`` (at most a third of the time left); then the rows go to the
         fallback record.  What neither took by ``deadline`` is counted in ``exit``, and one
         line says what happened."""
-        self._stop = True
+        self.queue.closing = True
         if self._thread is None:
-            return not self._queue
+            return
         now = time.monotonic()
-        self._spill_at = now + min(SPILL_AFTER, max(0.0, deadline - now) / 3)
+        self._spill_at = now + min(_SPILL_AFTER, max(0.0, deadline - now) / 3)
         self._wake.set()
-        closed = guard.wait_until(lambda: self._closed, deadline)
-        if not closed:
+        if not guard.wait_until(lambda: self._closed, deadline):
             self._given_up = True
-            self.exit.lost = self._unwritten.count(b"\n") + self._queued_rows()
-            self.exit.reason = self.exit.reason or self._stalled or "the writer did not finish"
+            self.exit.lost = self._unwritten.count(b"\n") + self.queue.rows_waiting()
+            self.exit.reason = self.exit.reason or self.stalled or "the writer did not finish"
         self.exit.say(self.path)
-        return closed
-
-    def _queued_rows(self) -> int:
-        """The queued calls that would have made rows (those that kept their values)."""
-        for _ in range(3):
-            try:
-                calls = list(self._queue)
-            except RuntimeError:  # the writer took one meanwhile: it is stopping, look again
-                continue
-            return sum(1 for call in calls
-                       if type(call[DATA]) is dict and call[DATA] is not DROPPED)
-        return len(self._queue)
 
     def abandon_after_fork(self) -> None:
         """In a forked child: the queued rows are the parent's to write; drop them and the fd."""
-        self._queue = collections.deque()
+        self.queue = CallQueue(accepting=False)
+        self.append = self.queue.put
         self._unwritten = b""
-        self._values_in = self._values_out = 0
         for rows in self._followed:
             rows.follower.close()
         self._followed = []
@@ -314,32 +216,33 @@ class RecordWriter:
     def _run(self) -> None:
         last = time.monotonic()
         while not self._closed and not self._given_up:
-            self._wake.wait(POLL_SECONDS)
+            self._wake.wait(_POLL_SECONDS)
             self._wake.clear()
-            ticket, now = self._asked, time.monotonic()
-            if (self._unwritten or self._done < ticket or self._stop
-                    or len(self._queue) >= WAKE_AT or now - last >= FLUSH_SECONDS):
+            ticket, now, stop = self._asked, time.monotonic(), self.queue.closing
+            if (self._unwritten or self._done < ticket or stop
+                    or len(self.queue) >= _WAKE_AT or now - last >= _FLUSH_SECONDS):
                 last = now
                 if self._write_queued():
                     self._done = max(self._done, ticket)
-                    if self._stop and not self._queue:
+                    if stop and not self.queue.calls:
                         self._sync()
                         self._closed = True
-                elif self._stop and time.monotonic() >= self._spill_at:
+                elif stop and time.monotonic() >= self._spill_at:
                     self._spill()
-            if self.dropped > self._said_dropped:
-                self._said_dropped = self.dropped
-                log.warn(f"the local record {self.path} fell behind ({self._stalled or 'stalled'});"
-                         f" {self.dropped} logged rows are not in it (wandb has them)",
+            dropped = self.dropped
+            if dropped > self._said_dropped:
+                self._said_dropped = dropped
+                log.warn(f"the local record {self.path} fell behind ({self.stalled or 'stalled'});"
+                         f" {dropped} logged rows are not in it (wandb has them)",
                          key="record-dropped")
 
     def _write_queued(self) -> bool:
         """Write what an earlier write could not, then the calls queued now, in rounds of at
-        most ``MAX_QUEUED`` calls and about ``ROUND_BYTES`` (memory holds one round's lines at
+        most ``MAX_QUEUED`` calls and about ``_ROUND_BYTES`` (memory holds one round's lines at
         most); True when all is written.  Calls queued meanwhile wait for the next time."""
         if self._unwritten and not self._write():
             return False
-        left = len(self._queue)
+        left = len(self.queue)
         while left > 0:
             self._unwritten, taken = self._encode_queued(min(left, MAX_QUEUED))
             left -= taken
@@ -353,26 +256,29 @@ class RecordWriter:
 
     def _encode_queued(self, most: int) -> Tuple[bytes, int]:
         """Record lines of up to ``most`` queued calls (they are there: only this thread takes
-        from the queue), stopping after ``ROUND_BYTES``; returns them and the calls taken."""
+        from the queue), stopping after ``_ROUND_BYTES``; returns them and the calls taken."""
         chunks = []
         size = taken = 0
-        queue = self._queue
-        while taken < most and size < ROUND_BYTES:
-            rows, data, step, commit, timestamp, sample = queue.popleft()  # ``Call``'s order
+        take = self.queue.take
+        while taken < most and size < _ROUND_BYTES:
+            rows, data, step, commit, timestamp, sample = take()  # ``calls.Call``'s order
             taken += 1
             try:
-                if data is None:
-                    chunks.append(self._last_lines(rows))
-                elif type(data) is Follow:
-                    self._follow(rows, data)
-                    continue
-                else:  # the user's keys win over the system figures
-                    self._values_out += len(data)
+                if type(data) is dict:
+                    if rows.follower is not None and rows.reconciler is None:
+                        continue  # a tensorboard run's call: only wandb's log knows its step
+                    # the user's keys win over the system figures
                     done = rows.log({**sample, **data} if sample else data, step, commit, timestamp)
-                    chunks.append(self._call_lines(rows, done))
-                size += len(chunks[-1])
+                    chunk = self._call_lines(rows, done)
+                elif type(data) is EndOfRun:
+                    chunk = self._last_lines(rows, data.log_end_by)
+                else:
+                    self._learn(rows, data)
+                    continue
+                chunks.append(chunk)
+                size += len(chunk)
             except Exception as exc:  # one odd row must not cost the others
-                self.dropped += 1
+                self._unencodable += 1
                 log.warn(f"a logged row could not be written to the local record "
                          f"({type(exc).__name__}: {exc}); it is left out", key="record-unencodable")
         return b"".join(chunks), taken
@@ -389,13 +295,22 @@ class RecordWriter:
         return b"".join([self._line(rows, row) for row in done
                          if reconciler is None or reconciler.early_row(row)])
 
+    def _learn(self, rows: RunRows, item: Any) -> None:
+        """A control item (``calls.Follow``, ``calls.Approximate``): what the training thread
+        found out about the run, in call order."""
+        if type(item) is Approximate:
+            rows.approx = item.why
+        elif type(item) is Follow:
+            self._follow(rows, item)
+
     def _follow(self, rows: RunRows, request: Follow) -> None:
         """The calls before this one made the run's rows so far; wandb's log has the rest.  A run
         whose calls still carry wandb's steps keeps making rows from them, written at once, and
-        the log amends them (``reconcile``)."""
+        the log amends them (``reconcile``); a tensorboard run's calls are passed over from here
+        on (``_encode_queued``)."""
         if rows.follower is None and not rows.finished:
             rows.follow(Follower(request.path, request.record_class, rows.step),
-                        Reconciler() if rows.queue_calls else None)
+                        Reconciler() if request.calls_carry_steps else None)
             self._followed.append(rows)
 
     def _read_log(self, rows: RunRows) -> bytes:
@@ -420,15 +335,15 @@ class RecordWriter:
     def _unfollow(self, rows: RunRows) -> None:
         """The run's log cannot be followed: its rows come from its calls from here on.  A run
         whose calls carry wandb's steps loses only what wandb adds; a tensorboard run's calls
-        are queued again, with steps from the last one the log showed, marked approximate."""
-        follower = rows.follower
+        (queued all along) make rows again, with steps from the last one the log showed, marked
+        approximate."""
+        follower, tensorboard = rows.follower, rows.reconciler is None
         follower.close()
         rows.follower = rows.reconciler = None
         self._followed.remove(rows)
-        if not rows.queue_calls:
+        if tensorboard:
             rows.step = max(rows.step, follower.last_step + 1)
             rows.approx = "its transaction log was lost"
-            rows.queue_calls = True  # read by the training thread's next call
         log.warn(f"cannot follow wandb's transaction log {follower.log.path} of run "
                  f"{rows.run_id} ({follower.lost}); from here on its rows come from its log "
                  + ("calls, with wandb's steps but without what wandb adds (a step metric's "
@@ -436,20 +351,20 @@ class RecordWriter:
                     "calls, their steps marked approximate (_primus_step_approx)"),
                  key=f"follow-{rows.run_id}")
 
-    def _last_lines(self, rows: RunRows) -> bytes:
+    def _last_lines(self, rows: RunRows, log_end_by: float) -> bytes:
         """The run ended: its pending row, and for a followed run what is left in wandb's log.
-        The log is waited for until its exit record, ``rows.log_end_by`` or ``LOG_IDLE``
-        without growth, whichever comes first: a log that is lost or stopped growing is not
-        waited for, and the calls' rows are in the record already."""
+        The log is waited for until its exit record, ``log_end_by`` (``time.monotonic()``) or
+        ``LOG_IDLE`` without growth, whichever comes first: a log that is lost or stopped growing
+        is not waited for, and the calls' rows are in the record already."""
         chunks = []
         if rows.followed and not rows.finished:
             start, polls = time.monotonic(), 0
             if rows.follower is not None:
                 chunks.append(self._read_log(rows))
             while rows.follower is not None and not rows.follower.ended \
-                    and time.monotonic() < rows.log_end_by \
+                    and time.monotonic() < log_end_by \
                     and rows.follower.idle_since(start) < LOG_IDLE:
-                time.sleep(POLL_SECONDS)  # wandb-core writes its last records a moment later
+                time.sleep(_POLL_SECONDS)  # wandb-core writes its last records a moment later
                 polls += 1
                 chunks.append(self._read_log(rows))
             follower = rows.follower
@@ -467,11 +382,11 @@ class RecordWriter:
         """The process ends and the record cannot take its last rows: from now on they go to the
         fallback record (once; the next rounds write them there)."""
         self._spill_at = math.inf
-        self.exit.reason = self._stalled
+        self.exit.reason = self.stalled
         if not self._spill_to:
             return
         try:
-            fd = open_append(self._spill_to)
+            fd = _open_append(self._spill_to)
         except OSError as exc:
             self.exit.reason += f"; {self._spill_to}: {exc.strerror or exc}"
             return
@@ -527,11 +442,11 @@ class RecordWriter:
         if self._spilling:
             self.exit.spilled += data.count(b"\n")
         self._unwritten = b""
-        self._stalled = ""
+        self.queue.stalled = ""
         return True
 
     def _stall(self, reason: str, message: str) -> None:
-        self._stalled = reason
+        self.queue.stalled = reason
         log.warn(message, key=f"record-stalled-{reason}")
 
     def _sync(self) -> None:

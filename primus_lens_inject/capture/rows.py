@@ -4,8 +4,10 @@ wandb commits a row when ``commit`` is true, or when it is omitted and no ``step
 ``commit=False`` (and an explicit ``step`` without ``commit``) accumulate into the pending row;
 a larger explicit ``step`` first commits what is pending; a smaller one is dropped (wandb warns
 "Steps must be monotonically increasing").  ``RunRows`` replays exactly that, so the record has
-one line per row wandb recorded, with the step wandb gave it.  Only the record writer's drainer
-calls it (one at a time, in call order), so it needs no lock of its own.
+one line per row wandb recorded, with the step wandb gave it.  Made on the training thread before
+the run's first queued item, it is from then on read and changed only by the record writer's
+thread (one call at a time, in call order), so it needs no lock of its own; what the training
+thread knows of a run lives on its side (``session.Tracked``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, List, NamedTuple, Optional
 
-APPROX_KEY = "_primus_step_approx"  # in a row whose step wandb may have given differently
+from ..recordline import APPROX_KEY as APPROX_KEY  # the mark's home is the line format's
 
 
 class Row(NamedTuple):
@@ -25,27 +27,23 @@ class Row(NamedTuple):
 
 
 class RunRows:
-    """The step counter and pending row of one wandb run; safe to use from several threads."""
+    """The step counter and pending row of one wandb run, as the record writer replays them."""
 
-    def __init__(self, run_id: str, start_step: int = 0) -> None:
+    def __init__(self, run_id: str, start_step: int = 0, who: str = "") -> None:
         self.run_id = run_id
+        self.who = who  # the writer's tag in every record line (``owner.Writer.tag``)
         self.step = start_step
         self.finished = False  # the writer made the last row
-        self.closed = False  # the run ended (set on the training thread; later calls are ignored)
         self.dropped = 0  # calls wandb itself discards (step below the current step)
-        self.who = ""  # the writer's tag in every record line (``owner.Writer.tag``)
-        # Set on the training thread when the run's rows start coming from wandb's transaction
-        # log (``capture.history``): its ``log`` calls are no longer queued.
-        self.followed = False
-        self.queue_calls = True  # False once only wandb's log knows the steps (tensorboard),
-        # True again when that log is lost (set by the writer, ``record.RecordWriter._unfollow``)
-        self.follower: Any = None  # the writer thread's ``history.Follower``
-        # The writer's ``reconcile.Reconciler`` of a followed run whose calls still make rows
-        # (they carry wandb's steps): their rows are written at once, and wandb's log amends them.
+        # The ``history.Follower`` of a run whose rows come (also) from wandb's transaction log
+        self.follower: Any = None
+        # The ``reconcile.Reconciler`` of a followed run whose calls still make rows (they carry
+        # wandb's steps): their rows are written at once, and wandb's log amends them.  A followed
+        # run without one (tensorboard) takes its rows from the log alone.
         self.reconciler: Any = None
+        self.followed = False  # ever followed: its end is said (``followed_run_end``) even when
+        # its log was lost on the way
         self.approx = ""  # why this run's steps may differ from wandb's ("" when they do not)
-        self.log_end_by = 0.0  # at the run's end, wait until this ``time.monotonic()`` for
-        # wandb to write the rest of a followed run's log (its exit record)
         self._pending: Dict[str, Any] = {}
         self._pending_ts = 0.0
 
@@ -84,6 +82,7 @@ class RunRows:
         is pending is wandb's pending row too, which it will record at ``self.step``."""
         self.follower = follower
         self.reconciler = reconciler
+        self.followed = True
         if reconciler is None:
             self._pending = {}
 
@@ -101,12 +100,9 @@ class RunRows:
             self._pending = {}
 
     def forked_copy(self) -> RunRows:
-        """For a forked child: same step, nothing pending (the parent owns that row)."""
-        copy = RunRows(self.run_id, self.step)
+        """For a forked child (where the parent's writer thread does not exist, so nothing else
+        reads this): same step, nothing pending (the parent owns that row)."""
+        copy = RunRows(self.run_id, self.step, self.who)
         copy.finished = self.finished
-        copy.closed = self.closed
-        copy.who = self.who
-        copy.followed = self.followed  # the parent's reader of wandb's log has those rows
-        copy.queue_calls = self.queue_calls and not self.followed
         copy.approx = self.approx
         return copy

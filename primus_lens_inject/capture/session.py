@@ -3,14 +3,19 @@
 The wrappers in ``patch`` call into the process's ``Session``: ``begin_log``/``end_log`` around
 every ``log`` call (the only work on the training thread: copy or freeze the row, queue it for the
 record writer), ``on_init`` and ``on_finish`` for the run's life.  Background parts (record writer,
-sampler, reporter) start lazily at the first run.  The process holds its session in ``state``,
+sampler, reporter: each a ``lifecycle.Part``) start lazily at the first run, and flush and close
+in one declared order (``_parts``).  The training thread shares one object with the record
+writer, its queue (``calls.CallQueue``): what it knows of a run stays in its ``Tracked``, and
+what the writer must learn travels in queued items.  The process holds its session in ``state``,
 which replaces it in a forked child (``forked``: nothing the parent owns, threads, locks, queued
 rows, is used or written twice) and hands it the process end: it flushes at finish, at exit, on
 SIGTERM and when a multiprocessing child ends through ``os._exit``.
 
 A process end gets one budget, ``PRIMUS_LENS_SHUTDOWN_TIMEOUT``, shared by every flush it
 triggers (``Run.finish`` runs ``Run._finish``, exit follows finish, a SIGTERM handler may finish
-too): the first sets the deadline, the others wait only for what is left of it.  The waiting
+too): the first sets the deadline, the others wait only for what is left of it.  Where the end
+stands (open, waiting for wandb's teardown, closing, closed) is one ``lifecycle.End``, moved
+only through its transition table.  The waiting
 thread never does the work itself: writing is the record writer's, sending the reporter's, and a
 flush from a signal handler (or from a ``finish`` that a program's own handler calls) runs on a
 hand-off thread that the caller waits for by polling, so it can take no lock that the code it
@@ -25,38 +30,67 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Final, List, Mapping, Optional, Tuple
 
 from .. import guard, log, state
 from ..config import Config
-from ..metrics.sampler import Sampler
+from ..lifecycle import End, Event, Part, Phase
+from ..metrics import Sampler, open_host_source
 from ..paths import record_location
-from ..report import owner
-from ..report.reporter import Reporter
-from ..report.status import write_status
+from ..report import (
+    Reporter,
+    RunFacts,
+    Writer,
+    caller_modules,
+    hold_imports_across_fork,
+    process_reports,
+    register,
+    write_status,
+    writer_for,
+)
 from ..topology import Topology
 from ..values import PLAIN_TYPES, freeze
 from . import history
-from .record import NO_SAMPLE, RecordWriter, end_of_run, follow_log
+from .calls import NO_SAMPLE, Approximate, EndOfRun, Follow, control
+from .record import RecordWriter
 from .rows import RunRows
 
 # ``begin_log``'s answer: how to call wandb, and what to queue once wandb accepted the call.  A
 # plain tuple: it is built on every ``log`` call, where a NamedTuple costs measurably more
-# (bench/log_overhead.py); its fields, by index:
-ARGS = 0  # tuple, for wandb: the user's, or with the new sample merged into the row
-KWARGS = 1  # dict, likewise
-DATA = 2  # the user's row, copied or frozen before wandb saw it
-SAMPLE = 3  # the system sample current at the call (the writer merges it in)
-STEP = 4  # as given to ``log``
-COMMIT = 5  # as given to ``log``
+# (bench/log_overhead.py); its fields, by index (names of their own: ``calls.Call`` is another
+# tuple, with other fields):
+PREPARED_ARGS: Final = 0  # tuple, for wandb: the user's, or with the new sample merged into the row
+PREPARED_KWARGS: Final = 1  # dict, likewise
+PREPARED_DATA: Final = 2  # the user's row, copied or frozen before wandb saw it
+PREPARED_SAMPLE: Final = 3  # the system sample current at the call (the writer merges it in)
+PREPARED_STEP: Final = 4  # as given to ``log``
+PREPARED_COMMIT: Final = 5  # as given to ``log``
 Prepared = Tuple[tuple, dict, Dict[str, Any], Dict[str, Any], Any, Any]
 
 
-class Tracked(NamedTuple):
-    """A run the session follows, and its step rules."""
+class Tracked:
+    """A run the session tracks, as the training thread (and the end paths) know it.  ``rows``
+    (its step rules) goes to the record writer in every queued item and is the writer's alone
+    from the first: this side reads only its ``run_id``, which never changes (and copies it in a
+    forked child, where no writer thread exists)."""
 
-    run: Any
-    rows: RunRows
+    __slots__ = ("closed", "followed", "queue_calls", "rows", "run")
+
+    def __init__(self, run: Any, rows: RunRows) -> None:
+        self.run = run
+        self.rows = rows
+        self.closed = False  # the run ended: its later calls are not queued
+        self.followed = False  # its rows come (also) from wandb's transaction log
+        self.queue_calls = True  # False in a forked child for a followed run: the parent's
+        # reader of wandb's log has its rows
+
+    def forked(self) -> Tracked:
+        """For a forked child: same run and step, nothing pending or followed of its own."""
+        child = Tracked(self.run, self.rows.forked_copy())
+        child.closed = self.closed
+        child.followed = self.followed
+        child.queue_calls = self.queue_calls and not self.followed
+        return child
 
 
 # Why a run's rows come from wandb's transaction log (``history``): each integration makes rows or
@@ -65,7 +99,7 @@ TENSORBOARD = "tensorboard sync"  # wandb-core inserts rows, moving every later 
 WATCH = "wandb.watch"  # histograms logged through ``Run._log``
 STEP_SYNC = "define_metric step_sync"  # wandb adds the step metric's last value to rows
 
-LOG_END_WAIT = 5.0  # seconds a finished followed run waits for wandb's exit record at most
+_LOG_END_WAIT = 5.0  # seconds a finished followed run waits for wandb's exit record at most
 RECORD_FLOOR = 1.0  # seconds a writer that keeps up may take at a process end even when the
 # budget is spent (normally milliseconds): the record is the source of truth
 
@@ -78,7 +112,7 @@ def run_id_of(run: Any) -> str:
     return value if isinstance(value, str) and value else f"unknown-{os.getpid()}-{id(run):x}"
 
 
-def starting_step_of(run: Any) -> int:
+def _starting_step_of(run: Any) -> int:
     try:
         value = run.starting_step
     except Exception:
@@ -123,11 +157,7 @@ class Session:
         self.reporter: Optional[Reporter] = None
         self._sent_snapshot: Dict[int, Dict[str, Any]] = {}  # run -> last sample given to wandb
         self._lock = threading.RLock()
-        self._deadline: Optional[float] = None  # the current process end's, once one began
-        self._closing = False  # shutdown began (exit, SIGTERM, a child's finalizer) ...
-        self._closed = False  # ... and ended
-        self._awaiting_wandb = False  # atexit left followed runs to ``after_wandb_exit``
-        self._wandb_done = False  # ... which runs after wandb wrote its last records
+        self._end = End()  # where the process end stands, and its deadline
         # runs whose detection report waits for their first row (HF's Trainer and Lightning fill
         # wandb.config after init): id(run) -> the modules on the stack at init
         self._undetected: Dict[int, Tuple[str, ...]] = {}
@@ -169,43 +199,43 @@ class Session:
     def end_log(self, run: Any, call: Prepared) -> None:
         """wandb accepted the call: queue it for the writer thread, which makes the rows."""
         entry = self.runs.get(id(run))
-        rows = entry.rows if entry is not None else self.adopt(run)
+        if entry is None:
+            entry = self.adopt(run)
         if self._undetected:  # a run's first row: its configuration is complete now
             self._detect(run)
         record = self.record
-        if record is None or rows.closed or not rows.queue_calls:  # a disabled-mode run still
-            return  # "logs" after finish; a tensorboard run's steps are only in wandb's log
-        step = call[STEP]
+        if record is None or entry.closed or not entry.queue_calls:  # a disabled-mode run still
+            return  # "logs" after finish; a forked child's followed run is its parent's
+        step = call[PREPARED_STEP]
         if step is not None:
             try:
                 step = _as_step(step)
             except ValueError as exc:
                 log.debug("log_not_captured", reason=str(exc))
                 return
-        record.append((rows, call[DATA], step, call[COMMIT], time.time(), call[SAMPLE]))  # Call
+        record.append((entry.rows, call[PREPARED_DATA], step, call[PREPARED_COMMIT], time.time(),
+                       call[PREPARED_SAMPLE]))  # ``calls.Call``
 
     # -- run life ---------------------------------------------------------------------------
 
-    def adopt(self, run: Any) -> RunRows:
+    def adopt(self, run: Any) -> Tracked:
         """Start tracking a run (at init, or at its first ``log`` if init was not seen)."""
         with self._lock:
             entry = self.runs.get(id(run))
             if entry is not None:
-                return entry.rows
+                return entry
             self.start()  # first: the run's writer is registered beside the record before
-            rows = RunRows(run_id_of(run), starting_step_of(run))  # any line names it
-            writer = self._writer_of(run)
-            rows.who = writer.tag
-            self.runs[id(run)] = Tracked(run, rows)
-            self._deadline = None  # a new run: its end gets a whole shutdown budget
+            writer = self._writer_of(run)  # any line names it
+            start_step = _starting_step_of(run)
+            rows = RunRows(run_id_of(run), start_step, writer.tag)
+            entry = self.runs[id(run)] = Tracked(run, rows)
+            self._end.new_run()  # its end gets a whole shutdown budget
         self._patch_run(run)
         if self.reporter is not None and writer.report:
-            from ..report.runfacts import caller_modules
-
             self._undetected[id(run)] = caller_modules()
-        log.debug("run_adopted", run_id=rows.run_id, start_step=rows.step,
+        log.debug("run_adopted", run_id=rows.run_id, start_step=start_step,
                   run_class=type(run).__name__)
-        return rows
+        return entry
 
     def on_init(self, run: Any) -> None:
         if run is None:
@@ -225,26 +255,26 @@ class Session:
         (``rows.APPROX_KEY``), said once."""
         if run is None:
             return
-        entry = self.runs.get(id(run))
-        rows = entry.rows if entry is not None else self.adopt(run)
-        if rows.followed or rows.closed or self.record is None:
+        entry = self.runs.get(id(run)) or self.adopt(run)
+        if entry.followed or entry.closed or self.record is None:
             return
+        run_id = entry.rows.run_id
         path = history.transaction_log(run)
         if path is None:
             return
         record_class = history.record_class()
         if not path or record_class is None or not os.path.isfile(path):
-            if why == TENSORBOARD:
-                rows.approx = why
-            log.warn(f"wandb's transaction log of run {rows.run_id} is not readable "
+            approx = why == TENSORBOARD
+            if approx:
+                self.record.append(control(entry.rows, Approximate(why)))
+            log.warn(f"wandb's transaction log of run {run_id} is not readable "
                      f"({path or 'no path'}): rows that {why} adds are not in the record"
-                     + ("; the steps of its rows are marked approximate" if rows.approx else ""),
+                     + ("; the steps of its rows are marked approximate" if approx else ""),
                      key=f"no-transaction-log-{why}")
             return
-        rows.followed = True
-        rows.queue_calls = why != TENSORBOARD  # other runs' calls still carry wandb's steps
-        self.record.append(follow_log(rows, path, record_class))
-        log.debug("run_followed", run_id=rows.run_id, reason=why, path=path)
+        entry.followed = True  # the calls of a run that is not tensorboard's carry wandb's steps
+        self.record.append(control(entry.rows, Follow(path, record_class, why != TENSORBOARD)))
+        log.debug("run_followed", run_id=run_id, reason=why, path=path)
 
     def on_finish(self, run: Any) -> bool:
         """Before wandb's ``finish``: True when the run is followed and ``after_finish`` must
@@ -252,14 +282,14 @@ class Session:
         with self._lock:
             entry = self.runs.get(id(run))
             self._sent_snapshot.pop(id(run), None)
-        if entry is None or entry.rows.closed:
+        if entry is None or entry.closed:
             return False  # ``finish`` runs ``_finish``, a ``with`` block may finish twice
-        entry.rows.closed = True
+        entry.closed = True
         self._detect(run)  # a run that never logged
-        if entry.rows.followed:
+        if entry.followed:
             return True
         if self.record is not None:
-            self.record.append(end_of_run(entry.rows))
+            self.record.append(control(entry.rows, EndOfRun(0.0)))
         self.flush()
         return False
 
@@ -270,8 +300,6 @@ class Session:
         at_init = self._undetected.pop(id(run), None)
         if at_init is None or self.reporter is None:
             return
-        from ..report.runfacts import RunFacts, caller_modules
-
         callers = tuple(dict.fromkeys(at_init + caller_modules()))
         self.reporter.add_run(RunFacts.from_run(run, callers))
 
@@ -286,8 +314,8 @@ class Session:
         """After wandb's ``finish`` of a followed run: its log is complete; read it to the end."""
         entry = self.runs.get(id(run))
         if entry is not None and self.record is not None:
-            entry.rows.log_end_by = min(self._end_deadline(), time.monotonic() + LOG_END_WAIT)
-            self.record.append(end_of_run(entry.rows))
+            log_end_by = min(self._end_deadline(), time.monotonic() + _LOG_END_WAIT)
+            self.record.append(control(entry.rows, EndOfRun(log_end_by)))
         self.flush()
 
     # -- background parts -------------------------------------------------------------------
@@ -306,14 +334,13 @@ class Session:
             if reporting and self.record is not None and self.record.is_open:
                 self.reporter = Reporter(config, topo, self.record.path, ephemeral=where.private,
                                          inventory=functools.partial(_gpu_inventory, config, topo))
-                self.reporter.start()
             if config.enhance_metrics:
                 from ..metrics.gpu import open_gpu_sources  # never raises; [] without a GPU
-                from ..metrics.host import open_host_source
 
                 self.sampler = Sampler([open_host_source(), *open_gpu_sources(config, topo)],
                                        config.sample_interval)
-                self.sampler.start()
+            for part in self._parts():
+                part.start()
             state.install_exit_hooks()
             log.debug("session_started", record=self.record.path if self.record else None,
                       enhance=config.enhance_metrics, topology=topo.__dict__)
@@ -321,16 +348,16 @@ class Session:
     def _reporting_wanted(self) -> bool:
         """Whether this process sends the runs it owns (``owner.process_reports``); each run
         may still opt out (``owner.writer_for``)."""
-        wanted, why = owner.process_reports(self.config, self.topology)
+        wanted, why = process_reports(self.config, self.topology)
         log.debug("reporting_on" if wanted else "reporting_off", reason=why)
         return wanted
 
-    def _writer_of(self, run: Any) -> owner.Writer:
+    def _writer_of(self, run: Any) -> Writer:
         """The run's ``Writer``, stored beside the record so a sender can name its lines."""
-        writer = owner.writer_for(self.config, self.topology, run)
+        writer = writer_for(self.config, self.topology, run)
         if self.record is not None and self.record.is_open:
             try:
-                owner.register(self.record.path, writer)
+                register(self.record.path, writer)
             except OSError as exc:
                 log.warn(f"cannot store the writer identity beside {self.record.path} ({exc}); "
                          "its rows stay in the record unsent", key="writer-register")
@@ -338,11 +365,19 @@ class Session:
                   key_prefix=writer.key_prefix, reason=writer.reason)
         return writer
 
+    def _parts(self) -> List[Part]:
+        """The background parts there are, in the one order they start, flush and close: the
+        record first (it is the source of truth, and the reporter sends only what it holds, so
+        a row is written before its sending is waited for), the reporter next, the sampler last
+        (nothing waits for it: its figures are in the rows already, and a source stuck in a
+        driver call then costs only what is left of the budget)."""
+        parts: List[Part] = [part for part in (self.record, self.reporter, self.sampler)
+                             if part is not None]
+        return parts
+
     def _end_deadline(self) -> float:
         """The ``time.monotonic()`` by which the current process end must be done."""
-        if self._deadline is None:
-            self._deadline = time.monotonic() + self.config.shutdown_timeout
-        return self._deadline
+        return self._end.deadline(self.config.shutdown_timeout)
 
     def _record_deadline(self, deadline: float) -> float:
         """A writer that keeps up, or that can spill to its fallback record at close, gets at
@@ -363,10 +398,10 @@ class Session:
         guard.hand_off("flush", lambda: self._flush_until(deadline, limit), limit)
 
     def _flush_until(self, deadline: float, limit: float) -> None:
-        if self.record is not None:
-            self.record.flush(limit)
-        if self.reporter is not None:
-            self.reporter.flush(max(0.0, deadline - time.monotonic()))
+        """Flush every part in order: the record until ``limit`` (its floor), the others until
+        ``deadline``."""
+        for part in self._parts():
+            part.flush(limit if part is self.record else deadline)
 
     def shutdown(self, hand_off: bool = False, wandb_ends_later: bool = False) -> None:
         """The process ends: commit every pending row, write everything, stop the threads,
@@ -379,65 +414,67 @@ class Session:
         there, and ``after_wandb_exit`` does the rest."""
         deadline = self._end_deadline()
         limit = self._record_deadline(deadline)
-        if wandb_ends_later and not self._closing and self._following_open():
-            self._awaiting_wandb = True
+        end = self._end
+        if wandb_ends_later and end.allows(Event.DEFER_TO_WANDB) and self._following_open():
+            end.move(Event.DEFER_TO_WANDB)
             self._detect_remaining()
             self._end_runs(followed=False)
             guard.run_guarded("flush", lambda: self._flush_until(deadline, limit), restart=False)
             return
-        if self._closing:  # another end path is at work: wait for it, within the budget
-            guard.wait_until(lambda: self._closed, limit)
+        after_wandb = end.phase is Phase.WANDB_DONE
+        if not end.move(Event.CLOSE):  # another end path is at work: wait for it, in the budget
+            guard.wait_until(lambda: end.phase is Phase.CLOSED, limit)
             return
-        self._closing = True
+
+        def close() -> None:
+            self._close_until(deadline, limit, after_wandb)
+
         if hand_off:
-            guard.hand_off("shutdown", lambda: self._close_until(deadline, limit), limit)
+            guard.hand_off("shutdown", close, limit)
         else:
-            guard.run_guarded("shutdown", lambda: self._close_until(deadline, limit),
-                              restart=False)
+            guard.run_guarded("shutdown", close, restart=False)
 
     def after_wandb_exit(self) -> None:
         """wandb's teardown is over: the followed runs' logs are complete.  The same deadline as
         the atexit hook's: one budget for the whole process end (the record still gets its
         ``RECORD_FLOOR`` to read the logs to their end)."""
-        if self._awaiting_wandb:
-            self._awaiting_wandb = False
-            self._wandb_done = True
+        if self._end.move(Event.WANDB_EXITED):
             self.shutdown()
 
     def _following_open(self) -> bool:
+        """Whether a followed run has not ended: its last rows reach wandb's log only with
+        wandb's teardown."""
         with self._lock:
-            return any(entry.rows.followed and not entry.rows.finished
-                       for entry in self.runs.values())
+            return any(entry.followed and not entry.closed for entry in self.runs.values())
 
     def _end_runs(self, followed: Optional[bool] = None, wait_for_log: float = 0.0) -> None:
         """Queue the end of every open run (only the followed or only the other ones, if asked):
         pending rows become rows; a followed run's log is read to its end, waiting for its exit
         record until ``wait_for_log`` (``time.monotonic()``)."""
         with self._lock:
-            open_rows = [entry.rows for entry in self.runs.values() if not entry.rows.closed
-                         and (followed is None or entry.rows.followed == followed)]
+            open_runs = [entry for entry in self.runs.values() if not entry.closed
+                         and (followed is None or entry.followed == followed)]
         if self.record is None:
             return
-        for rows in open_rows:
-            rows.closed = True
-            rows.log_end_by = wait_for_log
-            self.record.append(end_of_run(rows))
+        for entry in open_runs:
+            entry.closed = True
+            self.record.append(control(entry.rows, EndOfRun(wait_for_log)))
 
-    def _close_until(self, deadline: float, limit: float) -> None:
+    def _close_until(self, deadline: float, limit: float, after_wandb: bool) -> None:
+        """Close every part in order (``_parts``), the record until ``limit`` (its floor), the
+        others until ``deadline``; the end is ``CLOSED`` whatever happens."""
         try:
             self._detect_remaining()
             if self.record is not None:
                 # after wandb's teardown a followed run's exit record is written, or will not be
                 self._end_runs(wait_for_log=min(limit, time.monotonic() + RECORD_FLOOR)
-                               if self._wandb_done else 0.0)
-                self.record.close(limit)
-                self._note_record_exit(self.record)
-            if self.reporter is not None:
-                self.reporter.close(max(0.0, deadline - time.monotonic()))
-            if self.sampler is not None:
-                self.sampler.stop(deadline)
+                               if after_wandb else 0.0)
+            for part in self._parts():
+                part.close(limit if part is self.record else deadline)
+                if part is self.record:  # before the reporter's close writes the status file
+                    self._note_record_exit(self.record)
         finally:
-            self._closed = True
+            self._end.move(Event.CLOSED)
 
     def _note_record_exit(self, record: RecordWriter) -> None:
         """Rows the record could not take (spilled to its fallback, lost at exit, left out while
@@ -464,12 +501,9 @@ class Session:
         """The child's session after ``fork``: same runs and steps, nothing else inherited."""
         child = Session(self.config, self.topology, self._patch_run)
         child.enabled = self.enabled
-        child.runs = {key: Tracked(entry.run, entry.rows.forked_copy())
-                      for key, entry in self.runs.items()}
-        if self.record is not None:
-            self.record.abandon_after_fork()
-        if self.reporter is not None:
-            self.reporter.abandon_after_fork()
+        child.runs = {key: entry.forked() for key, entry in self.runs.items()}
+        for part in self._parts():
+            part.abandon_after_fork()
         return child
 
 
@@ -480,14 +514,14 @@ def current() -> Optional[Session]:
 
 def create(patch_run: Callable[[Any], None]) -> Session:
     """The process's session, made at the first wandb import; a forked child gets its own."""
-    if state.session is None:
-        state.set_session(Session(state.get_config(), state.get_topology(), patch_run))
+    session: Optional[Session] = state.session
+    if session is None:
+        session = Session(state.get_config(), state.get_topology(), patch_run)
+        state.set_session(session)
         state.at_fork(after_in_child=_after_fork_in_child)
         state.install_late_exit_hook()
-        from ..report.transport import hold_imports_across_fork
-
         hold_imports_across_fork()
-    return state.session
+    return session
 
 
 def _after_fork_in_child() -> None:

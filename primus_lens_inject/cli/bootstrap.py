@@ -13,13 +13,13 @@ PTH_NAME = "primus_lens_inject.pth"
 # included. The line stays a bare import because site.py compiles it at every start (twice in a
 # virtualenv: CPython processes a venv's site-packages twice), and compiling even one short
 # condition there costs as much as the bootstrap itself; the shim's bytecode is cached.
-SHIM_MODULE = "_primus_lens_inject_pth"
-SHIM_NAME = SHIM_MODULE + ".py"
-PTH_LINE = f"import {SHIM_MODULE}\n"
+_SHIM_MODULE = "_primus_lens_inject_pth"
+SHIM_NAME = _SHIM_MODULE + ".py"
+PTH_LINE = f"import {_SHIM_MODULE}\n"
 # The bootstrap's own module name on the .pth route: not "sitecustomize", so it does not chain
 # (site.py imports the real sitecustomize right after the .pth files), and doctor tells the
 # routes apart by it.
-PTH_MODULE = "_primus_lens_pth"
+_PTH_MODULE = "_primus_lens_pth"
 BOOTSTRAP_STATE = "_primus_lens_bootstrap"  # the bootstrap's sys.modules key once it is active
 _OFF = ("0", "false", "no", "off", "n", "f")  # the bootstrap's own spelling of the kill switch
 # The shim runs the bootstrap file itself, by absolute path (the route must not depend on
@@ -52,21 +52,21 @@ elif {state!r} not in sys.modules:  # active already: a second pass over site-pa
 '''
 
 
-def shim_source(bootstrap_file: str) -> str:
+def _shim_source(bootstrap_file: str) -> str:
     """The module the .pth line imports, running ``bootstrap_file``."""
     return _SHIM.format(pth=PTH_NAME, path=os.path.abspath(bootstrap_file), off=_OFF,
-                        state=BOOTSTRAP_STATE, module=PTH_MODULE)
+                        state=BOOTSTRAP_STATE, module=_PTH_MODULE)
 
 
 # A line only our bootstrap file holds: how a copy of it is told from any other sitecustomize.
-BOOTSTRAP_MARKER = f'_STATE = "{BOOTSTRAP_STATE}"'
+_BOOTSTRAP_MARKER = f'_STATE = "{BOOTSTRAP_STATE}"'
 
 
 def is_bootstrap(path: Optional[str]) -> bool:
     """Is this file a copy of our bootstrap?"""
     try:
         with open(path or "", encoding="utf-8", errors="replace") as f:
-            return BOOTSTRAP_MARKER in f.read(8192)
+            return _BOOTSTRAP_MARKER in f.read(8192)
     except OSError:
         return False
 
@@ -75,7 +75,7 @@ def bootstrap_dir() -> str:
     """The directory holding our ``sitecustomize.py``, the one to put on PYTHONPATH: the image
     tree's top (where the bootstrap finds its deps/) when this package sits in one, otherwise the
     package's own ``_bootstrap``."""
-    from .. import _bootstrap
+    from .. import _bootstrap  # type: ignore[attr-defined]  # an installed copy's: setup.py maps it
 
     own = os.path.dirname(os.path.abspath(_bootstrap.__file__))
     tree = os.path.dirname(os.path.dirname(own))
@@ -92,7 +92,7 @@ def shim_path() -> str:
 
 def current_shim_source() -> str:
     """The shim this installation writes: it runs the bootstrap ``bootstrap_dir`` holds."""
-    return shim_source(os.path.join(bootstrap_dir(), "sitecustomize.py"))
+    return _shim_source(os.path.join(bootstrap_dir(), "sitecustomize.py"))
 
 
 def pth_state() -> Optional[bool]:

@@ -21,7 +21,7 @@ from ..config import Config, variable_rows
 from .bootstrap import BOOTSTRAP_STATE, bootstrap_dir, is_bootstrap, pth_path, pth_state
 from .doctor_words import print_report
 
-PROBE_TIMEOUT = 3.0  # seconds, for connecting and for the answer: doctor must never hang
+_PROBE_TIMEOUT = 3.0  # seconds, for connecting and for the answer: doctor must never hang
 NOT_ACTIVE = 3  # doctor's exit status when a training process here would run without us
 
 
@@ -88,7 +88,8 @@ def _bootstrap_section(config: Config) -> Dict[str, Any]:
     found = _sitecustomizes(_startup_path())
     winner = found[0] if found else None
     ours = [path for path in found if is_bootstrap(path)]
-    location = getattr(module, "__file__", None)
+    location: Optional[str] = getattr(module, "__file__", None)
+    route: Optional[str]
     if module is not None:
         route = "PYTHONPATH" if module.__name__ == "sitecustomize" else ".pth"
     else:  # not activated: where would it have come from?
@@ -221,11 +222,11 @@ def _probe(config: Config) -> str:
     """The endpoint check, bounded to a few seconds whatever the configured timeouts say."""
     from ..report.transport import probe
 
-    print(credentials.scrub(f"probing {config.api_base_url} (up to {PROBE_TIMEOUT:g} s to connect "
+    print(credentials.scrub(f"probing {config.api_base_url} (up to {_PROBE_TIMEOUT:g} s to connect "
                             "and to answer) ..."), file=sys.stderr, flush=True)
     return probe(dataclasses.replace(
-        config, connect_timeout=min(config.connect_timeout, PROBE_TIMEOUT),
-        read_timeout=min(config.read_timeout, PROBE_TIMEOUT)))
+        config, connect_timeout=min(config.connect_timeout, _PROBE_TIMEOUT),
+        read_timeout=min(config.read_timeout, _PROBE_TIMEOUT)))
 
 
 def _who_reports(config: Config) -> Dict[str, Any]:
@@ -236,7 +237,7 @@ def _who_reports(config: Config) -> Dict[str, Any]:
 
 
 def _reporting_section(config: Config, candidates: List[str]) -> Dict[str, Any]:
-    from ..report.wire import identity
+    from ..report.identity import identity
 
     section: Dict[str, Any] = {
         "enabled": config.api_reporting,
@@ -258,18 +259,18 @@ def _reporting_section(config: Config, candidates: List[str]) -> Dict[str, Any]:
 
 # wandb 0.31 exports its own telemetry with the OpenTelemetry SDK in online runs, to W&B; the SDK
 # adds these variables' headers to every request (docs/otlp.md, "Why our own variable names").
-WANDB_OTEL_SINCE = (0, 31)
-OTEL_HEADERS = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS")
-OFFLINE_MODES = ("offline", "disabled", "dryrun")
+_WANDB_OTEL_SINCE = (0, 31)
+_OTEL_HEADERS = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS")
+_OFFLINE_MODES = ("offline", "disabled", "dryrun")
 
 
 def _otel_headers_warning(wandb_version: Optional[str]) -> Optional[str]:
     """Why the standard OTLP headers variables are a leak here, or None: they are set, and a wandb
     that exports its own telemetry would run online (``WANDB_MODE`` is not offline/disabled)."""
-    leaked = [name for name in OTEL_HEADERS if (os.environ.get(name) or "").strip()]
+    leaked = [name for name in _OTEL_HEADERS if (os.environ.get(name) or "").strip()]
     mode = (os.environ.get("WANDB_MODE") or "").strip().lower()
-    if not leaked or wandb_version is None or mode in OFFLINE_MODES \
-            or compat.parse_version(wandb_version) < WANDB_OTEL_SINCE:
+    if not leaked or wandb_version is None or mode in _OFFLINE_MODES \
+            or compat.parse_version(wandb_version) < _WANDB_OTEL_SINCE:
         return None
     return (f"{' and '.join(leaked)} set: wandb {wandb_version} exports its own telemetry with "
             "OpenTelemetry in online runs, to W&B (its /sdk/otel/v1/ routes), and the "
@@ -280,7 +281,7 @@ def _otel_headers_warning(wandb_version: Optional[str]) -> Optional[str]:
 
 def _otlp_section(config: Config, candidates: List[str]) -> Dict[str, Any]:
     """The OTLP sink as a training process would run it; header names only, never values."""
-    from ..report.otlp_sink import settings
+    from ..report.otlp import settings
 
     s = settings(config)
     sender = _sender_status(candidates) or {}
@@ -302,12 +303,12 @@ def _otlp_section(config: Config, candidates: List[str]) -> Dict[str, Any]:
 def _sender_status(candidates: List[str]) -> Optional[Dict[str, Any]]:
     """The newest sender status beside any record this process may have written: the record
     may have fallen back to the temporary directory, or sit in a private spool."""
-    from ..report import spool
+    from ..recordline import STATUS_SUFFIX, sibling
 
     newest: Optional[Dict[str, Any]] = None
     for record in candidates:
         try:
-            with open(spool.sibling(record, spool.STATUS_SUFFIX)) as f:
+            with open(sibling(record, STATUS_SUFFIX)) as f:
                 status = json.load(f)
         except (OSError, ValueError):
             continue

@@ -168,11 +168,11 @@ def _print_configuration(report: Dict[str, Any]) -> None:
         print(f"  {row['variable']} = {_words(row['value'], _unit(row['doc']))}{marker}")
 
 
-SECTIONS = (_print_bootstrap, _print_wandb, _print_record, _print_gpu, _print_reporting,
-            _print_otlp, _print_configuration)
+_SECTIONS = (_print_bootstrap, _print_wandb, _print_record, _print_gpu, _print_reporting,
+             _print_otlp, _print_configuration)
 
 
 def print_report(report: Dict[str, Any]) -> None:
     """The report as a person reads it, section by section, on stdout."""
-    for section in SECTIONS:
+    for section in _SECTIONS:
         section(report)

@@ -34,7 +34,7 @@ _ISOLATING = {"E": "-E ignores PYTHONPATH", "I": "-I ignores PYTHONPATH",
 _PYTHON_NAME = re.compile(r"^(python|pypy)[0-9.]*$")
 
 
-def pythonpath_with_bootstrap(existing: Optional[str]) -> str:
+def _pythonpath_with_bootstrap(existing: Optional[str]) -> str:
     """Our directory first, every existing entry kept in order (ours not repeated)."""
     ours = bootstrap_dir()
     rest = [p for p in (existing or "").split(os.pathsep) if p and os.path.abspath(p) != ours]
@@ -89,7 +89,7 @@ def _warn_isolating(argv: List[str]) -> None:
           f"process ({hint})", file=sys.stderr)
 
 
-def cmd_run(argv: List[str]) -> int:
+def _cmd_run(argv: List[str]) -> int:
     parser = _subparser("run", "Run COMMAND with the injector's bootstrap first on PYTHONPATH (the "
                         "entries already there are kept after it).",
                         usage="primus-lens run [--] COMMAND [ARG...]")
@@ -102,7 +102,7 @@ def cmd_run(argv: List[str]) -> int:
         parser.print_usage(sys.stderr)
         return 2
     _warn_isolating(argv)
-    os.environ["PYTHONPATH"] = pythonpath_with_bootstrap(os.environ.get("PYTHONPATH"))
+    os.environ["PYTHONPATH"] = _pythonpath_with_bootstrap(os.environ.get("PYTHONPATH"))
     try:
         sys.stdout.flush()
         os.execvp(argv[0], argv)
@@ -163,7 +163,7 @@ def _set_recorded(record: Optional[str], recorded: bool) -> bool:
     return True
 
 
-def cmd_install(argv: List[str]) -> int:
+def _cmd_install(argv: List[str]) -> int:
     _subparser("install", f"Write {PTH_NAME} (and {SHIM_NAME}, which it imports) into this "
                "interpreter's site-packages, so every process of this environment loads the "
                "injector without PYTHONPATH (also under python -I/-E, and under launchers that "
@@ -190,7 +190,7 @@ def cmd_install(argv: List[str]) -> int:
     return 0
 
 
-def cmd_uninstall(argv: List[str]) -> int:
+def _cmd_uninstall(argv: List[str]) -> int:
     _subparser("uninstall", f"Remove {PTH_NAME} and {SHIM_NAME} from this interpreter's "
                "site-packages.").parse_args(argv)
     *shim_files, path = _route_files()
@@ -213,7 +213,7 @@ def cmd_uninstall(argv: List[str]) -> int:
     return 0
 
 
-def cmd_check(argv: List[str]) -> int:
+def _cmd_check(argv: List[str]) -> int:
     """Exit 0 when the .pth is installed and intact, 1 otherwise (for scripts and images)."""
     _subparser("check", f"Exit 0 when {PTH_NAME} is installed and current, 1 otherwise.").parse_args(argv)
     path = pth_path()
@@ -246,12 +246,12 @@ def _delegate(module: str) -> Callable[[List[str]], int]:
     return handler
 
 
-COMMANDS = {
-    "run": (cmd_run, "run a command with the injector on PYTHONPATH"),
+_COMMANDS = {
+    "run": (_cmd_run, "run a command with the injector on PYTHONPATH"),
     "doctor": (_delegate("cli.doctor"), "explain the injector's state here"),
-    "install": (cmd_install, "activate through a .pth file in this environment"),
-    "uninstall": (cmd_uninstall, "remove that .pth file"),
-    "check": (cmd_check, "is the .pth file installed?"),
+    "install": (_cmd_install, "activate through a .pth file in this environment"),
+    "uninstall": (_cmd_uninstall, "remove that .pth file"),
+    "check": (_cmd_check, "is the .pth file installed?"),
     "receive": (_delegate("devserver.cli"), "run the built-in telemetry receiver"),
     "webhook": (_delegate("cli.webhook"), "run the admission webhook"),
 }
@@ -273,14 +273,14 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _dispatch(argv: List[str]) -> int:
-    if not argv or argv[0] not in COMMANDS:
+    if not argv or argv[0] not in _COMMANDS:
         parser = argparse.ArgumentParser(prog="primus-lens", description=__doc__,
                                          formatter_class=argparse.RawDescriptionHelpFormatter)
-        parser.add_argument("command", choices=sorted(COMMANDS))
+        parser.add_argument("command", choices=sorted(_COMMANDS))
         parser.add_argument("--version", action="version", version=_version())
         parser.parse_args(argv or ["--help"])
         return 2
-    handler, _help = COMMANDS[argv[0]]
+    handler, _help = _COMMANDS[argv[0]]
     return handler(argv[1:])
 
 

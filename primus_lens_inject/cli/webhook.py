@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import List
 
+from .. import k8s
 from ..config import VARIABLES
-from ..k8s import webhook
 
 
 def main(argv: List[str]) -> int:
-    return webhook.main(argv, frozenset(var.name for var in VARIABLES))
+    return k8s.main(argv, frozenset(var.name for var in VARIABLES))

@@ -13,8 +13,8 @@ from typing import Dict, List, Optional
 from .faults import Faults
 from .receiver import DEFAULT_HOST, DEFAULT_PORT, LAYOUTS, Receiver
 
-READY_LINE = "primus-lens receiver listening on {url}"
-OTLP_LINE = "primus-lens receiver accepting OTLP/HTTP metrics: PRIMUS_LENS_OTLP_ENDPOINT={endpoint}"
+_READY_LINE = "primus-lens receiver listening on {url}"
+_OTLP_LINE = "primus-lens receiver accepting OTLP/HTTP metrics: PRIMUS_LENS_OTLP_ENDPOINT={endpoint}"
 
 
 def _parse_pods(specs: Optional[List[str]]) -> Optional[Dict[str, List[str]]]:
@@ -109,9 +109,9 @@ def main(argv: Optional[List[str]] = None) -> int:
               file=sys.stderr)
         return 1
     else:
-        lines = [READY_LINE.format(url=receiver.url)]
+        lines = [_READY_LINE.format(url=receiver.url)]
         if args.otlp:
-            lines.append(OTLP_LINE.format(endpoint=receiver.otlp_endpoint))
+            lines.append(_OTLP_LINE.format(endpoint=receiver.otlp_endpoint))
         print("\n".join(lines), flush=True)  # one write: a reader that waited for one has both
         stop.wait()
     finally:

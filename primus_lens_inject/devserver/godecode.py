@@ -34,7 +34,7 @@ import re
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
+_INT64_MAX = 2**63 - 1
 MAX_DEPTH = 500  # arrays and objects nested in one another, counted as Go's scanner counts them
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -60,7 +60,7 @@ class GoDecodeError(ValueError):
         return f"{where}: {self.message}" if where else self.message
 
 
-class Scalar:
+class _Scalar:
     """A Go scalar type, or ``interface{}``: the leaves of a type description."""
 
     def __init__(self, name: str) -> None:
@@ -70,11 +70,11 @@ class Scalar:
         return self.name
 
 
-STRING = Scalar("string")
-FLOAT64 = Scalar("float64")
-INT64 = Scalar("int64")
-BOOL = Scalar("bool")
-ANY = Scalar("interface {}")
+STRING = _Scalar("string")
+FLOAT64 = _Scalar("float64")
+INT64 = _Scalar("int64")
+BOOL = _Scalar("bool")
+ANY = _Scalar("interface {}")
 
 
 class Map:
@@ -115,22 +115,22 @@ class Struct:
         self.fields = fields
         self._folded: Dict[str, str] = {}
         for field in fields:
-            self._folded.setdefault(fold_name(field), field)  # Go: the first declared one wins
+            self._folded.setdefault(_fold_name(field), field)  # Go: the first declared one wins
 
     def field_for(self, key: str) -> Optional[str]:
         """The field a JSON key binds to: exact name first, then Go's case-insensitive match."""
         if key in self.fields:
             return key
-        return self._folded.get(fold_name(key))
+        return self._folded.get(_fold_name(key))
 
     def __repr__(self) -> str:
         return self.name
 
 
-GoType = Union[Scalar, Map, Slice, Pointer, Struct]
+GoType = Union[_Scalar, Map, Slice, Pointer, Struct]
 
 
-def fold_name(name: str) -> str:
+def _fold_name(name: str) -> str:
     """Go's ``foldName``: every rune replaced by the smallest member of its simple case-fold set.
 
     Python has no SimpleFold table; the smallest single-character result among the rune and its
@@ -236,7 +236,7 @@ def decode(node: Any, go_type: GoType, current: Any, depth: int = 0) -> Any:
         nils = go_type is ANY or isinstance(go_type, (Map, Slice, Pointer))
         return None if nils else current
     if go_type is STRING and isinstance(node, str):
-        return go_string(node)
+        return _go_string(node)
     if go_type is FLOAT64 and isinstance(node, _Number):
         return _float64(node)
     if go_type is INT64 and isinstance(node, _Number):
@@ -256,7 +256,7 @@ def decode(node: Any, go_type: GoType, current: Any, depth: int = 0) -> Any:
     raise GoDecodeError(f"cannot unmarshal {_json_kind(node)} into Go value of type {go_type!r}")
 
 
-def go_string(text: str) -> str:
+def _go_string(text: str) -> str:
     """A decoded JSON string as Go holds it: lone surrogates from escapes become U+FFFD."""
     return _SURROGATE.sub("\ufffd", text)
 
@@ -273,7 +273,7 @@ def _int64(number: _Number) -> int:
     # The digit-count check keeps int() away from Python's limit on huge literals.
     if _INT_LITERAL.fullmatch(text) and len(text.lstrip("-")) <= 19:
         value = int(text)
-        if INT64_MIN <= value <= INT64_MAX:
+        if INT64_MIN <= value <= _INT64_MAX:
             return value
     raise GoDecodeError(f"cannot unmarshal number {text} into Go value of type int64")
 
@@ -286,13 +286,13 @@ def _interface(node: Any, depth: int) -> Any:
     if isinstance(node, _Number):
         return _float64(node)
     if isinstance(node, str):
-        return go_string(node)
+        return _go_string(node)
     if isinstance(node, _Object):
         inner = _deeper(node, depth)
         out = {}
         for key, value in node.pairs:
             try:
-                out[go_string(key)] = _interface(value, inner)
+                out[_go_string(key)] = _interface(value, inner)
             except GoDecodeError as exc:
                 raise exc.within(f"[{key!r}]") from None
         return out
@@ -311,7 +311,7 @@ def _interface(node: Any, depth: int) -> Any:
 def _struct(node: _Object, go_type: Struct, current: Dict[str, Any], depth: int) -> Dict[str, Any]:
     out = dict(current)
     for key, value in node.pairs:
-        field = go_type.field_for(go_string(key))
+        field = go_type.field_for(_go_string(key))
         if field is None:  # unknown key: Go skips the value without converting any number in it
             _check_depth(value, depth)
             continue
@@ -327,7 +327,7 @@ def _map(node: _Object, go_type: Map, current: Optional[Dict[str, Any]],
     out = {} if current is None else dict(current)  # Go reuses an existing map, keeping its keys
     for key, value in node.pairs:
         try:
-            out[go_string(key)] = decode(value, go_type.elem, zero(go_type.elem), depth)
+            out[_go_string(key)] = decode(value, go_type.elem, zero(go_type.elem), depth)
         except GoDecodeError as exc:
             raise exc.within(f"[{key!r}]") from None
     return out

@@ -23,7 +23,7 @@ import json
 import math
 import re
 import zlib
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, cast
 
 from . import protowire
 from .protowire import FIXED64, LENGTH, VARINT, WireError
@@ -34,7 +34,7 @@ PATH = "/v1/metrics"
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 MAX_DEPTH = 100  # messages in one another, protobuf's own limit (attribute values nest freely)
-MAX_UNPACKED = 64 << 20  # bytes a gzip body may inflate to
+_MAX_UNPACKED = 64 << 20  # bytes a gzip body may inflate to
 _INT64_MAX = 2**63 - 1
 _INTEGER = re.compile(r"-?[0-9]+")
 _GRPC_CODES = {400: 3, 429: 8, 500: 13, 502: 14, 503: 14, 504: 4}  # google.rpc.Code by status; else 2
@@ -57,6 +57,13 @@ class Field(NamedTuple):
     message: Optional[Message] = None
     repeated: bool = False
     oneof: str = ""  # setting one member of a oneof clears the others (the last one wins)
+
+    @property
+    def nested(self) -> Message:
+        """The type of a ``message`` field's value: every such field is declared with one."""
+        if self.message is None:
+            raise TypeError(f"{self.name} is a {self.kind} field, not a message")
+        return self.message
 
 
 class Message:
@@ -85,36 +92,36 @@ def _message(number: int, name: str, message: Message, repeated: bool = False, o
     return Field(number, name, "message", message, repeated, oneof)
 
 
-ANY_VALUE = Message("AnyValue")
-KEY_VALUE = Message("KeyValue", Field(1, "key", "string"), _message(2, "value", ANY_VALUE))
-ANY_VALUE.define(
+_ANY_VALUE = Message("AnyValue")
+_KEY_VALUE = Message("KeyValue", Field(1, "key", "string"), _message(2, "value", _ANY_VALUE))
+_ANY_VALUE.define(
     Field(1, "string_value", "string", oneof="value"), Field(2, "bool_value", "bool", oneof="value"),
     Field(3, "int_value", "int64", oneof="value"), Field(4, "double_value", "double", oneof="value"),
-    _message(5, "array_value", Message("ArrayValue", _message(1, "values", ANY_VALUE, True)), oneof="value"),
-    _message(6, "kvlist_value", Message("KeyValueList", _message(1, "values", KEY_VALUE, True)),
+    _message(5, "array_value", Message("ArrayValue", _message(1, "values", _ANY_VALUE, True)), oneof="value"),
+    _message(6, "kvlist_value", Message("KeyValueList", _message(1, "values", _KEY_VALUE, True)),
              oneof="value"),
     Field(7, "bytes_value", "bytes", oneof="value"))
-NUMBER_POINT = Message(
-    "NumberDataPoint", _message(7, "attributes", KEY_VALUE, True),
+_NUMBER_POINT = Message(
+    "NumberDataPoint", _message(7, "attributes", _KEY_VALUE, True),
     Field(2, "start_time_unix_nano", "fixed64"), Field(3, "time_unix_nano", "fixed64"),
     Field(4, "as_double", "double", oneof="value"), Field(6, "as_int", "sfixed64", oneof="value"))
-_NUMBERS = Message("Gauge or Sum", _message(1, "data_points", NUMBER_POINT, True))
+_NUMBERS = Message("Gauge or Sum", _message(1, "data_points", _NUMBER_POINT, True))
 _OTHERS = Message("Histogram or Summary", _message(1, "data_points", Message("data point"), True))
-METRIC = Message(
+_METRIC = Message(
     "Metric", Field(1, "name", "string"), Field(2, "description", "string"), Field(3, "unit", "string"),
     *(_message(number, kind, data, oneof="data") for number, kind, data in (
         (5, "gauge", _NUMBERS), (7, "sum", _NUMBERS), (9, "histogram", _OTHERS),
         (10, "exponential_histogram", _OTHERS), (11, "summary", _OTHERS))))
-REQUEST = Message("ExportMetricsServiceRequest", _message(1, "resource_metrics", Message(
+_REQUEST = Message("ExportMetricsServiceRequest", _message(1, "resource_metrics", Message(
     "ResourceMetrics",
-    _message(1, "resource", Message("Resource", _message(1, "attributes", KEY_VALUE, True))),
+    _message(1, "resource", Message("Resource", _message(1, "attributes", _KEY_VALUE, True))),
     _message(2, "scope_metrics", Message(
         "ScopeMetrics",
         _message(1, "scope", Message("InstrumentationScope", Field(1, "name", "string"),
                                      Field(2, "version", "string"))),
-        _message(2, "metrics", METRIC, True)), True)), True))
-NUMBER_KINDS = ("gauge", "sum")
-_DATA_KINDS = tuple(field.name for field in METRIC.fields.values() if field.oneof)
+        _message(2, "metrics", _METRIC, True)), True)), True))
+_NUMBER_KINDS = ("gauge", "sum")
+_DATA_KINDS = tuple(field.name for field in _METRIC.fields.values() if field.oneof)
 
 
 def _set(out: Dict[str, Any], message: Message, field: Field, value: Any) -> None:
@@ -142,17 +149,19 @@ def _from_proto(message: Message, data: bytes, where: str, depth: int) -> Dict[s
                 raise BadRequest(f"{path}: wire type {wire}, expected {_WIRE[field.kind]}")
             if field.kind != "message":
                 _set(out, message, field, _proto_scalar(field.kind, value, path))
-            elif field.repeated:
+                continue
+            chunk = cast(bytes, value)  # wire type LEN, checked above: the message's bytes
+            if field.repeated:
                 items = out.setdefault(field.name, [])
-                items.append(_from_proto(field.message, value, f"{path}[{len(items)}]", depth + 1))
+                items.append(_from_proto(field.nested, chunk, f"{path}[{len(items)}]", depth + 1))
             else:
-                parts.setdefault(field, []).append(value)
+                parts.setdefault(field, []).append(chunk)
                 _set(out, message, field, None)  # keeps the oneof order; filled in below
     except WireError as exc:
         raise BadRequest(f"{where}: {exc}") from None
     for field, chunks in parts.items():
         if field.name in out:
-            out[field.name] = _from_proto(field.message, b"".join(chunks), f"{where}.{field.name}", depth + 1)
+            out[field.name] = _from_proto(field.nested, b"".join(chunks), f"{where}.{field.name}", depth + 1)
     return out
 
 
@@ -197,7 +206,7 @@ def _from_json(message: Message, value: Any, where: str, depth: int) -> Dict[str
 def _json_value(field: Field, value: Any, where: str, depth: int) -> Any:
     kind = field.kind
     if kind == "message":
-        return _from_json(field.message, value, where, depth + 1)
+        return _from_json(field.nested, value, where, depth + 1)
     if kind == "string" and isinstance(value, str):
         return value
     if kind == "bool" and isinstance(value, bool):
@@ -256,11 +265,11 @@ def unpack(content_encoding: str, body: bytes) -> bytes:
         raise BadRequest(f"unsupported Content-Encoding {content_encoding!r} (gzip or none)")
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
-        data = inflater.decompress(body, MAX_UNPACKED)
+        data = inflater.decompress(body, _MAX_UNPACKED)
     except zlib.error as exc:
         raise BadRequest(f"the gzip body is corrupt: {exc}") from None
     if inflater.unconsumed_tail:
-        raise BadRequest(f"the gzip body inflates beyond {MAX_UNPACKED} bytes")
+        raise BadRequest(f"the gzip body inflates beyond {_MAX_UNPACKED} bytes")
     if not inflater.eof:
         raise BadRequest("the gzip body is truncated")
     return data
@@ -269,12 +278,12 @@ def unpack(content_encoding: str, body: bytes) -> bytes:
 def decode(encoding: str, data: bytes) -> Dict[str, Any]:
     """The request's fields, by proto name, whichever the encoding."""
     if encoding == PROTOBUF:
-        return _from_proto(REQUEST, data, "request", 0)
+        return _from_proto(_REQUEST, data, "request", 0)
     try:
         document = json.loads(data, parse_constant=_no_constants)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise BadRequest(f"the body is not JSON: {exc}") from None
-    return _from_json(REQUEST, document, "request", 0)
+    return _from_json(_REQUEST, document, "request", 0)
 
 
 # -- from the request to stored points ---------------------------------------------------------
@@ -317,7 +326,7 @@ def _read_metric(export: Export, metric: Mapping[str, Any], resource: str, scope
     if not kind:
         return  # a metric without data holds no points
     points = metric[kind].get("data_points", [])
-    if kind not in NUMBER_KINDS:
+    if kind not in _NUMBER_KINDS:
         export.reject(f"{kind} points (this receiver stores gauges and sums)", len(points))
         return
     name = metric.get("name", "")

@@ -75,7 +75,7 @@ def double(raw: int) -> float:
     return _DOUBLE.unpack(_UINT64.pack(raw))[0]
 
 
-def encode_varint(value: int) -> bytes:
+def _encode_varint(value: int) -> bytes:
     """``value`` (negative ones as 64-bit two's complement) as a varint."""
     value &= 0xFFFFFFFFFFFFFFFF
     out = bytearray()
@@ -89,6 +89,6 @@ def encode_varint(value: int) -> bytes:
 def encode_field(number: int, value: Union[int, bytes]) -> bytes:
     """One record: an int as a varint, bytes as a length-delimited value."""
     if isinstance(value, int):
-        return encode_varint(number << 3 | VARINT) + encode_varint(value)
-    return encode_varint(number << 3 | LENGTH) + encode_varint(len(value)) + value
+        return _encode_varint(number << 3 | VARINT) + _encode_varint(value)
+    return _encode_varint(number << 3 | LENGTH) + _encode_varint(len(value)) + value
 

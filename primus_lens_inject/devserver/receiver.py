@@ -49,9 +49,9 @@ from .store import Store
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8989
-CONTROL_PREFIX = "/v1/_receiver/"
-ROBUST_PREFIX = "/api"  # robust serves the Lens route group under /api/v1
-PROBES = ("/healthz", "/readyz")
+_CONTROL_PREFIX = "/v1/_receiver/"
+_ROBUST_PREFIX = "/api"  # robust serves the Lens route group under /api/v1
+_PROBES = ("/healthz", "/readyz")
 # How the receiver answers (docs/receiver.md, "Layouts"):
 LAYOUTS = {
     "lens": "Lens's telemetry-processor: the routes under /v1, no probes",
@@ -62,12 +62,12 @@ LAYOUTS = {
     "robust-empty-db": "robust-api of the primus-robust-logging add-on, on a database without "
                        "tables: routes under /api/v1, every write answers 500",
 }
-EMPTY_DB_ERROR = 'ERROR: relation "training_performance" does not exist (SQLSTATE 42P01)'
+_EMPTY_DB_ERROR = 'ERROR: relation "training_performance" does not exist (SQLSTATE 42P01)'
 
-PodTable = Union[Mapping[str, Optional[Sequence[str]]], Iterable[str]]
+_PodTable = Union[Mapping[str, Optional[Sequence[str]]], Iterable[str]]
 
 
-def default_workload(pod_name: str) -> str:
+def _default_workload(pod_name: str) -> str:
     """The workload UID a pod resolves to when no table says otherwise."""
     return f"wl-{pod_name}"
 
@@ -75,7 +75,7 @@ def default_workload(pod_name: str) -> str:
 class Receiver:
     """The receiver in this process: serves on a background thread, answers queries directly.
 
-    ``pods``: None resolves every pod name to its own workload (:func:`default_workload`); a list
+    ``pods``: None resolves every pod name to its own workload (:func:`_default_workload`); a list
     of names or a mapping ``{pod: [workload UID, ...]}`` is the whole pod cache, so other pods get
     "no valid workload found" and a pod with several UIDs is processed once per workload.
     ``faults``: settings of :class:`Faults`.  ``otlp``: also accept OTLP/HTTP metrics.
@@ -83,7 +83,7 @@ class Receiver:
     """
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = 0, db: str = ":memory:",
-                 pods: Optional[PodTable] = None, faults: Optional[Mapping[str, Any]] = None,
+                 pods: Optional[_PodTable] = None, faults: Optional[Mapping[str, Any]] = None,
                  verbose: bool = False, otlp: bool = False, layout: str = "lens") -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
@@ -150,7 +150,7 @@ class Receiver:
 
     @property
     def _prefix(self) -> str:
-        return "" if self.layout == "lens" else ROBUST_PREFIX
+        return "" if self.layout == "lens" else _ROBUST_PREFIX
 
     @property
     def otlp_endpoint(self) -> str:
@@ -222,7 +222,7 @@ class Receiver:
         """Answer one request, transport aside; record it unless it is a control request.
         ``headers``: by lower-case name."""
         path, _, query = target.partition("?")
-        for prefix in {CONTROL_PREFIX, self._prefix + CONTROL_PREFIX}:
+        for prefix in {_CONTROL_PREFIX, self._prefix + _CONTROL_PREFIX}:
             if path.startswith(prefix):
                 return self._control(method, path[len(prefix):], query, body)
         received = time.time()
@@ -234,7 +234,7 @@ class Receiver:
 
     def _answer(self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes,
                 accepted: Accepted, client_gone: Callable[[], bool]) -> Response:
-        if self.layout != "lens" and path in PROBES:
+        if self.layout != "lens" and path in _PROBES:
             return plain(200, "ok") if method in ("GET", "HEAD") else not_found()
         if self.layout == "robust-worker":
             return not_found()  # "all HTTP routes are served by the api service"
@@ -338,7 +338,7 @@ class Receiver:
         if not workloads:
             return Part(0, 0, count, "no valid workload found")
         if self.layout == "robust-empty-db":  # the write finds no table
-            return Part(len(workloads), 0, count, EMPTY_DB_ERROR)
+            return Part(len(workloads), 0, count, _EMPTY_DB_ERROR)
         if self._faults.fails(endpoint.name):
             steps = len({item["step"] for item in items or []})
             return Part(len(workloads), 0, count, endpoint.failure.format(steps=steps))
@@ -354,13 +354,14 @@ class Receiver:
         if not pod_name or self._faults.hides_workloads():
             return []
         if self._pods is None:
-            return [default_workload(pod_name)]
+            return [_default_workload(pod_name)]
         return self._pods.get(pod_name, [])
 
     def _control(self, method: str, name: str, query: str, body: bytes) -> Response:
         """``/v1/_receiver/...``: plain JSON reads of what arrived, and the fault switch."""
-        queries = {"logs": self.logs, "metrics": self.metrics, "detections": self.detections,
-                   "steps": self.steps, "requests": self.requests, "otlp": self.otlp_points}
+        queries: Dict[str, Callable[..., Any]] = {
+            "logs": self.logs, "metrics": self.metrics, "detections": self.detections,
+            "steps": self.steps, "requests": self.requests, "otlp": self.otlp_points}
         if method == "GET" and name in queries:
             params = dict(parse_qsl(query, keep_blank_values=True))
             allowed = inspect.signature(queries[name]).parameters
@@ -390,7 +391,7 @@ class Receiver:
         return not_found()
 
 
-def _pod_cache(pods: PodTable) -> Dict[str, List[str]]:
+def _pod_cache(pods: _PodTable) -> Dict[str, List[str]]:
     if isinstance(pods, Mapping):
-        return {pod: list(uids or ()) or [default_workload(pod)] for pod, uids in pods.items()}
-    return {pod: [default_workload(pod)] for pod in pods}
+        return {pod: list(uids or ()) or [_default_workload(pod)] for pod, uids in pods.items()}
+    return {pod: [_default_workload(pod)] for pod in pods}

@@ -14,7 +14,7 @@ _NESTED = Map(Map(ANY))
 _BUILD_FIELDS = ("build_url", "dockerfile_url", "image_tag", "build_date", "git_commit", "git_branch",
                  "git_repo", "ci_pipeline_id")
 
-DETECTION = Struct(
+_DETECTION = Struct(
     "WandBDetectionRequest",
     source=STRING, type=STRING, version=STRING, workload_uid=STRING, pod_uid=STRING,
     pod_name=STRING, namespace=STRING,
@@ -50,7 +50,7 @@ LOGS = Struct(
     logs=Slice(Struct("WandBLog", step=INT64, timestamp=FLOAT64, data=Map(ANY))),
     timestamp=FLOAT64,
 )
-BATCH = Struct("WandBBatchRequest", detection=Pointer(DETECTION), metrics=Pointer(METRICS),
+BATCH = Struct("WandBBatchRequest", detection=Pointer(_DETECTION), metrics=Pointer(METRICS),
                logs=Pointer(LOGS))
 
 
@@ -180,7 +180,7 @@ class Endpoint:
 
 
 ENDPOINTS = {endpoint.name: endpoint for endpoint in (
-    Endpoint("detection", DETECTION, "", "detection reported successfully",
+    Endpoint("detection", _DETECTION, "", "detection reported successfully",
               "failed to forward detection to ai-advisor (receiver fault injection)", _accept_detection),
     Endpoint("metrics", METRICS, "metrics", "metrics reported successfully",
               "failed to store 0 metrics to MetricsStorage, {steps} steps to training_performance",

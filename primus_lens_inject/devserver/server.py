@@ -1,6 +1,6 @@
 """The HTTP transport: framing as Go's server does it (Content-Length, chunked, 413 above
 ``MAX_BODY``), keep-alive, and a shutdown that answers the requests in progress.  What to answer
-is the receiver's business (:class:`Answerer`)."""
+is the receiver's business (:class:`_Answerer`)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from .. import httpbody
 from .responses import Response, plain
 
 MAX_BODY = 16 << 20  # larger bodies get 413; the client keeps its requests under 1 MiB
-MAX_TRAILER_LINES = 100
+_MAX_TRAILER_LINES = 100
 
 
-class Answerer(Protocol):
+class _Answerer(Protocol):
     """What the server asks for each request (the :class:`~.receiver.Receiver`)."""
 
     def handle(self, method: str, target: str, headers: Mapping[str, str], body: bytes,
@@ -113,7 +113,7 @@ def _too_large() -> Response:
 class Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: Tuple[str, int], receiver: Answerer, verbose: bool) -> None:
+    def __init__(self, address: Tuple[str, int], receiver: _Answerer, verbose: bool) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.receiver = receiver
         self.verbose = verbose
@@ -229,7 +229,7 @@ class _Handler(BaseHTTPRequestHandler):
             chunks.append(self._read_exactly(size))
             if self._read_exactly(2) != b"\r\n":
                 raise _Refused(plain(400, "400 Bad Request"))
-        for _ in range(MAX_TRAILER_LINES + 1):  # the trailers, then the empty line
+        for _ in range(_MAX_TRAILER_LINES + 1):  # the trailers, then the empty line
             if self._read_line() in (b"\r\n", b"\n"):
                 return b"".join(chunks)
         raise _Refused(plain(400, "400 Bad Request"))

@@ -33,7 +33,7 @@ _JSON_COLUMNS = {"data", "tags", "resource", "attributes"}
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 
-def rfc3339(seconds: float) -> str:
+def _rfc3339(seconds: float) -> str:
     """Go's ``time.Unix(0, int64(ts*1e9))`` in RFC 3339, UTC; out of range (milliseconds sent as
     seconds) gives the minimum int64, i.e. the year 1677, as on the server's amd64 build."""
     nanos = seconds * 1e9
@@ -79,7 +79,7 @@ class Store:
         step) whatever the run or pod; a repeat overlays its keys (new wins), keeps ``created_at``
         and sets ``updated_at``.  The server's ``history`` snapshots are reduced to a count."""
         key = (write.workload, _int32(write.step))
-        stamp = rfc3339(write.timestamp)
+        stamp = _rfc3339(write.timestamp)
         fields = {"source": "wandb", "run_id": write.run_id, "step": write.step, **write.data}
         where = "WHERE workload = ? AND iteration = ?"
         row = self._db.execute(f"SELECT data FROM steps {where}", key).fetchone()

@@ -26,7 +26,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import AbstractSet, Any, Dict, List, Mapping, Optional, Tuple
+from typing import AbstractSet, Any, Dict, List, Mapping, Optional, Tuple, Union
 
 PREFIX = "primus-lens.amd.com/"
 INJECT_KEY = PREFIX + "inject"  # label "enabled" opts in (webhook selectors); annotation "false" opts out
@@ -37,10 +37,10 @@ WORKLOAD_UID_KEY = PREFIX + "workload-uid"  # annotation: the Lens workload UID,
 INJECTED_KEY = PREFIX + "injected"  # written: the containers that carry the injector
 SKIPPED_KEY = PREFIX + "skipped"  # written: containers left alone, and why
 
-OPT_OUT_VALUES = frozenset(("false", "disabled", "no", "off", "0"))
+_OPT_OUT_VALUES = frozenset(("false", "disabled", "no", "off", "0"))
 DOWNWARD_API = (("POD_NAME", "metadata.name"), ("POD_UID", "metadata.uid"),
                 ("POD_NAMESPACE", "metadata.namespace"), ("NODE_NAME", "spec.nodeName"))
-INIT_TARGET = "/mnt/primus-lens"  # where the init container sees the emptyDir
+_INIT_TARGET = "/mnt/primus-lens"  # where the init container sees the emptyDir
 REVIEW_API_VERSION = "admission.k8s.io/v1"
 MAX_ANNOTATION_VALUE = 1024  # our annotations stay far below the API server's 256 KiB for all of them
 MAX_WARNING = 256  # the API server may truncate a longer warning
@@ -57,7 +57,7 @@ _UID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
-DEFAULT_SECURITY_CONTEXT: Dict[str, Any] = {
+_DEFAULT_SECURITY_CONTEXT: Dict[str, Any] = {
     "allowPrivilegeEscalation": False,
     "capabilities": {"drop": ["ALL"]},
     "readOnlyRootFilesystem": True,
@@ -66,7 +66,7 @@ DEFAULT_SECURITY_CONTEXT: Dict[str, Any] = {
     "runAsGroup": 65532,
     "seccompProfile": {"type": "RuntimeDefault"},
 }
-DEFAULT_RESOURCES: Dict[str, Any] = {
+_DEFAULT_RESOURCES: Dict[str, Any] = {
     "requests": {"cpu": "10m", "memory": "32Mi"},
     "limits": {"cpu": "500m", "memory": "128Mi"},
 }
@@ -87,9 +87,9 @@ class Settings:
     volume_name: str = "primus-lens-inject"
     volume_size_limit: str = "64Mi"
     init_container_name: str = "primus-lens-inject"
-    init_resources: Mapping[str, Any] = field(default_factory=lambda: DEFAULT_RESOURCES)
+    init_resources: Mapping[str, Any] = field(default_factory=lambda: _DEFAULT_RESOURCES)
     init_security_context: Mapping[str, Any] = field(
-        default_factory=lambda: DEFAULT_SECURITY_CONTEXT)
+        default_factory=lambda: _DEFAULT_SECURITY_CONTEXT)
     env: Tuple[Tuple[str, str], ...] = ()  # reporting configuration, added where not set
     # (name, secret, key): variables read from a Secret in the pod's namespace, added where not set
     secret_env: Tuple[Tuple[str, str, str], ...] = ()
@@ -164,8 +164,8 @@ class Settings:
             "image": self.image,
             "imagePullPolicy": self.image_pull_policy,
             # cp without -p: a non-root user can copy, and the copy belongs to it.
-            "command": ["cp", "-R", self.source_path.rstrip("/") + "/.", INIT_TARGET],
-            "volumeMounts": [{"name": self.volume_name, "mountPath": INIT_TARGET}],
+            "command": ["cp", "-R", self.source_path.rstrip("/") + "/.", _INIT_TARGET],
+            "volumeMounts": [{"name": self.volume_name, "mountPath": _INIT_TARGET}],
             "resources": dict(self.init_resources),
             "securityContext": dict(self.init_security_context),
             "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -271,7 +271,7 @@ def decide(pod: Any, settings: Settings) -> Decision:
     containers = _list(spec.get("containers"), "spec.containers")
     if not containers:
         raise MalformedPod("the pod has no containers")
-    if str(annotations.get(INJECT_KEY, "")).strip().lower() in OPT_OUT_VALUES:
+    if str(annotations.get(INJECT_KEY, "")).strip().lower() in _OPT_OUT_VALUES:
         return Decision(f"opted out by the annotation {INJECT_KEY}")
     if _dict(spec.get("os"), "spec.os").get("name") == "windows":
         return Decision("a Windows pod")
@@ -355,7 +355,7 @@ def _our_names(spec: Dict[str, Any], settings: Settings) -> _Names:
             continue
         for mount in _list(init.get("volumeMounts"), "initContainers[].volumeMounts"):
             volume = volumes.get(mount.get("name"))
-            if mount.get("mountPath") == INIT_TARGET and isinstance(volume, dict) and (
+            if mount.get("mountPath") == _INIT_TARGET and isinstance(volume, dict) and (
                     "emptyDir" in volume):
                 return _Names(mount["name"], str(init.get("name")), True)
     taken = {c.get("name") for key in ("initContainers", "containers", "ephemeralContainers")
@@ -466,7 +466,7 @@ def _pod_patch(spec: Dict[str, Any], names: _Names,
     init = settings.init_container
     if (names.init, names.volume) != (settings.init_container_name, settings.volume_name):
         init = {**init, "name": names.init,
-                "volumeMounts": [{"name": names.volume, "mountPath": INIT_TARGET}]}
+                "volumeMounts": [{"name": names.volume, "mountPath": _INIT_TARGET}]}
     return [_append(spec, "/spec", "volumes", volume),
             _append(spec, "/spec", "initContainers", init)]
 
@@ -523,7 +523,7 @@ class Outcome:
     error: str = ""
 
 
-def review(body: bytes, settings: Settings) -> Tuple[Dict[str, Any], Outcome]:
+def review(body: Union[bytes, bytearray], settings: Settings) -> Tuple[Dict[str, Any], Outcome]:
     """Answer one AdmissionReview.  Always ``allowed``; raises ``BadReview`` only without a uid."""
     try:
         document = json.loads(body)
@@ -531,7 +531,7 @@ def review(body: bytes, settings: Settings) -> Tuple[Dict[str, Any], Outcome]:
         raise BadReview(f"the body is not JSON ({exc})")
     request = document.get("request") if isinstance(document, dict) else None
     uid = request.get("uid") if isinstance(request, dict) else None
-    if not isinstance(uid, str) or not uid:
+    if not isinstance(request, dict) or not isinstance(uid, str) or not uid:
         raise BadReview("no request.uid")
     if document.get("apiVersion") != REVIEW_API_VERSION or document.get("kind") != "AdmissionReview":
         raise BadReview(f"expected {REVIEW_API_VERSION} AdmissionReview, got "

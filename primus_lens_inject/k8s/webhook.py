@@ -16,19 +16,19 @@ reaches it, unauthenticated; the chart gives the process 256 Mi):
 - Connections, and with them threads, are capped at ``MAX_CONNECTIONS``.  An idle one costs a
   thread and ~60 KB; near the cap, each new connection closes others that have done nothing
   for ``SLOW_SECONDS`` (``Connections`` says which first).  The TLS handshake must finish
-  within ``HANDSHAKE_TIMEOUT``.
+  within ``_HANDSHAKE_TIMEOUT``.
 - A request must arrive whole within ``RECEIVE_SECONDS`` of its first byte (time we spend
   waiting for the pool aside), and is answered
   (or dropped) by ``REPLY_SHARE`` of the API server's own timeout, which it sends as
   ``?timeout=5s``: no wait of ours outlasts the API server's patience.
-- Body bytes are charged as they arrive, never for a declared length: the first ``FREE_BODY``
+- Body bytes are charged as they arrive, never for a declared length: the first ``_FREE_BODY``
   bytes of each body are the connection's own (every real pod's review fits), the rest is drawn
-  from the shared ``BODY_POOL``.  A client that sends headers and nothing holds nothing.
+  from the shared ``_BODY_POOL``.  A client that sends headers and nothing holds nothing.
 - Decoding JSON costs up to 35 bytes of memory per byte of input, so bodies being decoded share
   ``DECODE_BUDGET``; it is held only while the CPU decodes and decides, never while waiting on a
   client.  A body above ``MAX_BODY`` is refused with 413 before it is read.
 - Answers are bounded by ``admission`` (patch size, warnings), and large buffers are returned
-  to the system when freed (``keep_heap_small``).
+  to the system when freed (``_keep_heap_small``).
 """
 
 from __future__ import annotations
@@ -59,25 +59,25 @@ LOG = logging.getLogger("primus_lens_inject.k8s.webhook")
 # The API server refuses requests above 3 MiB itself and etcd stores objects up to 1.5 MiB, so a
 # pod's AdmissionReview (the object once, for CREATE) is far below this.
 MAX_BODY = 3 << 20
-FREE_BODY = 64 << 10  # bytes of one body held without drawing on the pool (real reviews: ~3-30 KB)
-BODY_POOL = 8 << 20  # bytes of bodies beyond FREE_BODY held at once, across connections
+_FREE_BODY = 64 << 10  # bytes of one body held without drawing on the pool (real reviews: ~3-30 KB)
+_BODY_POOL = 8 << 20  # bytes of bodies beyond _FREE_BODY held at once, across connections
 DECODE_BUDGET = MAX_BODY  # bytes of bodies being decoded at once (x35 in memory while decoding)
 MAX_CONNECTIONS = 256  # connections (one thread each) served at once; more are closed at once
 SPARE_CONNECTIONS = 32  # above MAX_CONNECTIONS - this, new connections close idle ones
 SLOW_SECONDS = 0.25  # silent, idle or still sending this long: not the API server at work
-HANDSHAKE_TIMEOUT = 3.0
+_HANDSHAKE_TIMEOUT = 3.0
 RECEIVE_SECONDS = 3.0  # from a request's first byte to its last (the API server sends at once)
-IDLE_TIMEOUT = 120.0  # the API server keeps connections alive between admissions
-DEFAULT_API_TIMEOUT = 10.0  # without ?timeout= (the API server's default timeoutSeconds)
-MAX_API_TIMEOUT = 30.0  # the largest timeoutSeconds the API server allows
+_IDLE_TIMEOUT = 120.0  # the API server keeps connections alive between admissions
+_DEFAULT_API_TIMEOUT = 10.0  # without ?timeout= (the API server's default timeoutSeconds)
+_MAX_API_TIMEOUT = 30.0  # the largest timeoutSeconds the API server allows
 REPLY_SHARE = 0.8  # of the API server's timeout: by then the answer is sent, or the wait given up
-WRITE_SECONDS = 5.0  # to hand an answer to a client that does not read
-CHUNK = 16 << 10  # bytes received at once (a TLS record at most)
-MAX_HEAD = 16 << 10  # request line and headers together
+_WRITE_SECONDS = 5.0  # to hand an answer to a client that does not read
+_CHUNK = 16 << 10  # bytes received at once (a TLS record at most)
+_MAX_HEAD = 16 << 10  # request line and headers together
 MAX_LINE = 8192  # request line or one header
-MAX_HEADERS = 100
-SHED_LOG_SECONDS = 10.0  # closed or refused connections are summed up in one line this often
-MMAP_THRESHOLD = 128 << 10  # buffers this large get mappings of their own (see keep_heap_small)
+_MAX_HEADERS = 100
+_SHED_LOG_SECONDS = 10.0  # closed or refused connections are summed up in one line this often
+_MMAP_THRESHOLD = 128 << 10  # buffers this large get mappings of their own (see _keep_heap_small)
 RELOAD_CHECK_SECONDS = 5.0
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?)(ns|us|\u00b5s|ms|s|m|h)")
@@ -135,7 +135,7 @@ def _line(event: str, **fields: Any) -> str:
     return json.dumps({"event": event, **fields}, sort_keys=True, default=str)
 
 
-class BodyBudget:
+class _BodyBudget:
     """Bytes held at once, shared by connections: a request takes what it needs and gives it
     back when done, so concurrent large bodies wait instead of adding up.  Every wait ends by
     the waiter's deadline."""
@@ -157,11 +157,11 @@ class BodyBudget:
             self._cond.notify_all()
 
 
-class BodyCharge:
+class _BodyCharge:
     """The bytes one body holds, charged as they arrive: the first ``free`` are the
     connection's own, the rest come from ``pool``.  Declaring a length costs nothing."""
 
-    def __init__(self, pool: BodyBudget, free: int) -> None:
+    def __init__(self, pool: _BodyBudget, free: int) -> None:
         self.pool = pool
         self.free = free
         self.held = 0
@@ -277,9 +277,9 @@ class Connections:
             self._freed.notify()
 
     def _report(self) -> None:
-        """One line at most every SHED_LOG_SECONDS while connections are being shed."""
+        """One line at most every _SHED_LOG_SECONDS while connections are being shed."""
         now = time.monotonic()
-        if not any(self.shed.values()) or now - self._logged < SHED_LOG_SECONDS:
+        if not any(self.shed.values()) or now - self._logged < _SHED_LOG_SECONDS:
             return
         with self._lock:
             shed, self.shed = self.shed, {"idle_closed": 0, "refused": 0}
@@ -299,8 +299,8 @@ class WebhookServer(ThreadingHTTPServer):
                  tls: TLSFiles) -> None:
         self.settings = settings
         self.tls = tls
-        self.body_pool = BodyBudget(BODY_POOL)
-        self.decode_budget = BodyBudget(DECODE_BUDGET)
+        self.body_pool = _BodyBudget(_BODY_POOL)
+        self.decode_budget = _BodyBudget(DECODE_BUDGET)
         self.connections = Connections(MAX_CONNECTIONS, SPARE_CONNECTIONS)
         host = address[0]
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -338,7 +338,7 @@ class WebhookServer(ThreadingHTTPServer):
         super().shutdown_request(request)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
-        request.settimeout(HANDSHAKE_TIMEOUT)  # for the whole handshake, not per read
+        request.settimeout(_HANDSHAKE_TIMEOUT)  # for the whole handshake, not per read
         try:
             request.do_handshake()
         except (OSError, ssl.SSLError) as exc:
@@ -354,7 +354,7 @@ class WebhookServer(ThreadingHTTPServer):
                 _line("connection_error", client=client_address[0],
                       error=f"{type(exc).__name__}: {exc}"))
 
-    def admit(self, body: bytes) -> Tuple[int, Dict[str, Any]]:
+    def admit(self, body: Union[bytes, bytearray]) -> Tuple[int, Dict[str, Any]]:
         """HTTP status and JSON reply for one review; logs the decision."""
         started = time.perf_counter()
         try:
@@ -377,9 +377,9 @@ class WebhookServer(ThreadingHTTPServer):
         return 200, reply
 
 
-def api_timeout(target: bytes) -> float:
+def _api_timeout(target: bytes) -> float:
     """The seconds the API server waits for this answer: its ``?timeout=`` (a Go duration such
-    as ``5s``), or the default; at most ``MAX_API_TIMEOUT``."""
+    as ``5s``), or the default; at most ``_MAX_API_TIMEOUT``."""
     query = target.partition(b"?")[2].decode("latin-1")
     for pair in query.split("&"):
         name, _, value = pair.partition("=")
@@ -388,8 +388,8 @@ def api_timeout(target: bytes) -> float:
         parts = _DURATION.findall(value)
         if parts and "".join(number + unit for number, unit in parts) == value:
             seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
-            return min(seconds, MAX_API_TIMEOUT)
-    return DEFAULT_API_TIMEOUT
+            return min(seconds, _MAX_API_TIMEOUT)
+    return _DEFAULT_API_TIMEOUT
 
 
 class _Head(NamedTuple):
@@ -427,7 +427,7 @@ class _Handler(socketserver.BaseRequestHandler):
         except _Gone:
             pass
 
-    def _receive(self, deadline: float, size: int = CHUNK) -> bytes:
+    def _receive(self, deadline: float, size: int = _CHUNK) -> bytes:
         """Up to ``size`` bytes from the client before ``deadline``."""
         left = deadline - time.monotonic()
         if left <= 0:
@@ -452,7 +452,7 @@ class _Handler(socketserver.BaseRequestHandler):
     def _serve_one(self) -> bool:
         """Answer one request; False when the connection is to be closed."""
         if not self.buffer:
-            self.buffer += self._receive(time.monotonic() + IDLE_TIMEOUT)
+            self.buffer += self._receive(time.monotonic() + _IDLE_TIMEOUT)
         if not self.server.connections.receiving(self.request):
             return False
         started = time.monotonic()
@@ -469,8 +469,8 @@ class _Handler(socketserver.BaseRequestHandler):
             return self._send(400, {"error": "bad Content-Length"}, keep=False)
         if length > MAX_BODY:
             return self._refuse(413, f"body larger than {MAX_BODY} bytes", length)
-        deadline = started + api_timeout(target) * REPLY_SHARE
-        charge = BodyCharge(self.server.body_pool, FREE_BODY)
+        deadline = started + _api_timeout(target) * REPLY_SHARE
+        charge = _BodyCharge(self.server.body_pool, _FREE_BODY)
         try:
             body = self._read_body(length, receive_by, deadline, charge)
             if body is None:
@@ -507,7 +507,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 head = bytes(self.buffer[:at])
                 del self.buffer[:at + mark]
                 break
-            if len(self.buffer) > MAX_HEAD:
+            if len(self.buffer) > _MAX_HEAD:
                 first = self.buffer.find(b"\n")
                 if first < 0 or first > MAX_LINE:
                     return 400, {"error": "bad request line"}
@@ -519,17 +519,17 @@ class _Handler(socketserver.BaseRequestHandler):
                                                                             b"HTTP/1.0"):
             return 400, {"error": "bad request line"}
         headers: Dict[bytes, bytes] = {}
-        for field in lines[1:MAX_HEADERS + 1]:
+        for field in lines[1:_MAX_HEADERS + 1]:
             name, colon, value = field.partition(b":")
             if not colon or len(field) > MAX_LINE:
                 return 400, {"error": "bad header"}
             headers[name.strip().lower()] = value.strip()
-        if len(lines) > MAX_HEADERS + 1:
+        if len(lines) > _MAX_HEADERS + 1:
             return 431, {"error": "too many headers"}
         return _Head(parts[0], parts[1], parts[2], headers)
 
     def _read_body(self, length: int, receive_by: float, deadline: float,
-                   charge: BodyCharge) -> Optional[bytearray]:
+                   charge: _BodyCharge) -> Optional[bytearray]:
         """``length`` bytes charged as they arrive; None when the pool had no room for them by
         ``deadline``.  Raises ``_Gone`` when the client is slower than ``receive_by`` (time
         spent waiting for the pool is ours, not the client's) or than ``deadline``."""
@@ -539,7 +539,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 data = bytes(self.buffer[:length - len(body)])
                 del self.buffer[:len(data)]
             else:
-                data = self._receive(min(receive_by, deadline), min(CHUNK, length - len(body)))
+                data = self._receive(min(receive_by, deadline), min(_CHUNK, length - len(body)))
             waiting = time.monotonic()
             if not charge.add(len(data), deadline):
                 return None
@@ -580,7 +580,7 @@ class _Handler(socketserver.BaseRequestHandler):
         head = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n" % (
             status, HTTPStatus(status).phrase.encode(), content_type, len(body),
             b"" if keep else b"Connection: close\r\n")
-        self.request.settimeout(WRITE_SECONDS)  # a client that does not read holds no thread
+        self.request.settimeout(_WRITE_SECONDS)  # a client that does not read holds no thread
         try:
             self.request.sendall(head + body)
         except OSError:
@@ -588,7 +588,7 @@ class _Handler(socketserver.BaseRequestHandler):
         return keep
 
 
-def _fallback(body: bytes) -> Tuple[int, Dict[str, Any]]:
+def _fallback(body: Union[bytes, bytearray]) -> Tuple[int, Dict[str, Any]]:
     """Admit unchanged when answering failed in an unforeseen way; 400 without a uid."""
     try:
         uid = json.loads(body)["request"]["uid"]
@@ -598,7 +598,7 @@ def _fallback(body: bytes) -> Tuple[int, Dict[str, Any]]:
                  "response": {"uid": uid, "allowed": True}}
 
 
-def load_settings(path: Optional[str], image: Optional[str]) -> admission.Settings:
+def _load_settings(path: Optional[str], image: Optional[str]) -> admission.Settings:
     """The chart's config file; ``--image`` alone is enough for a quick local run."""
     data: Dict[str, Any] = {}
     if path:
@@ -664,7 +664,7 @@ def listen(host: str, port: int, settings: admission.Settings, tls: TLSFiles) ->
     return WebhookServer(("0.0.0.0", port), settings, tls)
 
 
-class LineHandler(logging.Handler):
+class _LineHandler(logging.Handler):
     """One ``os.write`` per record, without the handler lock.
 
     Every admission logs a line.  ``StreamHandler`` holds a lock while it writes and flushes;
@@ -692,8 +692,8 @@ class LineHandler(logging.Handler):
             self.handleError(record)
 
 
-def keep_heap_small() -> None:
-    """Fix glibc's mmap threshold, so that every buffer of ``MMAP_THRESHOLD`` bytes or more gets
+def _keep_heap_small() -> None:
+    """Fix glibc's mmap threshold, so that every buffer of ``_MMAP_THRESHOLD`` bytes or more gets
     a mapping of its own, returned to the system when freed.
 
     glibc raises the threshold each time such a buffer is freed (up to 32 MiB); after that,
@@ -704,7 +704,7 @@ def keep_heap_small() -> None:
     """
     m_mmap_threshold = -3  # glibc's malloc.h
     try:
-        ctypes.CDLL(None).mallopt(m_mmap_threshold, MMAP_THRESHOLD)
+        ctypes.CDLL(None).mallopt(m_mmap_threshold, _MMAP_THRESHOLD)
     except (OSError, AttributeError):
         pass
 
@@ -713,7 +713,7 @@ def main(argv: List[str], known_env: AbstractSet[str]) -> int:
     """Run the server; ``known_env``: the variables the injector reads (``primus-lens webhook``
     passes them from the injector's config, which this stdlib-only product does not import)."""
     args = _parser().parse_args(argv)
-    handler = LineHandler(sys.stderr.fileno())
+    handler = _LineHandler(sys.stderr.fileno())
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger()
     root.setLevel(args.log_level.upper())
@@ -723,7 +723,7 @@ def main(argv: List[str], known_env: AbstractSet[str]) -> int:
 
 def _run(args: argparse.Namespace, known_env: AbstractSet[str]) -> int:
     try:
-        settings = load_settings(args.config, args.image)
+        settings = _load_settings(args.config, args.image)
         tls = TLSFiles(args.tls_cert, args.tls_key)
     except admission.SettingsError as exc:
         print(f"primus-lens webhook: {exc}", file=sys.stderr)
@@ -742,7 +742,7 @@ def _run(args: argparse.Namespace, known_env: AbstractSet[str]) -> int:
         return 2
     LOG.info(_line("listening", address=server.server_name, port=server.server_port,
                    image=settings.image, mount=settings.mount_dir))
-    keep_heap_small()
+    _keep_heap_small()
     gc.freeze()  # what start-up made lives forever: a full collection mid-burst then costs ~0
     serve(server, args.shutdown_delay)
     return 0

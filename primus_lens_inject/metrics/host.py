@@ -22,13 +22,13 @@ PROCESS_RSS = "_primus_sys_process_rss_bytes"
 
 MIN_CPU_WINDOW = 0.05  # seconds
 
-CpuTimes = Tuple[float, float]  # (all time, idle time), any unit
+_CpuTimes = Tuple[float, float]  # (all time, idle time), any unit
 
 
 class CpuPercent:
     """Busy % of all CPUs over the last window of at least ``MIN_CPU_WINDOW`` seconds."""
 
-    def __init__(self, read: Callable[[], CpuTimes]) -> None:
+    def __init__(self, read: Callable[[], _CpuTimes]) -> None:
         self._read = read
         self._last = read()
         self._at = time.monotonic()
@@ -61,7 +61,7 @@ class PsutilHost:
         self._process = psutil.Process()
         self._cpu = CpuPercent(self._cpu_times)
 
-    def _cpu_times(self) -> CpuTimes:
+    def _cpu_times(self) -> _CpuTimes:
         times = self._psutil.cpu_times()
         # As psutil.cpu_percent does: guest time is already inside user/nice; iowait is idle.
         total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
@@ -76,7 +76,7 @@ class PsutilHost:
         pass
 
 
-def _proc_cpu_times() -> CpuTimes:
+def _proc_cpu_times() -> _CpuTimes:
     with open("/proc/stat", "rb") as f:
         fields = f.readline().split()[1:]
     values = [int(v) for v in fields[:8]]  # user … steal; guest is already inside user

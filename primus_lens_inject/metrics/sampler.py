@@ -10,6 +10,9 @@ opens a library that may be slow to start, and where it returns ``False`` when i
 sample in this process (no GPU, say), which drops it silently.  ``start`` waits for the first
 sample for at most ``first_sample_wait`` seconds, so that rows logged right after ``wandb.init``
 already carry figures without a slow library ever holding ``wandb.init`` up for long.
+
+The sampler is one of the session's parts (``lifecycle.Part``): its ``flush`` has nothing to
+deliver (its figures travel in the rows), its ``close`` waits within the process end's deadline.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from typing import Any, Dict, List, Optional
 
 from .. import guard, log
 
-FIRST_SAMPLE_WAIT = 1.0  # seconds start() waits for the first snapshot
-STOP_WAIT = 2.0  # seconds stop() waits for the thread to finish its round
+_FIRST_SAMPLE_WAIT = 1.0  # seconds start() waits for the first snapshot
+STOP_WAIT = 2.0  # seconds close() waits for the thread to finish its round
 
 
 def _close(source: Any) -> None:
@@ -32,8 +35,12 @@ def _close(source: Any) -> None:
 
 
 class Sampler:
+    """The sampler thread and its sources; ``snapshot`` is all the training thread reads."""
+
+    name = "sampler"
+
     def __init__(self, sources: List[Any], interval: float,
-                 first_sample_wait: float = FIRST_SAMPLE_WAIT) -> None:
+                 first_sample_wait: float = _FIRST_SAMPLE_WAIT) -> None:
         self.sources = [s for s in sources if s is not None]
         self.interval = interval
         self.first_sample_wait = first_sample_wait
@@ -94,7 +101,11 @@ class Sampler:
         self.snapshot = merged
         self.samples += 1
 
-    def stop(self, deadline: Optional[float] = None) -> None:
+    def flush(self, deadline: float) -> bool:
+        """Nothing to deliver: each row took the snapshot current at its call."""
+        return True
+
+    def close(self, deadline: float) -> None:
         """Stop sampling; the thread closes its sources (now, or after a call it is stuck in).
         Waits for it ``STOP_WAIT`` at most, and never past ``deadline`` (``time.monotonic()``,
         the process end's): a source stuck in a driver call must not extend the exit (the
@@ -105,6 +116,12 @@ class Sampler:
             for source in self.sources:
                 _close(source)
         elif thread is not threading.current_thread():
-            wait = STOP_WAIT if deadline is None else min(STOP_WAIT, deadline - time.monotonic())
+            wait = min(STOP_WAIT, deadline - time.monotonic())
             if wait > 0:
                 thread.join(timeout=wait)
+
+    def abandon_after_fork(self) -> None:
+        """In a forked child: the thread is the parent's (it does not exist here) and so are the
+        sources' library handles; forget both without closing them."""
+        self._thread = None
+        self.sources = []

@@ -24,24 +24,25 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..config import Config
 from ..topology import Topology
-from . import bounds, environment, evidence, frameworks, wire
+from . import bounds, environment, evidence, frameworks
 from .frameworks import BASE, BASES, PRIMUS, WRAPPER, WRAPPERS
 from .hints import DETECTION_CONFIG_KEYS, hints, signals
+from .identity import identity
 from .runfacts import RunFacts
 
-SOURCE = "wandb"
-TYPE = "framework_detection_raw"
+_SOURCE = "wandb"
+_TYPE = "framework_detection_raw"
 VERSION = "1.0"
 
 # Section bounds.  Worst case: config 256 KiB + environment 64 KiB + tags 16 KiB + four 1 KiB
 # labels + eight build values of at most 256 characters + a few KiB of fixed-shape fields, far
 # below the 1 MiB per request we allow ourselves (spec §9.8).
-CONFIG_LIMITS = evidence.Limits(max_str=256, max_items=1000, max_depth=32, max_nodes=20000,
-                                max_bytes=256 * 1024)
+_CONFIG_LIMITS = evidence.Limits(max_str=256, max_items=1000, max_depth=32, max_nodes=20000,
+                                 max_bytes=256 * 1024)
 MAX_TAGS, TAGS_BYTES = 64, 16 * 1024
 
 # PRIMUS_LENS_EVIDENCE levels; with the third, "off", the report carries hints only.
@@ -61,7 +62,7 @@ def _wandb_config(config: Mapping[str, Any]) -> Dict[str, Any]:
     ai-advisor matches ``framework``, ``base_framework``, ``trainer`` and ``*_config`` on key
     presence, and an empty ``framework`` even stops its later rules, so empty ones are left out.
     """
-    sent = evidence.sanitize(config, CONFIG_LIMITS)
+    sent = evidence.sanitize(config, _CONFIG_LIMITS)
     if not isinstance(sent, dict):
         return {}
     for key in DETECTION_CONFIG_KEYS:
@@ -113,13 +114,14 @@ def build_report(facts: RunFacts, config: Config, topology: Topology,
                              for fw in in_use if fw.layer == BASE})
     if config.evidence == STANDARD:
         evidence["system"] = environment.system(topology)
-        optional = (("hardware", environment.hardware(devices, env)),
-                    ("software", environment.software(env)), ("build", environment.build(env)))
+        optional: Tuple[Tuple[str, Mapping[str, Any]], ...] = (
+            ("hardware", environment.hardware(devices, env)),
+            ("software", environment.software(env)), ("build", environment.build(env)))
     else:
         optional = (("software", environment.software(env)),) if config.evidence == MINIMAL else ()
     evidence.update((key, section) for key, section in optional if section)
-    body: Dict[str, Any] = {"source": SOURCE, "type": TYPE, "version": VERSION}
-    body.update((key, value) for key, value in wire.identity(config).items() if value)
+    body: Dict[str, Any] = {"source": _SOURCE, "type": _TYPE, "version": VERSION}
+    body.update((key, value) for key, value in identity(config).items() if value)
     if config.pod_namespace:
         body["namespace"] = config.pod_namespace
     body.update(evidence=evidence, hints=hint, timestamp=_timestamp(now))

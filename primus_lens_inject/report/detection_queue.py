@@ -12,9 +12,8 @@ import os
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..recordline import DETECTIONS_SUFFIX, fallback, sibling
 from . import spool
-
-DETECTION_DIR_SUFFIX = ".detections"
 
 
 class DetectionQueue:
@@ -22,14 +21,14 @@ class DetectionQueue:
 
     def __init__(self, record_path: str) -> None:
         self.record_path = record_path
-        self.directory = spool.sibling(record_path, DETECTION_DIR_SUFFIX)  # or its fallback
+        self.directory = sibling(record_path, DETECTIONS_SUFFIX)  # or its fallback
         self._directory_checked = False
 
     def store(self, body: Dict[str, Any]) -> None:
         """Add one report; raises ``OSError`` (a full disk) for the caller to retry."""
         if not self._directory_checked:  # a file in its place, a read-only volume
             self.directory = spool.usable_dir(
-                self.directory, spool.fallback(self.record_path, DETECTION_DIR_SUFFIX),
+                self.directory, fallback(self.record_path, DETECTIONS_SUFFIX),
                 "detection reports")
             self._directory_checked = True
         os.makedirs(self.directory, exist_ok=True)

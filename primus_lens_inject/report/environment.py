@@ -17,8 +17,8 @@ from . import bounds, evidence
 from .frameworks import LIGHTNING, global_of, imported_module, loaded, package_version, version_text
 from .runfacts import plain_text
 
-ENV_LIMITS = evidence.Limits(max_str=128, max_items=128, max_depth=1, max_nodes=256,
-                             max_bytes=64 * 1024)
+_ENV_LIMITS = evidence.Limits(max_str=128, max_items=128, max_depth=1, max_nodes=256,
+                              max_bytes=64 * 1024)
 MAX_LABEL, LABEL_BYTES = 256, 1024
 
 
@@ -28,7 +28,7 @@ def label(text: str) -> str:
 
 
 # Framework variables ai-advisor reads or mines (spec §4), launcher ranks, and three families.
-ENV_NAMES = frozenset((
+_ENV_NAMES = frozenset((
     "FRAMEWORK", "TRAINING_FRAMEWORK", "PRIMUS_CONFIG", "PRIMUS_VERSION", "PRIMUS_BACKEND",
     "PRIMUS_MODEL", "DEEPSPEED_CONFIG", "DS_CONFIG", "DEEPSPEED_VERSION", "DS_VERSION",
     "MEGATRON_CONFIG", "MEGATRON_LM_PATH", "JAX_BACKEND", "JAX_PLATFORMS", "JAX_VERSION",
@@ -37,8 +37,8 @@ ENV_NAMES = frozenset((
     "COMPUTE_DTYPE", "TORCH_DTYPE", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
     "NODE_RANK",
 ))
-ENV_PREFIXES = ("PRIMUS_", "MEGATRON_", "DEEPSPEED_")
-ENV_EXCLUDED_PREFIXES = ("PRIMUS_LENS_",)  # our own settings (API headers among them)
+_ENV_PREFIXES = ("PRIMUS_", "MEGATRON_", "DEEPSPEED_")
+_ENV_EXCLUDED_PREFIXES = ("PRIMUS_LENS_",)  # our own settings (API headers among them)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
@@ -46,12 +46,12 @@ def _env_items(env: Mapping[str, str]) -> List[Tuple[str, str]]:
     try:
         return list(env.items())
     except Exception:  # os.environ changed under us: fall back to the exact names
-        return [(name, env.get(name, "")) for name in sorted(ENV_NAMES)]
+        return [(name, env.get(name, "")) for name in sorted(_ENV_NAMES)]
 
 
 def _env_name(name: Any) -> bool:
-    return (isinstance(name, str) and (name in ENV_NAMES or name.startswith(ENV_PREFIXES))
-            and not name.startswith(ENV_EXCLUDED_PREFIXES) and _ENV_NAME.fullmatch(name) is not None
+    return (isinstance(name, str) and (name in _ENV_NAMES or name.startswith(_ENV_PREFIXES))
+            and not name.startswith(_ENV_EXCLUDED_PREFIXES) and _ENV_NAME.fullmatch(name) is not None
             and not credentials.looks_random(name))
 
 
@@ -61,7 +61,7 @@ def variables(env: Mapping[str, str]) -> Dict[str, str]:
     under a secret-looking name, is ``WITHHELD`` with its name kept."""
     picked = sorted((k, v) for k, v in _env_items(env)
                     if _env_name(k) and isinstance(v, str) and v.strip())
-    return evidence.sanitize(dict(picked), ENV_LIMITS)
+    return evidence.sanitize(dict(picked), _ENV_LIMITS)
 
 
 _BUILD_VARS = (
@@ -115,7 +115,7 @@ def system(topology: Topology) -> Dict[str, Any]:
     return out
 
 
-def torch_versions() -> Tuple[Optional[str], Optional[str]]:
+def _torch_versions() -> Tuple[Optional[str], Optional[str]]:
     """(CUDA, HIP) versions torch was built with, if ``torch.version`` is already loaded."""
     module = loaded("torch.version")
     return version_text(global_of(module, "cuda")), version_text(global_of(module, "hip"))
@@ -128,7 +128,7 @@ def pytorch(gpu_count: int) -> Dict[str, Any]:
     device, or torch already initialised its GPU runtime itself.
     """
     torch = loaded("torch")
-    cuda, hip = torch_versions()
+    cuda, hip = _torch_versions()
     gpu_ready = gpu_count > 0 or global_of(loaded("torch.cuda"), "_initialized") is True
     return {
         "available": torch is not None,
@@ -194,7 +194,7 @@ def hardware(devices: Sequence[Tuple[str, Optional[int]]], env: Mapping[str, str
             out["gpu_memory_gb"] = round(memory / 2**30, 1)
     if _ARCH_TEXT.fullmatch(arch) and evidence.safe_text(arch):
         out["gpu_arch"] = arch
-    cuda, hip = torch_versions()
+    cuda, hip = _torch_versions()
     rocm = _env_version(env, "ROCM_VERSION") or hip
     cuda = _env_version(env, "CUDA_VERSION") or cuda
     if rocm:
@@ -219,7 +219,7 @@ def software(env: Mapping[str, str]) -> Dict[str, Any]:
         if version:
             packages[dist] = version
     out: Dict[str, Any] = {"packages": packages} if packages else {}
-    rocm = _env_version(env, "ROCM_VERSION") or torch_versions()[1]
+    rocm = _env_version(env, "ROCM_VERSION") or _torch_versions()[1]
     if rocm:
         out["rocm_version"] = rocm
     return out

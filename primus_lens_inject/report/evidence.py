@@ -38,7 +38,7 @@ from . import bounds
 WITHHELD = "[WITHHELD]"
 UNREADABLE = "[UNREADABLE]"
 TRUNCATED_KEY = bounds.TRUNCATED_KEY
-MAX_SAFE = 256  # longest string that passes as evidence
+_MAX_SAFE = 256  # longest string that passes as evidence
 
 _INT64 = 2**63 - 1
 
@@ -54,7 +54,7 @@ class Limits:
     max_bytes: int = 256 * 1024
 
 
-DEFAULT_LIMITS = Limits()
+_DEFAULT_LIMITS = Limits()
 
 # --- strings of an expected shape -----------------------------------------------------------------
 
@@ -77,7 +77,7 @@ def safe_text(text: str) -> bool:
     of those; nothing random-looking (keys, tokens, hashes) and no known token format."""
     if text == "":
         return True  # empty says nothing (and empty detection keys are dropped later)
-    return (len(text) <= MAX_SAFE and _SHAPE.fullmatch(text) is not None
+    return (len(text) <= _MAX_SAFE and _SHAPE.fullmatch(text) is not None
             and not credentials.looks_random(text) and credentials.redact_text(text) == text)
 
 
@@ -175,7 +175,7 @@ def _secret_value_field(items: List[Tuple[Any, Any]]) -> bool:
 Slot = Tuple[Any, Any, Any, int]
 
 
-def allow(value: Any, limits: Limits = DEFAULT_LIMITS) -> Any:
+def allow(value: Any, limits: Limits = _DEFAULT_LIMITS) -> Any:
     """An allow-listed plain-JSON copy of ``value`` within the structural limits (not ``max_bytes``).
 
     Containers are copied breadth first, so when ``max_nodes`` runs out it is the deepest parts
@@ -246,6 +246,6 @@ def _copy_mapping(source: Mapping, depth: int, limits: Limits, queue: Deque[Slot
     return out
 
 
-def sanitize(value: Any, limits: Limits = DEFAULT_LIMITS) -> Any:
+def sanitize(value: Any, limits: Limits = _DEFAULT_LIMITS) -> Any:
     """``allow`` then ``bounds.fit``: what may be sent of ``value``, within every one of ``limits``."""
     return bounds.fit(allow(value, limits), limits.max_bytes)

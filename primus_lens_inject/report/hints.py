@@ -21,7 +21,7 @@ from .frameworks import (
     priority,
 )
 
-MAX_INDICATORS = 16
+_MAX_INDICATORS = 16
 
 IMPORT, ENV, CONFIG, PROJECT = range(4)  # evidence tiers, strongest first
 
@@ -135,7 +135,7 @@ def hints(signals: Sequence[Signal]) -> Dict[str, Any]:
         "possible_frameworks": _unique([*wrappers, *bases, *(s.framework for s in ordered)]),
         "confidence": _confidence(signals, picked),
         "primary_indicators": _unique(s.indicator for s in ordered
-                                      if s.framework in picked)[:MAX_INDICATORS],
+                                      if s.framework in picked)[:_MAX_INDICATORS],
         "framework_layers": {
             **{w: {"layer": WRAPPER, "base_frameworks": list(bases)} for w in wrappers},
             **{b: {"layer": BASE, "wrapper_frameworks": list(wrappers)} for b in bases},

@@ -39,10 +39,11 @@ from typing import Any, Dict, Optional, Tuple
 
 from .. import credentials
 from ..config import Config
+from ..recordline import WRITERS_SUFFIX, sibling
 from ..topology import Topology
-from . import frameworks, spool, wire
+from . import frameworks, spool
+from .identity import identity
 
-WRITERS_SUFFIX = ".writers"
 _NAME_TOKEN = re.compile(r"(?i)(?<![a-z])(replica|rank)[-_]?(\d+)")
 
 
@@ -50,7 +51,7 @@ _NAME_TOKEN = re.compile(r"(?i)(?<![a-z])(replica|rank)[-_]?(\d+)")
 class Writer:
     """How the rows of one run of one process are sent."""
 
-    identity: Dict[str, str] = field(default_factory=dict)  # wire identity fields of the body
+    identity: Dict[str, str] = field(default_factory=dict)  # ``identity`` fields of the body
     rank: int = 0
     report: bool = False
     key_prefix: str = ""
@@ -102,7 +103,7 @@ def _text(run: Any, name: str) -> str:
     return value if type(value) is str else ""  # old wandb's RunDisabled answers with itself
 
 
-def run_traits(run: Any, environ: Optional[Dict[str, str]] = None) -> Tuple[str, str, bool]:
+def _run_traits(run: Any, environ: Optional[Dict[str, str]] = None) -> Tuple[str, str, bool]:
     """(group, name, disabled) of a run, read once at its start."""
     env = os.environ if environ is None else environ
     group = _text(run, "group") or env.get("WANDB_RUN_GROUP", "")
@@ -158,29 +159,29 @@ def writer_for(config: Config, topology: Topology, run: Any) -> Writer:
     """Decide, at a run's start, whether and how its rows are sent."""
     env: Dict[str, str] = dict(os.environ)
     report, why = process_reports(config, topology)
-    group, name, disabled = run_traits(run, env)
+    group, name, disabled = _run_traits(run, env)
     if report and disabled and topology.rank != 0 and not _disabled_job_wide(env):
         # `wandb.init(mode="disabled")` on all ranks but one: the code chose another owner
         report, why = False, "the run is in wandb's disabled mode on a rank other than 0"
     prefix, how = key_prefix(config, topology, group, name, frameworks.megatron_style())
-    identity = wire.identity(config) if config.has_identity else {}
-    return Writer(identity, topology.rank, report, prefix, f"{why}; {how}" if report else why)
+    who = identity(config) if config.has_identity else {}
+    return Writer(who, topology.rank, report, prefix, f"{why}; {how}" if report else why)
 
 
 def legacy_writer(config: Config, topology: Topology) -> Writer:
-    """For record lines without a writer tag (written by an older injector): this process's own
-    identity, as those versions sent them."""
+    """For record lines without a writer tag (``recordline``'s rule: written by an older
+    injector): this process's own identity, as those versions sent them."""
     prefix = f"rank{topology.rank}/" if config.report_ranks == "all" else ""
-    return Writer(wire.identity(config), topology.rank, True, prefix, "untagged record line")
+    return Writer(identity(config), topology.rank, True, prefix, "untagged record line")
 
 
-def writers_dir(record_path: str) -> str:
-    return spool.sibling(record_path, WRITERS_SUFFIX)
+def _writers_dir(record_path: str) -> str:
+    return sibling(record_path, WRITERS_SUFFIX)
 
 
 def register(record_path: str, writer: Writer) -> None:
     """Store ``writer`` beside the record before any line carries its tag (once per content)."""
-    path = os.path.join(writers_dir(record_path), writer.tag + ".json")
+    path = os.path.join(_writers_dir(record_path), writer.tag + ".json")
     if os.path.exists(path):
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -191,7 +192,7 @@ class Writers:
     """The sender's view of a record's writers: tag -> ``Writer``, read once (they never change)."""
 
     def __init__(self, record_path: str) -> None:
-        self.directory = writers_dir(record_path)
+        self.directory = _writers_dir(record_path)
         self._known: Dict[str, Optional[Writer]] = {}
 
     def get(self, tag: str) -> Optional[Writer]:
@@ -212,7 +213,7 @@ def explain(config: Config, topology: Topology) -> Dict[str, Any]:
     group comes from ``WANDB_RUN_GROUP``, or ``WANDB_GROUP``, which Primus's trainers pass as
     ``group=``; the name from ``WANDB_NAME``/``WANDB_RUN_NAME``; doctor imports no Megatron)."""
     report, why = process_reports(config, topology)
-    group, name, _ = run_traits(None)
+    group, name, _ = _run_traits(None)
     group = group or os.environ.get("WANDB_GROUP", "").strip()
     prefix, how = key_prefix(config, topology, group, name, frameworks.megatron_style())
     return {"reports": report, "why": why, "policy": config.report_ranks,

@@ -27,11 +27,11 @@ BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
 OK, RETRY, DROP, STOP = "ok", "retry", "drop", "stop"
 
 NO_WORKLOAD = "no valid workload found"
-NO_IDENTITY = "either workload_uid or pod_name is required"
+_NO_IDENTITY = "either workload_uid or pod_name is required"
 # Answers that say the server is away rather than what it thinks of our rows: like a connection
 # error, they are retried for as long as they last (a gateway whose backend restarts, a limit).
 _AWAY = frozenset((0, 408, 425, 429, 502, 503, 504))
-MIN_IDENTICAL = 3  # a streak ends a sink only after this many answers, however short the window
+_MIN_IDENTICAL = 3  # a streak ends a sink only after this many answers, however short the window
 WORKER_HINT = "this is robust's worker, not its API: use preset robust (robust-api)"
 
 
@@ -50,7 +50,7 @@ def classify(status: int, message: str, enveloped: bool = True,
     if status == 400:
         if message == NO_WORKLOAD:
             return RETRY, f"server does not know this pod yet ({NO_WORKLOAD})"
-        if message == NO_IDENTITY:
+        if message == _NO_IDENTITY:
             return STOP, "server requires pod_name or workload_uid"
         if robust:
             return RETRY, (f"server refused the request ({message or 'HTTP 400'}), a text robust "
@@ -100,7 +100,7 @@ def answer_text(status: int, body: bytes, limit: int = 200) -> str:
 class Streak:
     """The run of identical retried answers from one endpoint: how long the server has been
     saying the same thing.  ``answer`` says so once the streak has lasted ``window`` seconds and
-    at least ``MIN_IDENTICAL`` answers (with a window of 0, only the count: tests drive it by
+    at least ``_MIN_IDENTICAL`` answers (with a window of 0, only the count: tests drive it by
     requests, never by the clock).  Any other answer starts it over.  Answers that say the server
     is away (``_AWAY``) and ``no valid workload found`` never count: they are retried for as long
     as they last."""
@@ -125,7 +125,7 @@ class Streak:
         if (status, message) != self.key:
             self.key, self.count, self.since, self.drops = (status, message), 0, self.clock(), 0
         self.count += 1
-        return self.count >= MIN_IDENTICAL and self.clock() - self.since >= self.window
+        return self.count >= _MIN_IDENTICAL and self.clock() - self.since >= self.window
 
 
 def give_up(streak: Streak, status: int, text: str) -> Tuple[str, str]:

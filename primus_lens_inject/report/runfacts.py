@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Sequence, Tuple
 
-MAX_FRAMES = 256  # deeper stacks are cut: the training entry sits near the top of the walk
+_MAX_FRAMES = 256  # deeper stacks are cut: the training entry sits near the top of the walk
 
 
 def plain_text(value: Any, limit: int = 1024) -> str:
@@ -59,7 +59,7 @@ def _shallow_copy(items: Mapping) -> Dict[str, Any]:
     return copy
 
 
-def caller_modules(limit: int = MAX_FRAMES) -> Tuple[str, ...]:
+def caller_modules(limit: int = _MAX_FRAMES) -> Tuple[str, ...]:
     """The distinct module names (``__name__`` of each frame's globals) on the calling thread's
     stack, innermost first, at most ``limit`` frames: one dict look-up per frame, never raises."""
     names: Dict[str, None] = {}

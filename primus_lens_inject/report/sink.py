@@ -1,43 +1,63 @@
-"""The machinery every destination of a record's rows shares: its own cursor, batches read from
-the record in file order, one request at a time, the answer classified, backoff, and its part in a
-flush.
+"""Every destination of a record's rows is a ``Sink``; this module holds the shape and the
+machinery they share.
 
-A ``RowsSink`` is one thread of a ``Reporter``.  It tails the record from its acknowledged offset
-(a ``spool.Cursor`` whose file suffix names the sink), groups consecutive rows of one writer and
-run into a batch (at most ``batch_size`` steps and ``BATCH_BYTES`` of record), turns the batch
-into request bodies (the subclass: ``encode``), posts them (the subclass: ``post``, which returns
-``policy``'s action) and moves its cursor only once every body of the batch was acknowledged or
-dropped.  Memory holds one batch however long the destination is away; a restarted process
-resumes from the cursor.  Rows of a writer that does not report (``owner``) are passed over, so
-every sink exports each row once per job, not once per rank.
+``Sink`` is ``lifecycle.Part`` (start, flush and close to absolute ``time.monotonic()``
+deadlines, abandon after fork) plus ``status`` (its part of the status file) and ``add_run``.
+A sink is built by its registry entry (``report.sinks``) from a ``Context``: what the record
+gives every sink.  The ``Reporter`` only starts, flushes and closes the sinks it was given.
 
-Sinks of one record share the ``Reporter``'s ``Control`` (the flush target and the stop flag)
-and its owner lock, nothing else: each has its own thread, client, backoff and failure count, so
-one destination being down never delays another.
+``RowsSink`` is the shared body of a sink that sends rows: one thread tails the record from its
+acknowledged offset (a ``spool.Cursor`` named after the sink: ``recordline.cursor_suffix``),
+groups consecutive rows of one writer and run into a batch (at most ``batch_size`` steps and
+``_BATCH_BYTES`` of record), turns the batch into request bodies (the subclass: ``encode``),
+posts them (the subclass: ``post``, which returns ``policy``'s action) and moves its cursor only
+once every body of the batch was acknowledged or dropped.  Memory holds one batch however long
+the destination is away; a restarted process resumes from the cursor.  Rows of a writer that
+does not report (``owner``) are passed over, so every sink exports each row once per job, not
+once per rank.  Lines are parsed by ``recordline`` (the oldest unsent one once, however often an
+idle sink looks at it).
+
+Sinks of one record share a ``Control`` (the flush under way, the stop flag, the owner lock) and
+nothing else: each has its own thread, client, backoff and ``Health``, so one destination being
+down never delays another.
 """
 
 from __future__ import annotations
 
 import collections
-import json
+import os
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Protocol, Tuple
 
-from .. import log
+from .. import guard, log
 from ..config import Config
-from . import owner, spool, wire
+from ..lifecycle import Part
+from ..recordline import UNREADABLE, HeadCache, Line, Unreadable, cursor_suffix, decode
+from ..topology import Topology
+from . import owner, sendable, spool
 from .policy import DROP, OK, RETRY, STOP, Backoff
 from .status import Stats
 
 READ_BYTES = 2 << 20
-BATCH_BYTES = 900 << 10  # record bytes per request: the encoded body stays under 1 MiB
+_BATCH_BYTES = 900 << 10  # record bytes per request: the encoded body stays under 1 MiB
 OWNER_POLL = 2.0
-FLUSH_RETRY = 0.5  # seconds between retries while finish/exit waits
-FLUSH_GIVE_UP = 5  # consecutive failures while a flush waits: the destination is down
+_FLUSH_RETRY = 0.5  # seconds between retries while finish/exit waits
+_FLUSH_GIVE_UP = 5  # consecutive failures while a flush waits: the destination is down
+_FLUSH_POLL = 0.1  # seconds a flush sleeps between looks (it is woken on progress anyway)
 
 Batch = Tuple[owner.Writer, str, List[Dict[str, Any]]]  # writer, run id, merged entries
 TOO_LONG = f"record line over the reader's {spool.MAX_LINE >> 20} MiB ceiling (skipped)"
+
+
+class Sink(Part, Protocol):
+    """One destination of a record (``lifecycle.Part``, plus what the reporter reports)."""
+
+    def status(self, record_size: int) -> Dict[str, Any]:
+        """Its entries of the status file (``record_size``: the record's size now)."""
+
+    def add_run(self, facts: Any) -> None:
+        """A new run began (``report.runfacts.RunFacts``): a sink that reports runs keeps it."""
 
 
 def answered(stats: Stats, action: str, reason: str, where: str, key: str) -> None:
@@ -52,20 +72,46 @@ def answered(stats: Stats, action: str, reason: str, where: str, key: str) -> No
 
 
 class Control:
-    """What the reporter's sinks share: the flush that waits, the stop, the owner lock."""
+    """What the sinks of one record share: the flush under way, the stop, the owner lock."""
 
-    def __init__(self, record_path: str, on_sent: Callable[[], None] = lambda: None) -> None:
-        """``on_sent``: called when a sink's cursor moved (the reporter writes its status)."""
+    def __init__(self, record_path: str,
+                 write_status: Callable[[float], None] = lambda every: None) -> None:
+        """``write_status(every)``: the reporter writes its status file, at most once per
+        ``every`` seconds (0: now); sinks call it when their cursor moved or they stopped."""
         self.owner = spool.OwnerLock(record_path)
-        self.on_sent = on_sent
+        self.record_path = record_path
+        self.write_status = write_status
         self.progress = threading.Condition()  # a sink moved, failed or stopped
         self.flush_to = 0  # a flush asks for everything up to this offset now
         self.flushing = False
+        self.round = 0  # flushes begun: a sink's failures count within one
         self.stop = False
+        self._woken: List[threading.Event] = []  # every sink's wake-up, set when a flush begins
 
     def notify(self) -> None:
         with self.progress:
             self.progress.notify_all()
+
+    def wake_on_flush(self, event: threading.Event) -> None:
+        self._woken.append(event)
+
+    def begin_flush(self) -> int:
+        """A flush of everything in the record now: its target offset.  Every sink is woken;
+        their failures count from here."""
+        try:
+            target = os.path.getsize(self.record_path)
+        except OSError:
+            target = 0
+        with self.progress:
+            self.flush_to = max(self.flush_to, target)
+            self.flushing = True
+            self.round += 1
+        for event in self._woken:
+            event.set()
+        return target
+
+    def end_flush(self) -> None:
+        self.flushing = False
 
     def sleep(self, event: threading.Event, seconds: float) -> None:
         event.wait(seconds)
@@ -81,35 +127,102 @@ class Control:
         return False
 
 
-class RowsSink:
-    """One destination of the record's rows; subclasses say how a batch is encoded and posted."""
+class Health:
+    """Whether a destination answers: its consecutive failures within the current flush (a
+    flush stops waiting after ``_FLUSH_GIVE_UP``) and the stop that ends sending for the process.
+    One per destination: the threads that send to one endpoint share it."""
 
-    name = "rows"  # the thread's name
-    cursor_suffix = spool.CURSOR_SUFFIX
-
-    def __init__(self, control: Control, config: Config, record_path: str,
-                 writers: owner.Writers, untagged: owner.Writer,
-                 stats: Optional[Stats] = None) -> None:
+    def __init__(self, control: Control) -> None:
         self.control = control
-        self.config = config
-        self.record_path = record_path
-        self.writers = writers
-        self.untagged = untagged
+        self.stopped_reason = ""
+        self._failures = 0
+        self._round = 0
+
+    @property
+    def failures(self) -> int:
+        """Consecutive failures since the current flush began (0 before any)."""
+        return self._failures if self._round == self.control.round else 0
+
+    def failed(self) -> None:
+        with self.control.progress:
+            self._failures = self.failures + 1
+            self._round = self.control.round
+            self.control.progress.notify_all()
+
+    @property
+    def gave_up(self) -> bool:
+        """A flush stops waiting for this destination: it stopped, or keeps failing."""
+        return bool(self.stopped_reason) or self.failures >= _FLUSH_GIVE_UP
+
+
+def retry_later(control: Control, health: Health, stats: Stats, backoff: Backoff,
+                event: threading.Event, asked: Optional[float] = None) -> None:
+    """A send failed and will be retried: wait the backoff (briefly while a flush waits), or
+    ``asked``, what the destination asked for, on ``event``."""
+    stats.retries += 1
+    health.failed()
+    delay = backoff.next_delay()
+    if asked is not None:
+        delay = asked
+    elif control.flushing:
+        delay = min(delay, _FLUSH_RETRY)
+    control.sleep(event, delay)
+
+
+class Context(NamedTuple):
+    """What a record gives each of its sinks (a registry factory's argument)."""
+
+    config: Config
+    topology: Topology
+    record_path: str
+    control: Control
+    writers: owner.Writers  # each line is sent under its writer's name
+    untagged: owner.Writer  # ... or, untagged, under this process's (``recordline``)
+    stats: Stats  # the status file's top-level counters (the sink that reports there uses them)
+    inventory: Callable[[], Dict[str, Any]]  # this process's GPUs (``metrics.gpu.inventory``)
+    http_transport: Any = None  # an httpx transport for every client (tests inject one)
+
+
+class RowsSink:
+    """One destination of the record's rows (a ``Sink``); subclasses say how a batch is encoded
+    and posted."""
+
+    name = "rows"  # the thread's name; the cursor's (``recordline.cursor_suffix``)
+
+    def __init__(self, context: Context, stats: Optional[Stats] = None,
+                 health: Optional[Health] = None) -> None:
+        self.context = context
+        self.control = context.control
+        self.config = context.config
+        self.record_path = context.record_path
+        self.writers = context.writers
+        self.untagged = context.untagged
         self.stats = stats if stats is not None else Stats()
+        self.health = health if health is not None else Health(self.control)
         self.cursor: Optional[spool.Cursor] = None
         self.wake = threading.Event()
-        self.failures = 0  # consecutive failed sends while a flush waits
-        self.stopped_reason = ""
+        self.control.wake_on_flush(self.wake)
+        self._threads: List[threading.Thread] = []
+        self._head = HeadCache()  # the oldest unsent line, parsed once
 
     # -- what a destination defines ----------------------------------------------------------
+
+    @property
+    def where(self) -> str:
+        """The destination in words, for what is said about it ("reporting to ...")."""
+        raise NotImplementedError
+
+    @property
+    def address(self) -> str:
+        """The destination's URL, for the status file."""
+        raise NotImplementedError
 
     def open_client(self) -> Any:
         raise NotImplementedError
 
-    def entry(self, row: Dict[str, Any], writer: owner.Writer) -> Tuple[Optional[Dict[str, Any]],
-                                                                         str]:
-        """One record row as ``{"step", "timestamp", "data"}`` (``wire.log_entry``), or (None,
-        why) when it has nothing to send."""
+    def entry(self, row: Line, writer: owner.Writer) -> Tuple[Optional[Dict[str, Any]], str]:
+        """One record row as ``{"step", "timestamp", "data"}`` (``sendable.log_entry``), or
+        (None, why) when it has nothing to send."""
         raise NotImplementedError
 
     def encode(self, batch: Batch, now: float) -> List[bytes]:
@@ -123,11 +236,87 @@ class RowsSink:
         """Seconds the destination asked us to wait before the next try, if it did."""
         return None
 
+    def status(self, record_size: int) -> Dict[str, Any]:
+        """Under the sink's name: endpoint, acknowledged offset, backlog, counters."""
+        return {self.name: {"endpoint": self.address, "acked_offset": self.acked,
+                            "backlog_bytes": max(0, record_size - self.acked),
+                            **self.stats.as_dict()}}
+
     def stopped(self, reason: str) -> None:
         """Sending stops for good in this process (the subclass says so once)."""
-        self.stopped_reason = reason
+        self.health.stopped_reason = reason
         self.stats.state = f"stopped: {reason}"
         self.control.notify()
+
+    def add_run(self, facts: Any) -> None:
+        """Rows sinks send rows only."""
+
+    # -- the lifecycle (``lifecycle.Part``) ----------------------------------------------------
+
+    def start(self) -> None:
+        self._threads.append(guard.start_thread(self.name, self.run))
+
+    @property
+    def started(self) -> bool:
+        return bool(self._threads)
+
+    def flush(self, deadline: float) -> bool:
+        """Wait until every row now in the record is acknowledged (True), or until ``deadline``,
+        or until the destination keeps failing (the rows stay on disk for later).  Within a
+        reporter's flush (``Control.begin_flush``) it waits for that flush's target."""
+        control = self.control
+        alone = not control.flushing
+        if alone:
+            control.begin_flush()
+        try:
+            return self.started and self._wait(control.flush_to, deadline)
+        finally:
+            if alone:
+                control.end_flush()
+
+    def _wait(self, target: int, deadline: float) -> bool:
+        control = self.control
+        with control.progress:
+            while True:
+                if not self.busy_without_lock() and not control.owner.try_acquire():
+                    return False  # our rows are on disk; the owning process sends them
+                settled, delivered = self.settled(target)
+                if delivered:
+                    return True
+                if settled:
+                    return False
+                if deadline - time.monotonic() <= 0:
+                    self._unanswered(target)
+                    return False
+                control.progress.wait(min(deadline - time.monotonic(), _FLUSH_POLL))
+
+    def busy_without_lock(self) -> bool:
+        """Work a flush waits for even in a process that does not send the record."""
+        return False
+
+    def _unanswered(self, target: int) -> None:
+        """The budget ran out while the sink still waited for an answer (a server that accepts
+        and never answers fails nothing, so nothing else would say it): once, and its
+        ``last_error`` in the status file."""
+        if self.health.failures or self.stats.last_error or self.settled(target)[1]:
+            return  # a failing sink has said why; a delivered one has nothing to say
+        self.stats.last_error = "no answer within the process end's budget"
+        log.warn(f"{self.where}: the process end's budget ({self.config.shutdown_timeout:g} s) "
+                 "ran out waiting for an answer; the rows not acknowledged stay in the local "
+                 "record", key=f"unanswered-{self.name}")
+
+    def close(self, deadline: float) -> None:
+        """Stop the thread and keep the position (the reporter flushed first, to ``deadline``)."""
+        self.wake.set()
+        if not self.health.stopped_reason:
+            self.stats.state = ("exited, all delivered" if self.settled(self.control.flush_to)[1]
+                                else "exited with a backlog")
+        if self.cursor is not None:
+            self.cursor.save()
+
+    def abandon_after_fork(self) -> None:
+        """In a forked child: the thread is gone and the parent keeps sending this record."""
+        self._threads = []
 
     # -- the flush's view ----------------------------------------------------------------------
 
@@ -135,35 +324,15 @@ class RowsSink:
     def acked(self) -> int:
         return self.cursor.offset if self.cursor is not None else 0
 
-    @property
-    def gave_up(self) -> bool:
-        """A flush stops waiting for this sink: it stopped, or keeps failing."""
-        return bool(self.stopped_reason) or self.failures >= FLUSH_GIVE_UP
-
     def settled(self, target: int) -> Tuple[bool, bool]:
         """(done waiting, delivered) for a flush up to ``target``."""
         if self.acked >= target:
             return True, True
-        return self.gave_up, False
+        return self.health.gave_up, False
 
-    def flush_asked(self) -> None:
-        self.failures = 0
-        self.wake.set()
-
-    def failed(self, backoff: Backoff, event: Optional[threading.Event] = None) -> None:
-        """A send failed and will be retried: wait the backoff (briefly while a flush waits), or
-        what the destination asked for (``retry_after``), on ``event`` (default: ours)."""
-        self.stats.retries += 1
-        with self.control.progress:
-            self.failures += 1
-            self.control.progress.notify_all()
-        delay = backoff.next_delay()
-        asked = self.retry_after()
-        if asked is not None:
-            delay = asked
-        elif self.control.flushing:
-            delay = min(delay, FLUSH_RETRY)
-        self.control.sleep(event or self.wake, delay)
+    def failed(self, backoff: Backoff) -> None:
+        """A send failed and will be retried (``retry_later``)."""
+        retry_later(self.control, self.health, self.stats, backoff, self.wake, self.retry_after())
 
     # -- the thread --------------------------------------------------------------------------
 
@@ -171,7 +340,7 @@ class RowsSink:
         if not self.control.own(self.wake, self.stats):
             return
         if self.cursor is None:  # a restarted loop keeps its position
-            self.cursor = spool.Cursor(self.record_path, self.cursor_suffix)
+            self.cursor = spool.Cursor(self.record_path, cursor_suffix(self.name))
         client = self.open_client()
         try:
             self._send(client, self.cursor)
@@ -188,7 +357,7 @@ class RowsSink:
         bodies: List[bytes] = []  # requests of the current batch not acknowledged yet
         used = rows = 0
         dropped_as = ""  # a request of the current batch was refused: its rows count as dropped
-        while not self.control.stop and not self.stopped_reason:
+        while not self.control.stop and not self.health.stopped_reason:
             if not bodies:
                 if len(lines) < self.config.batch_size:
                     lines += spool.read_lines(self.record_path,
@@ -218,7 +387,7 @@ class RowsSink:
                     self.stats.rows_sent += rows
                 cursor.advance(lines[used - 1][0])
                 del lines[:used]
-                self.control.on_sent()
+                self.control.write_status(1.0)
             elif action == STOP:
                 self.stopped(reason)
             elif action == RETRY:
@@ -228,16 +397,16 @@ class RowsSink:
         """Send now when a batch is full, a flush waits, or the oldest row waited long enough."""
         if len(lines) >= self.config.batch_size or self.control.flush_to > cursor.offset:
             return True
-        try:
-            oldest = json.loads(lines[0][1] or b"").get("timestamp", 0)
-        except (ValueError, AttributeError):  # unreadable or skipped: pass it on now
+        head = self._head.decode(*lines[0])  # parsed once however often an idle sink looks
+        if isinstance(head, Unreadable):  # unreadable or skipped: pass it on now
             return True
+        oldest = head.timestamp
         return not isinstance(oldest, (int, float)) \
             or time.time() - oldest >= self.config.flush_interval
 
     def _batch(self, lines: List[Tuple[int, Optional[bytes]]]) -> Tuple[Batch, int, Dict[str, int]]:
         """The next request: consecutive rows of one writer and run, at most batch_size steps
-        and BATCH_BYTES; returns ((writer, run id, entries), lines used, skipped rows by reason).
+        and _BATCH_BYTES; returns ((writer, run id, entries), lines used, skipped rows by reason).
         Rows of a writer that does not report (another rank sharing the file) are passed over."""
         writer = self.untagged
         run_id = ""
@@ -253,27 +422,31 @@ class RowsSink:
                          key="record-line-too-long")
                 used += 1
                 continue
+            row = self._head.decode(end, line) if used == 0 else decode(line)
+            if isinstance(row, Unreadable):
+                skipped[row.reason] += 1
+                used += 1
+                continue
+            if row.amends:  # folded by readers of the record, never sent
+                used += 1
+                continue
+            row_run = row.run_id
+            row_writer = self.writers.get(row.who) if row.who else self.untagged
+            if row_writer is None or not row_writer.report:  # its writer does not report
+                if row_writer is None:
+                    skipped["record line of an unknown writer"] += 1
+                used += 1
+                continue
             try:
-                row = json.loads(line)
-                if row.get(spool.AMENDMENT):  # folded by readers of the record, never sent
-                    used += 1
-                    continue
-                row_run, tag = row["run_id"], row.get("who") or ""
-                row_writer = self.writers.get(tag) if tag else self.untagged
-                if row_writer is None or not row_writer.report:  # its writer does not report
-                    if row_writer is None:
-                        skipped["record line of an unknown writer"] += 1
-                    used += 1
-                    continue
                 entry, why = self.entry(row, row_writer)
-            except (ValueError, KeyError, TypeError, AttributeError):
-                skipped["unreadable record line"] += 1
+            except (ValueError, TypeError, AttributeError):
+                skipped[UNREADABLE.reason] += 1
                 used += 1
                 continue
             if run_id and (row_run != run_id or row_writer is not writer):
                 break
             if entry is not None:
-                if rows and (len(rows) >= self.config.batch_size or size + len(line) > BATCH_BYTES) \
+                if rows and (len(rows) >= self.config.batch_size or size + len(line) > _BATCH_BYTES) \
                         and not (rows[-1][0] == row_run and rows[-1][1]["step"] == entry["step"]):
                     break
                 writer, run_id = row_writer, row_run
@@ -282,4 +455,4 @@ class RowsSink:
             else:
                 skipped[f"row not sendable: {why}"] += 1
             used += 1
-        return (writer, run_id, [entry for _, entry in wire.merge_steps(rows)]), used, skipped
+        return (writer, run_id, [entry for _, entry in sendable.merge_steps(rows)]), used, skipped

@@ -28,29 +28,13 @@ import threading
 from typing import BinaryIO, List, Optional, Tuple
 
 from .. import log
-from ..paths import close_quietly, fallback_root
+from ..paths import close_quietly
+from ..recordline import FIRST_SINK, LOCK_SUFFIX, cursor_suffix, fallback, sibling
 
-CURSOR_SUFFIX = ".cursor"
-LOCK_SUFFIX = ".lock"
-STATUS_SUFFIX = ".status.json"
-HEAD_BYTES = 256
+CURSOR_SUFFIX = cursor_suffix(FIRST_SINK)
+_HEAD_BYTES = 256
 MAX_LINE = 64 << 20  # the reader's ceiling: a longer record line is skipped, not read
 SCAN_BYTES = 1 << 20  # the piece read at a time while looking for the end of such a line
-# The top-level key of an amendment line: wandb's later view of a step whose row is already in
-# the record (``capture.reconcile``).  Readers fold it into that row; senders pass it over, so
-# the server gets one write per step.
-AMENDMENT = "amends"
-
-
-def sibling(record_path: str, suffix: str) -> str:
-    base = record_path[:-len(".jsonl")] if record_path.endswith(".jsonl") else record_path
-    return base + suffix
-
-
-def fallback(record_path: str, suffix: str) -> str:
-    """Where a file that belongs beside ``record_path`` goes when it cannot be kept there."""
-    key = hashlib.sha1(os.path.abspath(record_path).encode("utf-8", "replace")).hexdigest()[:16]
-    return os.path.join(fallback_root(), "reporter", key + suffix)
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -119,8 +103,8 @@ class Cursor:
         if offset <= self.offset:
             return
         self.offset = offset
-        if self._head is None or self._head[0] < min(HEAD_BYTES, offset):
-            length = min(HEAD_BYTES, offset)
+        if self._head is None or self._head[0] < min(_HEAD_BYTES, offset):
+            length = min(_HEAD_BYTES, offset)
             self._head = (length, _fingerprint(self.record_path, length))
         self.dirty = True
         self.save()

@@ -8,6 +8,7 @@ import json
 from typing import Any, Dict
 
 from .. import credentials, log
+from ..recordline import STATUS_SUFFIX, sibling
 from . import spool
 
 
@@ -36,7 +37,7 @@ class Stats:
 
 def write_status(record_path: str, status: Dict[str, Any]) -> None:
     """Replace the status file of ``record_path`` with ``status``; a failure is said once."""
-    path = spool.sibling(record_path, spool.STATUS_SUFFIX)
+    path = sibling(record_path, STATUS_SUFFIX)
     try:
         spool.write_atomic(path, json.dumps(credentials.scrub_tree(status), sort_keys=True))
     except OSError as exc:

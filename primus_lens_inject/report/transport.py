@@ -30,22 +30,23 @@ def _new_imports_lock() -> None:
     IMPORTS = threading.Lock()
 
 
-def http_client(config: Config, read_timeout: float) -> Any:
+def http_client(config: Config, read_timeout: float, http_transport: Any = None) -> Any:
     """An httpx client for the Lens server, configured as documented (timeouts, headers, TLS,
-    proxy behaviour)."""
+    proxy behaviour); ``http_transport``: an httpx transport to use instead of the network."""
     headers = {"Content-Type": "application/json", "User-Agent": "primus-lens-inject",
                **dict(config.api_headers)}
     return client(f"{config.api_base_url}/wandb/logs", headers, read_timeout,
                   config.connect_timeout, config.api_verify, config.api_ca_bundle,
-                  trust_env=config.api_use_proxy)
+                  trust_env=config.api_use_proxy, http_transport=http_transport)
 
 
 def client(url: str, headers: Dict[str, str], read_timeout: float, connect_timeout: float,
            verify: bool = True, ca_file: Optional[str] = None,
            client_cert: Optional[Tuple[str, Optional[str]]] = None,
-           trust_env: bool = False) -> Any:
+           trust_env: bool = False, http_transport: Any = None) -> Any:
     """An httpx client for POSTs to ``url``: a CA file and a client certificate (file, key
-    file) given as an SSL context, which every httpx version takes."""
+    file) given as an SSL context, which every httpx version takes; ``http_transport``
+    replaces the network (an ``httpx.MockTransport`` in the sink contract tests)."""
     with IMPORTS:  # importing httpx and building its SSL context load modules lazily
         import ssl
 
@@ -57,7 +58,8 @@ def client(url: str, headers: Dict[str, str], read_timeout: float, connect_timeo
             if client_cert:
                 tls.load_cert_chain(client_cert[0], client_cert[1])
         timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
-        made = httpx.Client(timeout=timeout, headers=headers, verify=tls, trust_env=trust_env)
+        made = httpx.Client(timeout=timeout, headers=headers, verify=tls, trust_env=trust_env,
+                            transport=http_transport)
         made.build_request("POST", url, content=b"{}")  # warm
         return made
 

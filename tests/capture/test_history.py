@@ -19,8 +19,9 @@ from typing import Any, Dict, List
 import pytest
 import wandb_history
 
+from primus_lens_inject.capture.calls import NO_SAMPLE, Approximate, EndOfRun, Follow, control
 from primus_lens_inject.capture.history import BLOCK, Follower, TransactionLog, history_row
-from primus_lens_inject.capture.record import NO_SAMPLE, RecordWriter, end_of_run, follow_log
+from primus_lens_inject.capture.record import RecordWriter
 from primus_lens_inject.capture.rows import APPROX_KEY, RunRows
 
 ROWS = 40
@@ -226,13 +227,15 @@ def test_rows_whose_step_wandb_may_have_given_differently_are_marked(tmp_path: A
     its rows come from the log calls, and each carries ``_primus_step_approx`` = 1, a number,
     so the wire sends the mark too."""
     writer = RecordWriter(str(tmp_path / "wandb_metrics.jsonl"))
+    writer.start()
     exact, approximate = RunRows("exact"), RunRows("approx")
-    approximate.approx = "tensorboard sync"
+    writer.append(control(approximate, Approximate("tensorboard sync")))  # as session.follow
     for rows in (exact, approximate):
         for i in range(3):
             writer.append((rows, {"i": i}, None, None, time.time(), NO_SAMPLE))
-        writer.append(end_of_run(rows))
-    assert writer.close(time.monotonic() + 10)
+        writer.append(control(rows, EndOfRun(0.0)))
+    writer.close(time.monotonic() + 10)
+    assert writer.closed
     lines = [json.loads(line) for line in (tmp_path / "wandb_metrics.jsonl").read_text().splitlines()]
     marks = {(line["run_id"], line["step"]): line["data"].get(APPROX_KEY) for line in lines}
     assert marks == {("exact", 0): None, ("exact", 1): None, ("exact", 2): None,
@@ -241,25 +244,28 @@ def test_rows_whose_step_wandb_may_have_given_differently_are_marked(tmp_path: A
 
 def test_a_tensorboard_run_whose_log_is_lost_goes_on_from_its_calls_marked(
         transaction_log: str, tmp_path: Any, capsys: pytest.CaptureFixture) -> None:
-    """Its calls were not queued (they do not know wandb's steps); once the log is lost they are
-    again, counted on from the last step the log showed, each row marked approximate."""
+    """Its calls make no rows while the log is followed (they do not know wandb's steps); once
+    the log is lost they do again, counted on from the last step the log showed, each row marked
+    approximate."""
     with open(transaction_log, "rb") as f:
         content = f.read()
     log_path = tmp_path / "run.wandb"
     log_path.write_bytes(content)
     record = tmp_path / "wandb_metrics.jsonl"
     writer = RecordWriter(str(record))
+    writer.start()
     rows = RunRows("tb")
-    rows.followed, rows.queue_calls = True, False  # as ``Session.follow`` leaves a tensorboard run
-    writer.append(follow_log(rows, str(log_path), _record_class()))
+    writer.append(control(rows, Follow(str(log_path), _record_class(), False)))  # tensorboard
+    writer.append((rows, {"ignored": 1}, None, None, time.time(), NO_SAMPLE))  # the log has it
     assert writer.flush(time.monotonic() + 30)
     os.truncate(log_path, 100)
     assert writer.flush(time.monotonic() + 30)
-    assert rows.queue_calls and rows.follower is None  # the training thread queues calls again
+    assert rows.follower is None  # lost: its calls make rows again
     for i in range(3):
         writer.append((rows, {"i": i}, None, None, time.time(), NO_SAMPLE))
-    writer.append(end_of_run(rows))
-    assert writer.close(time.monotonic() + 30)
+    writer.append(control(rows, EndOfRun(0.0)))
+    writer.close(time.monotonic() + 30)
+    assert writer.closed
     lines = [json.loads(line) for line in record.read_text().splitlines()]
     assert [line["step"] for line in lines] == list(range(ROWS + 3))
     assert [line["data"].get(APPROX_KEY) for line in lines] == [None] * ROWS + [1] * 3
@@ -279,11 +285,11 @@ def test_a_log_that_stops_growing_is_not_waited_for_at_the_runs_end(
     wandb_history.write_log(str(log_path), records)
     record = tmp_path / "wandb_metrics.jsonl"
     writer = RecordWriter(str(record))
+    writer.start()
     rows = RunRows("stuck")
-    rows.followed, rows.queue_calls = True, False
-    writer.append(follow_log(rows, str(log_path), _record_class()))
-    rows.log_end_by = time.monotonic() + 3600
-    writer.append(end_of_run(rows))
-    assert writer.close(time.monotonic() + 60)
+    writer.append(control(rows, Follow(str(log_path), _record_class(), False)))
+    writer.append(control(rows, EndOfRun(time.monotonic() + 3600)))
+    writer.close(time.monotonic() + 60)
+    assert writer.closed
     lines = [json.loads(line) for line in record.read_text().splitlines()]
     assert [line["step"] for line in lines] == list(range(ROWS))

@@ -38,7 +38,7 @@ from k8s.support import (
 )
 from primus_lens_inject.config import API_PRESETS, Config
 from primus_lens_inject.k8s import admission
-from primus_lens_inject.report import otlp_sink
+from primus_lens_inject.report.otlp import sink as otlp_sink
 
 NAMESPACE = "primus-lens"
 NEWEST = "1.37.0"

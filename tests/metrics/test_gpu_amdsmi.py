@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import math
 import sys
 import threading
 from typing import Optional
@@ -130,7 +131,7 @@ def test_library_failing_mid_run_switches_the_backend_off_once(set_state, capsys
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("primus-lens: amdsmi metrics switched off")
     assert initialized() == 0
-    sampler.stop()
+    sampler.close(math.inf)  # no process end: STOP_WAIT at most
 
 
 def test_without_rocm_the_import_is_silent_and_not_retried(set_state, capfd, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import sys
 from typing import Optional
 
@@ -166,7 +167,7 @@ def test_library_failing_mid_run_switches_the_backend_off_once(set_state, capsys
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("primus-lens: nvml metrics switched off")
     assert refcount() == 0  # the backend was closed
-    sampler.stop()
+    sampler.close(math.inf)  # no process end: STOP_WAIT at most
 
 
 def test_mig_instance_has_its_memory_and_its_gpu_power_and_temperature(set_state, monkeypatch):

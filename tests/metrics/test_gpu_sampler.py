@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import Dict, List
@@ -51,7 +52,7 @@ def test_start_returns_with_a_first_snapshot_taken_in_the_sampler_thread():
     sampler.start()
     assert sampler.snapshot == {"_fake": 1.0}
     assert set(source.threads) == {"primus-lens-sampler"}  # never the caller's thread
-    sampler.stop()
+    sampler.close(math.inf)  # no process end: STOP_WAIT at most
     assert source.closed_in == "primus-lens-sampler"
 
 
@@ -63,7 +64,7 @@ def test_a_slow_library_holds_start_up_no_longer_than_the_wait():
     assert time.monotonic() - began < 0.5
     assert sampler.snapshot == {}
     assert wait_for(lambda: sampler.snapshot == {"_fake": 1.0})
-    sampler.stop()
+    sampler.close(math.inf)  # no process end: STOP_WAIT at most
 
 
 def test_snapshots_are_replaced_never_mutated():
@@ -74,7 +75,7 @@ def test_snapshots_are_replaced_never_mutated():
     source.value = 2.0
     assert wait_for(lambda: sampler.snapshot.get("_fake") == 2.0)
     assert first == {"_fake": 1.0}
-    sampler.stop()
+    sampler.close(math.inf)  # no process end: STOP_WAIT at most
     samples = sampler.samples
     time.sleep(0.1)
     assert sampler.samples == samples  # stopped means stopped
@@ -89,15 +90,15 @@ def test_a_source_with_nothing_to_sample_is_dropped_silently(capsys, monkeypatch
     assert sampler.sources == [good]
     assert capsys.readouterr().err == (
         "primus-lens: broken metrics switched off after an error: OSError: library exploded\n")
-    sampler.stop()
+    sampler.close(math.inf)  # no process end: STOP_WAIT at most
 
 
-def test_stop_without_start_closes_the_sources():
+def test_close_without_start_closes_the_sources():
     source = Source()
     sampler = Sampler([source, None], interval=60)
     sampler.sample_once()
     assert sampler.snapshot == {"_fake": 1.0}
-    sampler.stop()
+    sampler.close(math.inf)  # no process end: STOP_WAIT at most
     assert source.closed_in == threading.current_thread().name
 
 
@@ -105,4 +106,4 @@ def test_no_source_no_thread():
     sampler = Sampler([None], interval=0.01)
     sampler.start()
     assert sampler._thread is None and sampler.snapshot == {}
-    sampler.stop()
+    sampler.close(math.inf)  # no process end: STOP_WAIT at most

@@ -900,5 +900,5 @@ def test_importing_detection_is_light() -> None:
     assert set(report_modules.split()) <= {
         f"primus_lens_inject.{name}" for name in (
             "report.detection", "report.environment", "report.evidence", "report.frameworks",
-            "report.hints", "report.bounds", "report.wire", "values", "credentials")} | {"binascii"}
+            "report.hints", "report.bounds", "report.identity", "values", "credentials")} | {"binascii"}
     assert "primus_lens_inject.report.detection" in report_modules.split()

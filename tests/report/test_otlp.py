@@ -21,9 +21,13 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from otlp_support import OtlpServer, attributes
 
 from primus_lens_inject.config import Config
-from primus_lens_inject.report import otlp, otlp_sink, owner, wire
+from primus_lens_inject.report import owner, sendable
+from primus_lens_inject.report.otlp import encoding as otlp
+from primus_lens_inject.report.otlp import sink as otlp_sink
 from primus_lens_inject.report.policy import DROP, OK, RETRY, STOP
-from primus_lens_inject.report.sink import Control
+from primus_lens_inject.report.reporter import no_gpus
+from primus_lens_inject.report.sink import Context, Control
+from primus_lens_inject.report.status import Stats
 from primus_lens_inject.topology import Topology
 
 SCRIPT = (Path(__file__).parents[1] / "scripts" / "otlp_run.py").read_text()
@@ -95,7 +99,7 @@ def test_bodies_decode_with_the_official_classes_and_match_the_rows(protocol):
                                         "namespace": "ns", "node_name": "n1"},
                                         Topology(rank=5, local_rank=1, node=2, world_size=8),
                                         5, "run-9", "proj", (("team", "a"),))
-    (body,), count = otlp.Encoder(protocol).bodies(resource, ENTRIES, wire.MAX_BODY)
+    (body,), count = otlp.Encoder(protocol).bodies(resource, ENTRIES, sendable.MAX_BODY)
     message = decode(body, protocol == "http/json")
     (rm,) = message.resource_metrics
     assert attributes(rm.resource.attributes) == {
@@ -246,8 +250,8 @@ def test_a_huge_row_is_split_into_bodies_under_the_limit_each_point_once():
     entries = [{"step": 9, "timestamp": 1_700_000_000.5, "data": keys},
                {"step": 10, "timestamp": 1_700_000_001.5, "data": {"loss": 1.0}}]
     bodies, count = otlp.Encoder("http/protobuf").bodies((("service.name", "s"),), entries,
-                                                          wire.MAX_BODY)
-    assert len(bodies) > 2 and all(len(body) <= wire.MAX_BODY for body in bodies)
+                                                          sendable.MAX_BODY)
+    assert len(bodies) > 2 and all(len(body) <= sendable.MAX_BODY for body in bodies)
     seen = []
     for body in bodies:
         for rm in decode(body, False).resource_metrics:
@@ -263,8 +267,8 @@ def test_the_runs_free_text_in_the_resource_is_redacted(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_PROJECT", "proj-hf_abcdefghijklmnopqrstuvwxyz0123456789-Xk9vQ2mZr7Lp4sWt8yBn")
     writer = owner.Writer({"pod_name": POD}, 0, True)
     record = str(tmp_path / "r.jsonl")
-    sink = otlp_sink.OtlpRows(Control(record), Config.from_env({}), Topology(), record,
-                              owner.Writers(record), writer)
+    sink = otlp_sink.OtlpSink(Context(Config.from_env({}), Topology(), record, Control(record),
+                                      owner.Writers(record), writer, Stats(), no_gpus))
     resource = dict(sink._resource(writer, "run-password=hunter2hunter2"))
     assert "hf_abcdefghijklmnopqrstuvwxyz" not in str(resource) and "Xk9vQ2" not in str(resource)
     assert "hunter2" not in str(resource)
@@ -275,7 +279,7 @@ def rows_of(record):
     """(step, {exported metric name: value}) per record row, as the sink must send them."""
     out = []
     for row in record:
-        entry, _ = wire.log_entry(row["step"], row["timestamp"], row["data"])
+        entry, _ = sendable.log_entry(row["step"], row["timestamp"], row["data"])
         if entry is not None:
             out.append((row, {otlp.describe(k).name: v * otlp.describe(k).scale
                               for k, v in entry["data"].items()}))
@@ -390,7 +394,8 @@ def test_sink_off_loads_no_otlp_module(tmp_path):
     with OtlpServer() as server:
         result = run_training(tmp_path, SCRIPT, env=otlp_env(server.url))
     modules = json.loads(result.proc.stdout.splitlines()[-1])["modules"]
-    assert modules == ["primus_lens_inject.report.otlp", "primus_lens_inject.report.otlp_sink"]
+    assert modules == ["primus_lens_inject.report.otlp", "primus_lens_inject.report.otlp.encoding",
+                       "primus_lens_inject.report.otlp.sink"]
 
 
 

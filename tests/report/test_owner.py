@@ -352,8 +352,8 @@ def test_a_sender_sends_each_line_under_its_writers_name(tmp_path):
         config = Config(api_base_url=receiver.url, pod_name="sender", flush_interval=0.05)
         sender = Reporter(config, Topology(), str(record))
         sender.start()
-        assert sender.flush(timeout=30)
-        sender.close(1.0)
+        assert sender.flush(time.monotonic() + 30)
+        sender.close(time.monotonic() + 1.0)
         rows = receiver.logs()
         bodies = [json.loads(r["body"]) for r in receiver.requests(path="/v1/wandb/logs")]
     got = {(row["pod"], row["pod_uid"], row["workload"], row["step"]): row["data"] for row in rows}

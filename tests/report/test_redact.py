@@ -25,7 +25,7 @@ from primus_lens_inject.credentials import (
     scrub,
     scrub_tree,
 )
-from primus_lens_inject.report import wire
+from primus_lens_inject.report import sendable
 from primus_lens_inject.report.bounds import TRUNCATED_KEY, fit, json_size
 from primus_lens_inject.report.evidence import (
     UNREADABLE,
@@ -533,7 +533,7 @@ BENIGN_METRIC_KEYS = ["token_count", "tokens_per_sec", "max_tokens", "num_keys",
 
 def test_token_shaped_metric_keys_never_leave_verbatim() -> None:
     """A key that is a token (or holds one) is redacted, not dropped: its value still arrives."""
-    sent = wire.sendable({key: 1.0 for key in TOKEN_KEYS + BENIGN_METRIC_KEYS})
+    sent = sendable.sendable({key: 1.0 for key in TOKEN_KEYS + BENIGN_METRIC_KEYS})
     assert {k: v for k, v in sent.items() if k in BENIGN_METRIC_KEYS} == dict.fromkeys(
         BENIGN_METRIC_KEYS, 1.0)
     redacted = set(sent) - set(BENIGN_METRIC_KEYS)

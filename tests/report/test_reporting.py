@@ -434,9 +434,9 @@ def test_reporter_in_process_takes_the_gpu_inventory_it_is_given(tmp_path, recei
         sender.start()
         sender.add_run(RunFacts(project="p", id="r1"))
         sender.add_run(RunFacts(project="p", id="r2"))
-        assert sender.flush(timeout=30)
-        sender.close(1.0)
-        assert os.listdir(sender.detections.directory) == []  # acknowledged: removed
+        assert sender.flush(time.monotonic() + 30)
+        sender.close(time.monotonic() + 1.0)
+        assert os.listdir(record.parent / "wandb_metrics.detections") == []  # acknowledged: removed
         status = json.loads((tmp_path / pod / "wandb_metrics.status.json").read_text())
         assert (status["rows_sent"], status["detections_sent"], status["dropped"]) == (1, 2, {})
         assert status["identity"] == {"pod_name": pod}

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from primus_lens_inject.report import policy, wire
+from primus_lens_inject.report import policy, sendable
+from primus_lens_inject.report.lens import wire
 from primus_lens_inject.report.policy import DROP, OK, RETRY, STOP, classify, envelope_message
 
 
@@ -16,7 +17,7 @@ def test_sendable_keeps_finite_numbers_only_and_renames_reserved_keys():
             "nested": {"a": 1.5, "deep": {"b": 2}, "t": "x"},
             "img": {"_type": "wandb.Image", "width": 3},
             "step": 7, "run_id": 1.0, "history": 2, "created_at": 3, "_primus_lens_enabled": True}
-    out = wire.sendable(data)
+    out = sendable.sendable(data)
     assert out == {"loss": 0.5, "n": 3, "big": float(2 ** 60), "neg": -(2 ** 53),
                    "nested.a": 1.5, "nested.deep.b": 2, "wandb/step": 7, "wandb/run_id": 1.0,
                    "wandb/history": 2, "wandb/created_at": 3}
@@ -24,14 +25,14 @@ def test_sendable_keeps_finite_numbers_only_and_renames_reserved_keys():
 
 
 def test_rank_prefix_and_entry_rules():
-    entry, _ = wire.log_entry(5, 1.7e9, {"loss": 1.0, "step": 1}, key_prefix="rank3/")
+    entry, _ = sendable.log_entry(5, 1.7e9, {"loss": 1.0, "step": 1}, key_prefix="rank3/")
     assert entry == {"step": 5, "timestamp": 1.7e9, "data": {"rank3/loss": 1.0,
                                                              "rank3/wandb/step": 1}}
-    assert wire.log_entry(2 ** 31, 1.7e9, {"a": 1}) == (None, "step outside 0..2147483647")
-    assert wire.log_entry(-1, 1.7e9, {"a": 1})[0] is None
-    assert wire.log_entry(True, 1.7e9, {"a": 1}) == (None, "step is not an integer")
-    assert wire.log_entry(1, "now", {"a": 1})[0] is None
-    assert wire.log_entry(1, 1.7e9, {"s": "text"}) == (None, "no numeric values")
+    assert sendable.log_entry(2 ** 31, 1.7e9, {"a": 1}) == (None, "step outside 0..2147483647")
+    assert sendable.log_entry(-1, 1.7e9, {"a": 1})[0] is None
+    assert sendable.log_entry(True, 1.7e9, {"a": 1}) == (None, "step is not an integer")
+    assert sendable.log_entry(1, "now", {"a": 1})[0] is None
+    assert sendable.log_entry(1, 1.7e9, {"s": "text"}) == (None, "no numeric values")
 
 
 def test_merge_steps_merges_consecutive_rows_of_one_step():
@@ -39,7 +40,7 @@ def test_merge_steps_merges_consecutive_rows_of_one_step():
             ("r", {"step": 1, "timestamp": 2.0, "data": {"b": 2}}),
             ("r", {"step": 2, "timestamp": 3.0, "data": {"a": 3}}),
             ("q", {"step": 2, "timestamp": 4.0, "data": {"a": 4}})]
-    merged = wire.merge_steps(rows)
+    merged = sendable.merge_steps(rows)
     assert [(r, e["step"], e["data"]) for r, e in merged] == [
         ("r", 1, {"a": 1, "b": 2}), ("r", 2, {"a": 3}), ("q", 2, {"a": 4})]
     assert merged[0][1]["timestamp"] == 2.0
@@ -80,12 +81,12 @@ def test_only_the_servers_envelope_acknowledges_a_2xx():
 
 
 def test_keys_and_strings_become_storable_in_postgres_jsonb():
-    assert wire.storable("plain/key") == "plain/key"
-    assert wire.storable("a\x00b\ud800c\udfffd") == "a\ufffdb\ufffdc\ufffdd"
-    assert wire.storable("ünïcode \U0001f600") == "ünïcode \U0001f600"  # real characters stay
-    assert wire.sendable({"nul\x00": 1, "nested": {"lone\udc00": 2}}) \
+    assert sendable.storable("plain/key") == "plain/key"
+    assert sendable.storable("a\x00b\ud800c\udfffd") == "a\ufffdb\ufffdc\ufffdd"
+    assert sendable.storable("ünïcode \U0001f600") == "ünïcode \U0001f600"  # real characters stay
+    assert sendable.sendable({"nul\x00": 1, "nested": {"lone\udc00": 2}}) \
         == {"nul\ufffd": 1, "nested.lone\ufffd": 2}
-    body = wire.storable_body({"k\x00": ["v\ud800", {"x": "\x00"}], "n": 1})
+    body = sendable.storable_body({"k\x00": ["v\ud800", {"x": "\x00"}], "n": 1})
     assert body == {"k\ufffd": ["v\ufffd", {"x": "\ufffd"}], "n": 1}
     assert b"\\u0000" not in wire.encode(wire.logs_body({}, "run\x00", [], 1.0))
 

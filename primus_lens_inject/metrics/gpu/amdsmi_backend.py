@@ -87,7 +87,7 @@ def _import() -> Any:
     raise Unavailable(_import_failure)
 
 
-def rocr_uuid(serial: Any) -> Optional[str]:
+def _rocr_uuid(serial: Any) -> Optional[str]:
     """``GPU-<16 hex>`` from amdsmi's ``asic_serial`` (``0x…``, or ``"N/A"``)."""
     try:
         number = int(str(serial), 16)
@@ -96,7 +96,7 @@ def rocr_uuid(serial: Any) -> Optional[str]:
     return f"GPU-{number:016x}" if number else None
 
 
-def celsius(value: Any) -> Optional[float]:
+def _celsius(value: Any) -> Optional[float]:
     """°C from amdsmi, whose older versions returned m°C."""
     number = finite(value)
     if number is None:
@@ -158,7 +158,7 @@ class AmdsmiBackend(Backend):
             library_uuid = self._optional(smi.amdsmi_get_gpu_device_uuid, handle)
             total = self._optional(smi.amdsmi_get_gpu_memory_total, handle, self._vram)
             self.devices.append(Device(
-                index, text(asic.get("market_name") or "AMD GPU"), rocr_uuid(asic.get("asic_serial")),
+                index, text(asic.get("market_name") or "AMD GPU"), _rocr_uuid(asic.get("asic_serial")),
                 normalize_bus_id(self._optional(smi.amdsmi_get_gpu_device_bdf, handle)),
                 int(total) if total else None, handle=handle,
                 aliases=(text(library_uuid),) if library_uuid else ()))
@@ -195,7 +195,7 @@ class AmdsmiBackend(Backend):
     def _temperature(self, figure: str, sensor: Any, metric: Any) -> Any:
         def read(device: Device) -> Reading:
             value = self._call(self._smi.amdsmi_get_temp_metric, device.handle, sensor, metric)
-            return {figure: celsius(value)}
+            return {figure: _celsius(value)}
 
         return read
 

@@ -21,7 +21,7 @@ from .device import Backend, Unavailable
 from .nvml import NvmlBackend
 from .sysfs import SysfsBackend
 
-AUTO_ORDER = ("amdsmi", "sysfs", "nvml")
+_AUTO_ORDER = ("amdsmi", "sysfs", "nvml")
 
 
 @dataclass
@@ -45,7 +45,7 @@ def choose(config: Config) -> Choice:
     requested = config.gpu_backend
     if requested == "none":
         return Choice(requested, None, "PRIMUS_LENS_GPU_BACKEND=none")
-    names = AUTO_ORDER if requested == "auto" else (requested,)
+    names = _AUTO_ORDER if requested == "auto" else (requested,)
     rejected: Dict[str, str] = {}
     for name in names:
         try:
@@ -56,7 +56,7 @@ def choose(config: Config) -> Choice:
         except Exception as exc:
             rejected[name] = f"{type(exc).__name__}: {exc}"
             continue
-        reason = (f"auto: the first of {', '.join(AUTO_ORDER)} that opened and sees a GPU"
+        reason = (f"auto: the first of {', '.join(_AUTO_ORDER)} that opened and sees a GPU"
                   if requested == "auto" else f"PRIMUS_LENS_GPU_BACKEND={name}")
         return Choice(requested, backend, reason, rejected)
     return Choice(requested, None, "no GPU backend is available", rejected)

@@ -2,7 +2,7 @@
 
 A backend (NVML, amdsmi, amdgpu sysfs) enumerates ``Device`` records once and then reads
 figures from them.  Libraries and drivers differ in what each GPU supports, so a figure is read
-through ``read_figures``: a group the device does not support (``Unsupported``) is never asked
+through ``_read_figures``: a group the device does not support (``Unsupported``) is never asked
 for again, a momentary refusal (``Transient``) costs only this round, and any other exception is a
 failure of the backend, which the sampler then switches off with one warning.
 """
@@ -27,7 +27,7 @@ TEMPERATURE_MEMORY = "temperature_memory_celsius"  # AMD VRAM / HBM
 FIGURES = (UTIL, MEMORY_USED, MEMORY_TOTAL, POWER, TEMPERATURE, TEMPERATURE_JUNCTION,
            TEMPERATURE_MEMORY)
 
-Reading = Dict[str, Any]  # figure -> raw number; read_figures keeps the finite ones
+Reading = Dict[str, Any]  # figure -> raw number; _read_figures keeps the finite ones
 Reader = Callable[["Device"], Reading]
 
 
@@ -109,8 +109,8 @@ def finite(value: Any) -> Optional[float]:
     return result if math.isfinite(result) else None
 
 
-def read_figures(device: Device, readers: Sequence[Tuple[str, Reader]],
-                 unsupported: Set[Tuple[Device, str]]) -> Dict[str, float]:
+def _read_figures(device: Device, readers: Sequence[Tuple[str, Reader]],
+                  unsupported: Set[Tuple[Device, str]]) -> Dict[str, float]:
     """Run each reader group once; only finite values reach the result."""
     out: Dict[str, float] = {}
     for group, reader in readers:
@@ -156,7 +156,7 @@ class Backend:
         return self.runtime_order()
 
     def read(self, device: Device) -> Dict[str, float]:
-        return read_figures(device, self.readers, self._unsupported)
+        return _read_figures(device, self.readers, self._unsupported)
 
     def close(self) -> None:
         """Release the library (reference-counted by NVML and amdsmi, so other users keep theirs)."""

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 from .device import Device
 
-NODES = os.path.join("class", "kfd", "kfd", "topology", "nodes")
+_NODES = os.path.join("class", "kfd", "kfd", "topology", "nodes")
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class KfdGpu:
     uuid: Optional[str]  # "GPU-<16 hex>" as ROCr forms it, None when the GPU has no unique id
 
 
-def dev_root(sysfs_root: str) -> str:
+def _dev_root(sysfs_root: str) -> str:
     return os.path.join(os.path.dirname(os.path.normpath(sysfs_root)), "dev")
 
 
@@ -55,12 +55,12 @@ def _reachable(dev: str, minor: Optional[int]) -> bool:
 
 def runtime_gpus(sysfs_root: str) -> Optional[List[KfdGpu]]:
     """The GPUs HIP would number 0, 1, …, or None when the KFD topology cannot be read."""
-    nodes_dir = os.path.join(sysfs_root, NODES)
+    nodes_dir = os.path.join(sysfs_root, _NODES)
     try:
         names = sorted((n for n in os.listdir(nodes_dir) if n.isdigit()), key=int)
     except OSError:
         return None
-    dev = dev_root(sysfs_root)
+    dev = _dev_root(sysfs_root)
     out: List[KfdGpu] = []
     for name in names:
         node = os.path.join(nodes_dir, name)

@@ -36,9 +36,9 @@ from .device import (
 # NVML return codes (stable across driver versions; older bindings lack some constants).
 NOT_SUPPORTED, NO_PERMISSION, FUNCTION_NOT_FOUND = 3, 4, 13
 TIMEOUT, NO_DATA, NOT_READY = 10, 21, 27
-ARGUMENT_VERSION_MISMATCH = 25
-TEMPERATURE_GPU = 0  # NVML_TEMPERATURE_GPU
-MIG_ENABLED = 1  # NVML_DEVICE_MIG_ENABLE
+_ARGUMENT_VERSION_MISMATCH = 25
+_TEMPERATURE_GPU = 0  # NVML_TEMPERATURE_GPU
+_MIG_ENABLED = 1  # NVML_DEVICE_MIG_ENABLE
 
 _UNSUPPORTED = frozenset((NOT_SUPPORTED, NO_PERMISSION, FUNCTION_NOT_FOUND))
 _TRANSIENT = frozenset((TIMEOUT, NO_DATA, NOT_READY))
@@ -100,7 +100,7 @@ class NvmlBackend(Backend):
         """The MIG instances of a GPU in MIG mode, in NVML's order; [] otherwise."""
         nvml = self._nvml
         try:
-            if nvml.nvmlDeviceGetMigMode(gpu.handle)[0] != MIG_ENABLED:
+            if nvml.nvmlDeviceGetMigMode(gpu.handle)[0] != _MIG_ENABLED:
                 return []
             slots = nvml.nvmlDeviceGetMaxMigDeviceCount(gpu.handle)
         except (self._error, AttributeError):  # not MIG-capable, or bindings/driver too old
@@ -153,7 +153,7 @@ class NvmlBackend(Backend):
                 return self._nvml.nvmlDeviceGetMemoryInfo(handle, version=self._memory_v2)
             except self._error as exc:
                 if getattr(exc, "value", None) not in (FUNCTION_NOT_FOUND,
-                                                       ARGUMENT_VERSION_MISMATCH):
+                                                       _ARGUMENT_VERSION_MISMATCH):
                     raise
                 self._memory_v2 = None  # the driver predates it: version 1 from now on
         return self._nvml.nvmlDeviceGetMemoryInfo(handle)
@@ -172,15 +172,15 @@ class NvmlBackend(Backend):
         if self._temperature_v:
             try:
                 return {TEMPERATURE: self._call(self._nvml.nvmlDeviceGetTemperatureV, gpu.handle,
-                                                TEMPERATURE_GPU)}
+                                                _TEMPERATURE_GPU)}
             except Unsupported:
                 self._temperature_v = False  # the driver predates it: use the old call from now on
             except self._error as exc:
-                if getattr(exc, "value", None) != ARGUMENT_VERSION_MISMATCH:
+                if getattr(exc, "value", None) != _ARGUMENT_VERSION_MISMATCH:
                     raise
                 self._temperature_v = False
         return {TEMPERATURE: self._call(self._nvml.nvmlDeviceGetTemperature, gpu.handle,
-                                        TEMPERATURE_GPU)}
+                                        _TEMPERATURE_GPU)}
 
     def close(self) -> None:
         try:

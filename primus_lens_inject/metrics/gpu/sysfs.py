@@ -46,7 +46,7 @@ def read_text(path: str) -> str:
         return f.read().strip()
 
 
-def read_int(path: Optional[str]) -> int:
+def _read_int(path: Optional[str]) -> int:
     """One integer file; errors say whether to retry, give up on the figure, or on the backend."""
     if path is None:
         raise Unsupported("not exported by this GPU/kernel")
@@ -88,7 +88,7 @@ class _Files:
         for name in ("power1_average", "power1_input"):  # the first one that reads
             path = _existing(os.path.join(hwmon, name))
             try:
-                read_int(path)
+                _read_int(path)
             except (Unsupported, Transient, OSError):
                 continue
             self.power = path
@@ -181,14 +181,14 @@ class SysfsBackend(Backend):
         return order(self.devices, self._root)
 
     def _util(self, device: Device) -> Reading:
-        return {UTIL: read_int(self._files[device].busy)}
+        return {UTIL: _read_int(self._files[device].busy)}
 
     def _memory(self, device: Device) -> Reading:
-        return {MEMORY_USED: read_int(self._files[device].vram_used),
+        return {MEMORY_USED: _read_int(self._files[device].vram_used),
                 MEMORY_TOTAL: device.memory_total_bytes}
 
     def _power(self, device: Device) -> Reading:
-        return {POWER: read_int(self._files[device].power) / 1e6}
+        return {POWER: _read_int(self._files[device].power) / 1e6}
 
     def _temperatures(self, device: Device) -> Reading:
         sensors = self._files[device].temperatures
@@ -197,7 +197,7 @@ class SysfsBackend(Backend):
         out: Reading = {}
         for figure, path in sensors:
             try:
-                out[figure] = read_int(path) / 1000.0
+                out[figure] = _read_int(path) / 1000.0
             except (Transient, Unsupported):
                 continue  # one sensor's trouble does not hide the others
         return out

@@ -23,17 +23,17 @@ import re
 import struct
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .. import __version__
+from ... import __version__
 
-SCOPE_NAME = "primus-lens-inject"
-DEFAULT_SERVICE_NAME = "primus-lens-inject"
-STEP_METRIC = "wandb.step"  # no key maps to it: the key "step" is sent as "wandb/step" (wire)
-STEP_UNIT = "{step}"
-KEY_PREFIX = "wandb."
-KEY_ATTRIBUTE = "wandb.key"
-MAX_NAME = 255
-CACHE_LIMIT = 50_000  # metric descriptions kept; a run with more distinct keys starts over
-PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")  # what we send, and accept
+_SCOPE_NAME = "primus-lens-inject"
+_DEFAULT_SERVICE_NAME = "primus-lens-inject"
+_STEP_METRIC = "wandb.step"  # no key maps to it: the key "step" is sent as "wandb/step" (sendable)
+_STEP_UNIT = "{step}"
+_KEY_PREFIX = "wandb."
+_KEY_ATTRIBUTE = "wandb.key"
+_MAX_NAME = 255
+_CACHE_LIMIT = 50_000  # metric descriptions kept; a run with more distinct keys starts over
+_PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")  # what we send, and accept
 
 _OUTSIDE_NAME = re.compile(r"[^A-Za-z0-9_./-]")
 _INTEGER = re.compile(r"-?[0-9]{1,19}\Z")  # an int64 as OTLP/JSON writes it
@@ -85,9 +85,9 @@ class Metric:
         self.json_attributes = json_attributes(attributes)
 
 
-def metric_name(key: str) -> str:
+def _metric_name(key: str) -> str:
     """``wandb.<key>`` made a valid OpenTelemetry instrument name."""
-    return (KEY_PREFIX + _OUTSIDE_NAME.sub("_", key))[:MAX_NAME]
+    return (_KEY_PREFIX + _OUTSIDE_NAME.sub("_", key))[:_MAX_NAME]
 
 
 def describe(key: str) -> Metric:
@@ -107,11 +107,11 @@ def describe(key: str) -> Metric:
         else:
             attributes += [("hw.id", gpu_id), ("hw.type", "gpu")]
     elif key.startswith(_SYS_PREFIX):
-        name = metric_name(key[len(_SYS_PREFIX):]).replace(KEY_PREFIX, "primus.sys.", 1)
+        name = _metric_name(key[len(_SYS_PREFIX):]).replace(_KEY_PREFIX, "primus.sys.", 1)
     else:
-        name = metric_name(key)
-        if name != KEY_PREFIX + key:
-            attributes.append((KEY_ATTRIBUTE, key))
+        name = _metric_name(key)
+        if name != _KEY_PREFIX + key:
+            attributes.append((_KEY_ATTRIBUTE, key))
     return Metric(name, unit, scale, tuple(attributes))
 
 
@@ -122,7 +122,7 @@ def resource_attributes(service: str, instance: str, pod: Dict[str, str], topolo
     ``OTEL_RESOURCE_ATTRIBUTES``) overrides the service and Kubernetes defaults; the service
     name given (``OTEL_SERVICE_NAME``) overrides both; the run, the ranks and the instance
     (which Prometheus turns into the ``instance`` label, so ranks stay apart) are always ours."""
-    out: Dict[str, Any] = {"service.name": DEFAULT_SERVICE_NAME}
+    out: Dict[str, Any] = {"service.name": _DEFAULT_SERVICE_NAME}
     for key, value in (("k8s.pod.name", pod.get("pod_name", "")),
                        ("k8s.pod.uid", pod.get("pod_uid", "")),
                        ("k8s.namespace.name", pod.get("namespace", "")),
@@ -147,19 +147,19 @@ class Encoder:
     def __init__(self, protocol: str) -> None:
         self.json = protocol == "http/json"
         self._metrics: Dict[str, Metric] = {}
-        self._steps = Metric(STEP_METRIC, STEP_UNIT, 1.0, ())
+        self._steps = Metric(_STEP_METRIC, _STEP_UNIT, 1.0, ())
 
     def metric(self, key: str) -> Metric:
         found = self._metrics.get(key)
         if found is None:
-            if len(self._metrics) >= CACHE_LIMIT:
+            if len(self._metrics) >= _CACHE_LIMIT:
                 self._metrics.clear()
             found = self._metrics[key] = describe(key)
         return found
 
     def bodies(self, resource: Attributes, entries: List[Dict[str, Any]],
                limit: int) -> Tuple[List[bytes], int]:
-        """``entries`` (``wire.log_entry`` shapes of one run) as ``ExportMetricsServiceRequest``
+        """``entries`` (``sendable.log_entry`` shapes of one run) as ``ExportMetricsServiceRequest``
         bodies of at most ``limit`` bytes each (before compression), and their number of data
         points.  A request too large is halved by data points, so a row of 60,000 keys becomes
         a few requests and each point, the step's included, is sent once; only a lone point
@@ -267,7 +267,7 @@ def _protobuf_request(resource: Attributes, points: Dict[Metric, List[Tuple[int,
             else:
                 gauge += [bare(0x0A, 18, 0x19, at, 0x21, value) for at, value in values]
         metrics.append(_field(2, group[0].header + _field(5, b"".join(gauge))))
-    scope = _field(1, _string(1, SCOPE_NAME) + _string(2, __version__))
+    scope = _field(1, _string(1, _SCOPE_NAME) + _string(2, __version__))
     resource_pb = b"".join(_field(1, _key_value(k, v)) for k, v in resource)
     return _field(1, _field(1, resource_pb) + _field(2, scope + b"".join(metrics)))
 
@@ -305,7 +305,7 @@ def _json_request(resource: Attributes, points: Dict[Metric, List[Tuple[int, flo
         metrics.append(metric)
     request = {"resourceMetrics": [{
         "resource": {"attributes": json_attributes(resource)},
-        "scopeMetrics": [{"scope": {"name": SCOPE_NAME, "version": __version__},
+        "scopeMetrics": [{"scope": {"name": _SCOPE_NAME, "version": __version__},
                           "metrics": metrics}]}]}
     return json.dumps(request, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
@@ -323,7 +323,7 @@ def read_answer(content_type: str, body: bytes) -> Optional[Tuple[int, str]]:
     try:
         if media == "application/json":
             return _json_answer(json.loads(body))
-        if media in PROTOBUF_TYPES:
+        if media in _PROTOBUF_TYPES:
             return _protobuf_answer(body)
     except (ValueError, TypeError, IndexError, RecursionError):
         pass
@@ -372,6 +372,7 @@ def _fields(data: bytes) -> Dict[int, List[Any]]:
     while at < len(data):
         tag, at = _read_varint(data, at)
         kind = tag & 7
+        value: Any
         if kind == 0:
             value, at = _read_varint(data, at)
         elif kind == 2:
@@ -402,4 +403,4 @@ def _read_varint(data: bytes, at: int) -> Tuple[int, int]:
 
 
 def content_type(protocol: str) -> str:
-    return "application/json" if protocol == "http/json" else PROTOBUF_TYPES[0]
+    return "application/json" if protocol == "http/json" else _PROTOBUF_TYPES[0]

@@ -1,18 +1,18 @@
 """The OTLP sink: the record's rows as OTLP/HTTP metrics, from a cursor of its own
-(``wandb_metrics.otlp.cursor``), with the guarantees of every ``sink.RowsSink``.
+(``wandb_metrics.otlp.cursor``), with the guarantees of every ``report.sink.RowsSink``.
 
-Imported only when ``PRIMUS_LENS_OTLP=true``.  A request body stays under 1 MiB (a larger batch,
-or one huge row, is split by data points: ``otlp.Encoder.bodies``).  Answers are classified as the
-OTLP/HTTP specification says: a 2xx counts only when its body is an ``ExportMetricsServiceResponse``
-in the encoding its ``Content-Type`` names, or empty (an HTML page from a proxy or an ingress
-default backend proves nothing was exported: retried like a busy endpoint, said once); a
-``partial_success`` that rejected points is still accepted (said once per process, not retried,
-the rejected points counted in the status file); 429, 502, 503 and 504 retried with backoff,
-or after ``Retry-After`` when the endpoint gives one; transport errors retried; every other 4xx and
-5xx not retried: the batch is dropped (it stays in the record) and said once.  401, 403, 404, 405
-and redirects mean a wrong endpoint or credentials, which every later batch would meet too: the
-sink stops in this process, said once, and keeps its cursor, so a process started with a fixed
-configuration sends the rows from there.
+Imported only when ``PRIMUS_LENS_OTLP=true`` (``report.sinks``). A request body stays under 1
+MiB (a larger batch, or one huge row, is split by data points: ``encoding.Encoder.bodies``).
+Answers are classified as the OTLP/HTTP specification says: a 2xx counts only when its body is
+an ``ExportMetricsServiceResponse`` in the encoding its ``Content-Type`` names, or empty (an
+HTML page from a proxy or an ingress default backend proves nothing was exported: retried like a
+busy endpoint, said once); a ``partial_success`` that rejected points is still accepted (said
+once per process, not retried, the rejected points counted in the status file); 429, 502, 503
+and 504 retried with backoff, or after ``Retry-After`` when the endpoint gives one; transport
+errors retried; every other 4xx and 5xx not retried: the batch is dropped (it stays in the
+record) and said once. 401, 403, 404, 405 and redirects mean a wrong endpoint or credentials,
+which every later batch would meet too: the sink stops in this process, said once, and keeps its
+cursor, so a process started with a fixed configuration sends the rows from there.
 """
 
 from __future__ import annotations
@@ -23,21 +23,20 @@ import os
 import socket
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
-from urllib.parse import urlsplit, urlunsplit
 
-from .. import credentials, log
-from ..config import Config
-from ..topology import Topology
-from . import otlp, owner, transport, wire
-from .policy import DROP, OK, RETRY, STOP
-from .sink import Batch, Control, RowsSink, answered
+from ... import credentials, log
+from ...config import Config
+from ...recordline import Line
+from .. import owner, transport
+from ..policy import DROP, OK, RETRY, STOP
+from ..sendable import MAX_BODY, log_entry
+from ..sink import Batch, Context, RowsSink, answered
+from . import encoding
 
-CURSOR_SUFFIX = ".otlp.cursor"
-METRICS_PATH = "/v1/metrics"
-RETRYABLE = frozenset((429, 502, 503, 504))
-REFUSED = frozenset((401, 403, 404, 405))  # every later batch would be refused the same way
+_RETRYABLE = frozenset((429, 502, 503, 504))
+_REFUSED = frozenset((401, 403, 404, 405))  # every later batch would be refused the same way
 RETRY_AFTER_MAX = 300.0  # seconds: a longer Retry-After is cut to this
-GZIP_LEVEL = 1  # the sink runs beside training: the cheapest level, most of the gain
+_GZIP_LEVEL = 1  # the sink runs beside training: the cheapest level, most of the gain
 
 
 class Settings(NamedTuple):
@@ -56,40 +55,21 @@ class Settings(NamedTuple):
 
 
 def settings(config: Config) -> Settings:
-    """Each setting from the first of ``PRIMUS_LENS_OTLP_*``, ``OTEL_EXPORTER_OTLP_METRICS_*``,
-    ``OTEL_EXPORTER_OTLP_*`` that is set (the last has the defaults).  Our own names come first
-    because the chart sets them: the ``OTEL_*`` names are also read by every OpenTelemetry SDK in
-    the process (wandb ≥ 0.31 exports to W&B with one), so they stay a fallback for runs by hand.
-    A full metrics URL wins over a base URL of the same tier."""
-    def pick(name: str) -> Any:
-        for tier in ("otlp", "otel_metrics"):
-            value = getattr(config, f"{tier}_{name}")
-            if value is not None:
-                return value
-        return getattr(config, f"otel_{name}")
-
-    endpoint = (config.otlp_metrics_endpoint or _metrics_url(config.otlp_endpoint)
-                or config.otel_metrics_endpoint or _metrics_url(config.otel_endpoint))
-    service = config.otlp_service_name
-    return Settings(endpoint, pick("headers"), pick("timeout") / 1000.0,
+    """The settings in effect, each from the first variable that sets it
+    (``config.Config.otlp_setting``: ``PRIMUS_LENS_OTLP_*``, then ``OTEL_EXPORTER_OTLP_METRICS_*``,
+    then ``OTEL_EXPORTER_OTLP_*``).  Our own names come first because the chart sets them: the
+    ``OTEL_*`` names are also read by every OpenTelemetry SDK in the process (wandb ≥ 0.31 exports
+    to W&B with one), so they stay a fallback for runs by hand."""
+    pick = config.otlp_setting
+    return Settings(pick("endpoint"), pick("headers"), pick("timeout") / 1000.0,
                     pick("compression") == "gzip", pick("protocol"), pick("certificate"),
-                    pick("client_certificate"), pick("client_key"),
-                    (config.otel_resource_attributes if config.otlp_resource_attributes is None
-                     else config.otlp_resource_attributes),
-                    config.otel_service_name if service is None else service)
-
-
-def _metrics_url(base: Optional[str]) -> str:
-    """``{base}/v1/metrics``, a query string (a function key, a signature) kept at the end."""
-    if not base:
-        return ""
-    parts = urlsplit(base)
-    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + METRICS_PATH))
+                    pick("client_certificate"), pick("client_key"), pick("resource_attributes"),
+                    pick("service_name"))
 
 
 def classify(status: int, message: str, understood: bool = True) -> Tuple[str, str]:
     """(action, reason) of an OTLP/HTTP answer; ``status`` 0: no answer (transport error);
-    ``understood``: a 2xx body is an ``ExportMetricsServiceResponse`` (``otlp.read_answer``)."""
+    ``understood``: a 2xx body is an ``ExportMetricsServiceResponse`` (``encoding.read_answer``)."""
     if 200 <= status < 300:
         if not understood:
             return RETRY, (f"HTTP {status} whose body is not an OTLP ExportMetricsServiceResponse "
@@ -97,9 +77,9 @@ def classify(status: int, message: str, understood: bool = True) -> Tuple[str, s
         return OK, ""
     if status == 0:
         return RETRY, message or "connection failed"
-    if status in RETRYABLE:
+    if status in _RETRYABLE:
         return RETRY, f"endpoint busy or unavailable (HTTP {status})"
-    if status in REFUSED or 300 <= status < 400:
+    if status in _REFUSED or 300 <= status < 400:
         return STOP, (f"endpoint refused the credentials or the address (HTTP {status}); check "
                       "PRIMUS_LENS_OTLP_ENDPOINT and PRIMUS_LENS_OTLP_HEADERS (docs/otlp.md)")
     return DROP, f"endpoint rejected the batch (HTTP {status}{': ' + message if message else ''})"
@@ -121,25 +101,31 @@ def retry_after(value: Optional[str]) -> Optional[float]:
     return min(max(seconds, 0.0), RETRY_AFTER_MAX)
 
 
-class OtlpRows(RowsSink):
+class OtlpSink(RowsSink):
     """Every row of a reporting writer, once per job, to ``{endpoint}/v1/metrics``."""
 
     name = "otlp"
-    cursor_suffix = CURSOR_SUFFIX
 
-    def __init__(self, control: Control, config: Config, topology: Topology, record_path: str,
-                 writers: owner.Writers, untagged: owner.Writer) -> None:
-        super().__init__(control, config, record_path, writers, untagged)
-        self.settings = settings(config)
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
+        self.settings = settings(context.config)
         self.endpoint = self.settings.endpoint
-        self.topology = topology
-        self.encoder = otlp.Encoder(self.settings.protocol)
+        self.topology = context.topology
+        self.encoder = encoding.Encoder(self.settings.protocol)
         self._resources: Dict[Tuple[int, str], List[Tuple[str, Any]]] = {}
         self._asked: Optional[float] = None  # Retry-After of the last answer
 
+    @property
+    def where(self) -> str:
+        return f"OTLP export to {self.endpoint}"
+
+    @property
+    def address(self) -> str:
+        return self.endpoint
+
     def open_client(self) -> Any:
         s = self.settings
-        headers = {"Content-Type": otlp.content_type(s.protocol),
+        headers = {"Content-Type": encoding.content_type(s.protocol),
                    "User-Agent": "primus-lens-inject", **dict(s.headers)}
         if s.gzip:
             headers["Content-Encoding"] = "gzip"
@@ -147,18 +133,18 @@ class OtlpRows(RowsSink):
         return transport.client(self.endpoint, headers, s.timeout,
                                 min(s.timeout, self.config.connect_timeout),
                                 ca_file=s.certificate, client_cert=cert,
-                                trust_env=self.config.api_use_proxy)
+                                trust_env=self.config.api_use_proxy,
+                                http_transport=self.context.http_transport)
 
-    def entry(self, row: Dict[str, Any], writer: owner.Writer) -> Tuple[Optional[Dict[str, Any]],
-                                                                         str]:
-        return wire.log_entry(row["step"], row["timestamp"], row["data"])  # rank: a resource
+    def entry(self, row: Line, writer: owner.Writer) -> Tuple[Optional[Dict[str, Any]], str]:
+        return log_entry(row.step, row.timestamp, row.data)  # rank: a resource
 
     def encode(self, batch: Batch, now: float) -> List[bytes]:
         writer, run_id, entries = batch
         bodies, _points = self.encoder.bodies(self._resource(writer, run_id), entries,
-                                              wire.MAX_BODY)
+                                              MAX_BODY)
         if self.settings.gzip:
-            return [gzip.compress(body, GZIP_LEVEL) for body in bodies]
+            return [gzip.compress(body, _GZIP_LEVEL) for body in bodies]
         return bodies
 
     def _resource(self, writer: owner.Writer, run_id: str) -> List[Tuple[str, Any]]:
@@ -172,9 +158,9 @@ class OtlpRows(RowsSink):
             instance = f"{pod['pod_name'] or socket.gethostname()}/rank{writer.rank}"
             if len(self._resources) > 64:
                 self._resources.clear()
-            # the run's own free text goes through the rule of the rows' keys (wire.sendable)
+            # the run's own free text goes through the rule of the rows' keys (sendable)
             # and of the detection report's run labels: a token may stand alone in a name
-            found = self._resources[key] = otlp.resource_attributes(
+            found = self._resources[key] = encoding.resource_attributes(
                 self.settings.service_name, instance, pod, self.topology, writer.rank,
                 credentials.redact_label(run_id),
                 credentials.redact_label(os.environ.get("WANDB_PROJECT", "")),
@@ -191,16 +177,16 @@ class OtlpRows(RowsSink):
             response = client.post(self.endpoint, content=body)
             status, message = response.status_code, ""
             if 200 <= status < 300:
-                answer = otlp.read_answer(response.headers.get("Content-Type", ""),
+                answer = encoding.read_answer(response.headers.get("Content-Type", ""),
                                           response.content)
             else:
                 message = _status_text(response.content)
-            if status in RETRYABLE:
+            if status in _RETRYABLE:
                 self._asked = retry_after(response.headers.get("Retry-After"))
         except Exception as exc:  # httpx.TransportError and anything below it
             status, message = 0, f"{type(exc).__name__}: {exc}"
         action, reason = classify(status, message, answer is not None or not 200 <= status < 300)
-        answered(self.stats, action, reason, f"OTLP export to {self.endpoint}",
+        answered(self.stats, action, reason, self.where,
                  f"otlp-{action}-{status}")
         if answer is not None:
             self._partial(*answer)

@@ -1,15 +1,16 @@
-"""From record rows to request bodies the telemetry-processor accepts (spec §9.1, §8.1).
+"""What of a record row may go on the wire, for every sink: the value rules (spec §9.1, §8.1).
 
-The server's Go decoder rejects a whole request for one NaN token, one out-of-range number or a
-string in a number field, and its read API shows every non-number as 0.  So ``data`` carries
-finite numbers only: the record's ``"NaN"``/``"Infinity"`` markers, strings, bools, ``None``,
-lists and media descriptors are left out; nested dicts are flattened to ``"outer.inner"`` keys
-(wandb's own naming).  User keys that the server uses for its own metadata are renamed with a
-``wandb/`` prefix so they cannot overwrite ``step``, ``run_id`` and the like.  The server stores
-into Postgres ``jsonb``, which refuses a NUL character and lone surrogates in any string (one such
-key would fail its whole batch, and every retry after it): those become U+FFFD.  A body never
-exceeds ``MAX_BODY`` (the README promises requests under 1 MiB): a batch too large is split by
-steps, one step too large by keys, and the server merges the writes of a step into one row.
+A receiver's decoder may reject a whole request for one NaN token, one out-of-range number or a
+string in a number field (the telemetry-processor's Go decoder does, and its read API shows
+every non-number as 0).  So a row's values go out as finite numbers only: the record's
+``"NaN"``/``"Infinity"`` markers, strings, bools, ``None``, lists and media descriptors are left
+out; nested dicts are flattened to ``"outer.inner"`` keys (wandb's own naming).  Keys are
+redacted where they carry a credential (``credentials.redact_key``); keys the Lens server uses
+for its own metadata are renamed with a ``wandb/`` prefix so they cannot overwrite ``step``,
+``run_id`` and the like.  Postgres ``jsonb`` refuses a NUL character and lone surrogates in any
+string (one such key would fail its whole batch, and every retry after it): those become U+FFFD.
+A request body never exceeds ``MAX_BODY`` (the README promises requests under 1 MiB); each sink
+splits its own bodies.  Rows of one run and step are merged into one entry (``merge_steps``).
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ import re
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from .. import credentials
-from ..values import STRICT_JSON
 
 # Keys the server writes or hides in a training_performance row (spec §8.1).
-RESERVED_KEYS = frozenset(("source", "run_id", "step", "created_at", "updated_at", "history",
+_RESERVED_KEYS = frozenset(("source", "run_id", "step", "created_at", "updated_at", "history",
                            "iteration", "target_iteration"))
-RENAME_PREFIX = "wandb/"
-MAX_STEP = 2_147_483_647  # the server stores int32 iterations; larger values wrap
+_RENAME_PREFIX = "wandb/"
+_MAX_STEP = 2_147_483_647  # the server stores int32 iterations; larger values wrap
 _MAX_FLOAT = 1.7976931348623157e308
 MAX_BODY = (1 << 20) - 1  # bytes; requests stay under 1 MiB
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL and surrogates: jsonb refuses them
@@ -79,8 +79,8 @@ def sendable(data: Dict[str, Any], key_prefix: str = "") -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for key, value in flat.items():
         key = credentials.redact_key(storable(key))  # the record keeps the user's key
-        if key in RESERVED_KEYS:
-            key = RENAME_PREFIX + key
+        if key in _RESERVED_KEYS:
+            key = _RENAME_PREFIX + key
         out[key_prefix + key] = value
     return out
 
@@ -90,7 +90,7 @@ def log_entry(step: Any, timestamp: Any, data: Dict[str, Any],
     """One ``logs[]`` entry, or (None, reason) when the row has nothing the server can take."""
     if isinstance(step, bool) or not isinstance(step, int):
         return None, "step is not an integer"
-    if not 0 <= step <= MAX_STEP:
+    if not 0 <= step <= _MAX_STEP:
         return None, "step outside 0..2147483647"
     if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)) \
             or not math.isfinite(timestamp) or timestamp <= 0:
@@ -99,52 +99,6 @@ def log_entry(step: Any, timestamp: Any, data: Dict[str, Any],
     if not values:
         return None, "no numeric values"
     return {"step": step, "timestamp": float(timestamp), "data": values}, ""
-
-
-def identity(config: Any) -> Dict[str, str]:
-    """Identity fields of every body (spec §9.2): pod name, and the workload and pod UIDs only if
-    given.  The one definition: rows bodies, detection reports (which leave out an empty pod
-    name) and each writer's record of who it is (``owner.Writer``) all take it from here."""
-    out = {"pod_name": config.pod_name}
-    if config.workload_uid:
-        out["workload_uid"] = config.workload_uid
-    if config.pod_uid:
-        out["pod_uid"] = config.pod_uid
-    return out
-
-
-def logs_body(ident: Dict[str, str], run_id: str, entries: List[Dict[str, Any]],
-              now: float) -> Dict[str, Any]:
-    return {"source": "wandb", **ident, "run_id": storable(run_id), "logs": entries,
-            "timestamp": now}
-
-
-def logs_bodies(ident: Dict[str, str], run_id: str, entries: List[Dict[str, Any]], now: float,
-                limit: int = MAX_BODY) -> List[bytes]:
-    """``entries`` as encoded bodies of at most ``limit`` bytes each, in order: halved by steps
-    while a body is too large, a single step halved by keys (only a lone key larger than the
-    limit is sent as it is)."""
-    body = encode(logs_body(ident, run_id, entries, now))
-    if len(body) <= limit:
-        return [body]
-    if len(entries) > 1:
-        half = len(entries) // 2
-        return logs_bodies(ident, run_id, entries[:half], now, limit) \
-            + logs_bodies(ident, run_id, entries[half:], now, limit)
-    entry = entries[0]
-    keys = list(entry["data"])
-    if len(keys) < 2:
-        return [body]
-    half = len(keys) // 2
-    return [part for keep in (keys[:half], keys[half:])
-            for part in logs_bodies(ident, run_id,
-                                    [dict(entry, data={k: entry["data"][k] for k in keep})],
-                                    now, limit)]
-
-
-def encode(body: Dict[str, Any]) -> bytes:
-    """Strict JSON: ``allow_nan=False`` so a bug can never put a NaN token on the wire."""
-    return STRICT_JSON.encode(body).encode("ascii")
 
 
 def merge_steps(rows: Iterable[Tuple[str, Dict[str, Any]]]) -> List[Tuple[str, Dict[str, Any]]]:
