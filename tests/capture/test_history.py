@@ -38,15 +38,22 @@ SCRIPT = textwrap.dedent(f"""
 """)
 
 
-@pytest.fixture(scope="module")
-def transaction_log(tmp_path_factory: pytest.TempPathFactory) -> str:
-    wandb_dir = str(tmp_path_factory.mktemp("wandb"))
+def wandb_log(tmp_path_factory: pytest.TempPathFactory, name: str, script: str) -> str:
+    """The transaction log of ``script`` run by wandb alone, offline: the ground truth, not our
+    output (no injector on the path)."""
+    wandb_dir = str(tmp_path_factory.mktemp(name))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "PRIMUS_LENS_"))}
     env.update(WANDB_MODE="offline", WANDB_DIR=wandb_dir, WANDB_SILENT="true")
-    env.pop("PYTHONPATH", None)  # wandb alone: this file is the ground truth, not our output
-    subprocess.run([sys.executable, "-c", SCRIPT], env=env, check=True, timeout=120)
+    env.pop("PYTHONPATH", None)
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=120)
     (run_dir,) = wandb_history.run_dirs(wandb_dir)
     (path,) = glob.glob(os.path.join(run_dir, "*.wandb"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def transaction_log(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = wandb_log(tmp_path_factory, "wandb", SCRIPT)
     assert os.path.getsize(path) > 4 * BLOCK  # records really cross blocks
     return path
 
@@ -70,14 +77,7 @@ TYPED_SCRIPT = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def typed_log(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A real wandb 0.31 run's log with both forms of every logged value (``json,typed``)."""
-    wandb_dir = str(tmp_path_factory.mktemp("typed"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "PRIMUS_LENS_"))}
-    env.update(WANDB_MODE="offline", WANDB_DIR=wandb_dir, WANDB_SILENT="true")
-    env.pop("PYTHONPATH", None)
-    subprocess.run([sys.executable, "-c", TYPED_SCRIPT], env=env, check=True, timeout=120)
-    (run_dir,) = wandb_history.run_dirs(wandb_dir)
-    (path,) = glob.glob(os.path.join(run_dir, "*.wandb"))
-    return path
+    return wandb_log(tmp_path_factory, "typed", TYPED_SCRIPT)
 
 
 def test_both_history_encodings_give_the_same_rows(typed_log: str, tmp_path: Any) -> None:
