@@ -267,6 +267,49 @@ class Config:
         "PRIMUS_LENS_SYSFS_ROOT", "/sys", _path,
         "Where sysfs is mounted, for the amdgpu fallback (chroots, tests).")
 
+    # -- The rank pulse and the stall watchdog (pulse) -------------------------------------------
+    pulse: bool = setting(
+        "PRIMUS_LENS_PULSE", True, _parse_bool,
+        "Pulse in every distributed rank: optimizer steps, step times, own GPU/host figures and "
+        "stall stacks in `pulse.jsonl` beside the record (docs/pulse.md).")
+    pulse_interval: float = setting(
+        "PRIMUS_LENS_PULSE_INTERVAL", 10.0, _number(float, 0.5, 3600.0),
+        "Seconds between two pulse lines of a rank.")
+    stall_seconds: float = setting(
+        "PRIMUS_LENS_STALL_SECONDS", 300.0, _number(float, 1.0, 7 * 86400.0),
+        "A rank without an optimizer step for longer than max(this, "
+        "PRIMUS_LENS_STALL_FACTOR x its median step time) is stalled: its stacks are written.")
+    stall_factor: float = setting(
+        "PRIMUS_LENS_STALL_FACTOR", 10.0, _number(float, 1.0, 1000.0),
+        "How many median step times without a step make a stall (see PRIMUS_LENS_STALL_SECONDS).")
+
+    # -- The pod agent (agent) ----------------------------------------------------------------------
+    agent: bool = setting(
+        "PRIMUS_LENS_AGENT", False, _parse_bool,
+        "true: a `primus-lens agent` in this pod sends its records (the chart and webhook set it); "
+        "this process only records (docs/agent.md).")
+    agent_address: str = setting(
+        "PRIMUS_LENS_AGENT_ADDRESS", "0.0.0.0", _text,
+        "The address the agent's `/metrics`, `/healthz` and `/readyz` listen on.")
+    agent_port: int = setting(
+        "PRIMUS_LENS_AGENT_PORT", 9470, _number(int, 0, 65535),
+        "The agent's port (0: any free port, said on stderr and in the agent file).")
+    agent_drain_seconds: float = setting(
+        "PRIMUS_LENS_AGENT_DRAIN_SECONDS", 25.0, _number(float, 0.0, 3600.0),
+        "After SIGTERM the agent keeps sending for at most this long (keep it below the pod's "
+        "terminationGracePeriodSeconds).")
+    agent_detection_window: float = setting(
+        "PRIMUS_LENS_AGENT_DETECTION_WINDOW", 30.0, _number(float, 0.0, 3600.0),
+        "The agent sends a job's first detection report at a random moment within this many "
+        "seconds, so a job's pods do not all send at once.")
+    metrics_max_series: int = setting(
+        "PRIMUS_LENS_METRICS_MAX_SERIES", 20000, _number(int, 1, 10_000_000),
+        "Most series the agent's `/metrics` exposes in all; the rest are counted in "
+        "`primus_lens_series_dropped_total`.")
+    metrics_max_series_per_metric: int = setting(
+        "PRIMUS_LENS_METRICS_MAX_SERIES_PER_METRIC", 2000, _number(int, 1, 10_000_000),
+        "Most series of one metric name on `/metrics` (ranks x runs).")
+
     # -- Every sink: which processes send ----------------------------------------------------------
     report_ranks: str = setting(
         "PRIMUS_LENS_REPORT_RANKS", "owner", _report_ranks,

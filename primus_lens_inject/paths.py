@@ -121,3 +121,15 @@ def record_location(config: Config, topology: Topology, reporting: bool = True) 
         return RecordLocation("", "", "", node, rank)
     private = os.path.join(fallback_root(), _PRIVATE_DIR, f"{os.getpid()}-{os.urandom(4).hex()}")
     return RecordLocation(record_path(private, node, rank), "", private, node, rank)
+
+
+def rank_dirs(root: str) -> List[str]:
+    """Every ``node_<n>/rank_<r>`` directory under a record root, sorted: where the pod agent
+    and ``primus-lens report`` find each process's record and pulse (new ones on every call)."""
+    pattern = os.path.join(glob.escape(root), "node_*", "rank_*")
+    return sorted(path for path in glob.glob(pattern) if os.path.isdir(path))
+
+
+def record_in(rank_dir: str) -> str:
+    """The record file of one ``node_<n>/rank_<r>`` directory (it may not exist yet)."""
+    return os.path.join(rank_dir, _FILE_NAME)

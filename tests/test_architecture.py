@@ -44,7 +44,10 @@ ALLOWED: Dict[str, Optional[Set[str]]] = {
     "leaf": {"leaf"},
     "metrics": {"leaf"},
     "report": {"leaf"},
-    "capture": {"leaf", "metrics", "report"},
+    "capture": {"leaf", "metrics", "report", "pulse"},
+    "pulse": {"leaf", "metrics"},  # the rank pulse: every rank's steps, figures and stalls
+    "agent": {"leaf", "report"},  # the pod agent: sends every record, serves /metrics
+    "view": {"leaf", "report"},  # primus-lens report: the HTML page of records and pulses
     "k8s": set(),
     "devserver": set(),
     "cli": None,
