@@ -2,8 +2,8 @@
 #
 #   injector (default target): the read-only tree /opt/primus-lens (bootstrap, package without the
 #       development receiver, which .dockerignore leaves out; private dependencies in deps/), run
-#       as non-root. It is the webhook's init-container image (the tree is copied into the pod)
-#       and runs the webhook server itself.
+#       as non-root. It is the webhook's init-container image (the tree is copied into the pod),
+#       runs the webhook server itself, and is the pod agent's image (`primus-lens agent`).
 #   training-base: BASE_IMAGE (your training image) with the tree baked in, PYTHONPATH set and the
 #       .pth route installed for its python3 (TRAINING_PYTHON).
 #
@@ -57,7 +57,10 @@ LABEL org.opencontainers.image.title="primus-lens-inject" \
       org.opencontainers.image.description="wandb capture for Primus Lens: injector tree and admission webhook" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=tree /opt/primus-lens /opt/primus-lens
-ENV PYTHONPATH=/opt/primus-lens \
+# deps/ on PYTHONPATH too: the pod agent (`primus-lens agent`, httpx and prometheus_client) must
+# import them even where the pod turns the bootstrap off (PRIMUS_LENS_WANDB_HOOK=false), and no
+# application here has packages of its own to win over them.
+ENV PYTHONPATH=/opt/primus-lens:/opt/primus-lens/deps \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 USER 65532:65532

@@ -1,5 +1,6 @@
 # primus-lens-inject — everything a user or CI needs, from a fresh checkout.
-#   make demo   run examples/train.py under the injector, reporting to the built-in receiver
+#   make demo   a 4-rank job (examples/demo_train.py) under the injector, reporting to the built-in
+#               receiver (Lens and OTLP), then its report; in .venv-demo (the package and wandb only)
 #   make test   lint (ruff, mypy) + the whole suite against the wheel built from this checkout (newest wandb),
 #               then the wandb_compat and layouts tests against the image layout (wandb 0.12.21)
 #   make bench  the benchmarks in bench/ (baseline, patched, ratio; medians)
@@ -10,14 +11,18 @@ PY         := $(VENV)/bin/python
 OLD_WANDB  ?= 0.12.21
 OLD_VENV   ?= .venv-wandb-$(OLD_WANDB)
 OLD_PY     := $(OLD_VENV)/bin/python
+DEMO_VENV  ?= .venv-demo
+DEMO_PY    := $(DEMO_VENV)/bin/python
 PIP_FLAGS  ?= -q --disable-pip-version-check
 TORCH_WHEELS ?= /opt/wheels
 
-# Fragments in mk/ add their own targets and append prerequisites of `make test` here.
+# Fragments in mk/ add their own targets and append prerequisites of `make test` here, and the
+# programs the tests must find (a missing one fails them instead of skipping: tests/k8s/support.py).
 TEST_PREREQS :=
+export PRIMUS_LENS_REQUIRE_TOOLS :=
 -include mk/*.mk
 
-.PHONY: install install-old demo test test-core test-old lint bench clean
+.PHONY: install install-old install-demo demo screenshot test test-core test-old lint bench clean
 .DEFAULT_GOAL := demo
 
 install: $(VENV)/.installed
@@ -40,8 +45,24 @@ $(OLD_VENV)/.installed: pyproject.toml setup.py
 	$(OLD_PY) -m pip install $(PIP_FLAGS) -e . "wandb==$(OLD_WANDB)" "numpy<2" "protobuf<4"
 	touch $@
 
-demo: install
-	$(PY) examples/demo.py
+# The demo's own light environment: what a user of the wheel has (its runtime dependencies) and
+# wandb; editable, so it runs this checkout as it is. No torch, no test tools: seconds, not minutes.
+install-demo: $(DEMO_VENV)/.installed
+$(DEMO_VENV)/.installed: pyproject.toml setup.py
+	@echo "demo: creating $(DEMO_VENV), a virtualenv with only this package, its dependencies and wandb"
+	$(PYTHON) -m venv $(DEMO_VENV)
+	@echo "demo: installing primus-lens-inject from this checkout (editable) and wandb"
+	$(DEMO_PY) -m pip install $(PIP_FLAGS) -e . wandb
+	touch $@
+
+demo: install-demo
+	@echo "demo: running examples/demo.py with $(DEMO_PY)"
+	@$(DEMO_PY) examples/demo.py
+
+# The README's picture (docs/images/report.png): the demo's report in headless Chromium. Pillow
+# (tensorboard brings it into .venv) shrinks it to a palette image.
+screenshot: install system-tools
+	$(PY) examples/demo_screenshot.py
 
 lint: install
 	$(PY) -m ruff check primus_lens_inject sitecustomize tests bench examples setup.py
@@ -55,12 +76,20 @@ test: lint install-old $(TEST_PREREQS)
 	PRIMUS_LENS_TEST_INSTALL=image PRIMUS_LENS_TEST_PYTHON=$(abspath $(OLD_PY)) \
 	  $(PY) -m pytest -m "wandb_compat or layouts" -p no:cacheprovider
 
-bench: install
+# Every bench/*.py (bench-webhook runs bench/webhook_latency.py; tests/test_docs.py checks that
+# none is left out), at the shapes the issues name; the scrape bench scrapes 40 times a second
+# apart per format instead of 60 two seconds apart (about 1.5 minutes instead of 4). report_scale
+# renders in Chromium, which system-tools installs as root (mk/system.mk).
+bench: install system-tools
 	$(PY) bench/startup.py
 	$(PY) bench/log_overhead.py
 	$(PY) bench/sampler_cost.py
 	$(PY) bench/reporter_throughput.py
+	$(PY) bench/pulse_cost.py
+	$(PY) bench/agent_requests.py
+	$(PY) bench/metrics_scrape.py --scrapes 40 --interval 1
+	$(PY) bench/report_scale.py
 	$(MAKE) bench-webhook
 
 clean:
-	rm -rf $(VENV) $(OLD_VENV) .pytest_cache .ruff_cache .mypy_cache build dist *.egg-info
+	rm -rf $(VENV) $(OLD_VENV) $(DEMO_VENV) demo-output .pytest_cache .ruff_cache .mypy_cache build dist *.egg-info

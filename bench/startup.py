@@ -2,6 +2,9 @@
 
     python -c pass            goal: ratio ≤ 1.05
     python -c "import wandb"  goal: ratio ≤ 1.03 (the post-import hook fires and patches)
+    python -c "import torch"  goal: ratio ≤ 1.02 (torch imports torch.distributed: the rank
+                              pulse's hook wraps init_process_group, importing nothing of ours;
+                              measured for the two PYTHONPATH layouts, where torch is installed)
 
 for each way in: the wheel (pip-installed into a fresh virtualenv) with its bootstrap on
 PYTHONPATH, as ``primus-lens run`` does; the same wheel through the .pth route (``primus-lens
@@ -93,8 +96,10 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=41)
     parser.add_argument("--wandb-runs", type=int, default=15)
+    parser.add_argument("--torch-runs", type=int, default=11)
     parser.add_argument("--instructions", action="store_true",
-                        help="also count python -c pass's instructions (needs valgrind)")
+                        help="also count the instructions of python -c pass and of import "
+                        "torch (needs valgrind)")
     args = parser.parse_args()
     if args.instructions and not shutil.which("valgrind"):
         parser.error("--instructions needs valgrind")
@@ -114,6 +119,17 @@ def main() -> None:
         for name, (baseline, injector) in measured.items():
             base, ours = compare("import wandb", args.wandb_runs, baseline, injector)
             report(f"{name}: import wandb (ms, median)", base, ours, "ms", "ratio <= 1.03")
+        if not args.torch_runs or subprocess.run([sys.executable, "-c", "import torch"],
+                                                 capture_output=True).returncode:
+            return
+        for name in ("wheel, PYTHONPATH", "image tree, PYTHONPATH"):
+            baseline, injector = measured[name]
+            base, ours = compare("import torch", args.torch_runs, baseline, injector)
+            report(f"{name}: import torch (ms, median)", base, ours, "ms", "ratio <= 1.02")
+            if args.instructions:  # torch's import is long and I/O-bound: time is noisy
+                report(f"{name}: import torch (instructions, millions)",
+                       instructions(baseline, "import torch") / 1e6,
+                       instructions(injector, "import torch") / 1e6, "M", "ratio <= 1.02")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ CHART         := charts/primus-lens-inject
 # markers for the Python that builds the image, not for the one that will run it.
 INJECTOR_DEPS := httpx==0.28.1 httpcore==1.0.9 h11==0.16.0 anyio==4.12.1 idna==3.20 \
                  certifi==2026.10.19.post1 exceptiongroup==1.3.1 typing_extensions==4.16.0 \
-                 psutil==7.2.2 nvidia-ml-py==13.615.71 amdsmi==7.0.2
+                 psutil==7.2.2 nvidia-ml-py==13.615.71 amdsmi==7.0.2 prometheus_client==0.26.0
 WHEEL_PLATFORMS := manylinux_2_12_x86_64 manylinux2010_x86_64 manylinux2014_x86_64 \
                    manylinux_2_17_x86_64 manylinux_2_28_x86_64
 WHEELHOUSE    := build/wheels
@@ -48,7 +48,7 @@ BASE_IMAGE    ?= $(PYTHON_IMAGE)
 # The image test needs root (buildah/podman without user namespaces), so it is required as root only.
 export PRIMUS_LENS_IMAGE_CACHE := $(abspath $(IMAGE_CACHE))
 export PRIMUS_LENS_TEST_WANDB := $(TEST_WANDB)
-export PRIMUS_LENS_REQUIRE_TOOLS := helm$(if $(filter 0,$(shell id -u)), image)
+PRIMUS_LENS_REQUIRE_TOOLS += helm$(if $(filter 0,$(shell id -u)), image)
 
 TEST_PREREQS += tools image-tools image-inputs
 

@@ -287,7 +287,8 @@ class Config:
     agent: bool = setting(
         "PRIMUS_LENS_AGENT", False, _parse_bool,
         "true: a `primus-lens agent` in this pod sends its records (the chart and webhook set it); "
-        "this process only records (docs/agent.md).")
+        "this process only records, in directories open to the agent's user (mode 0777: the "
+        "pod's own volume; docs/agent.md).")
     agent_address: str = setting(
         "PRIMUS_LENS_AGENT_ADDRESS", "0.0.0.0", _text,
         "The address the agent's `/metrics`, `/healthz` and `/readyz` listen on.")
@@ -343,7 +344,9 @@ class Config:
         "row); see docs/reporting.md.")
     batch_size: int = setting(
         "PRIMUS_LENS_WANDB_BATCH_SIZE", 100, _number(int, 1, 500),
-        "Most steps sent in one request (the server has no cap; we keep requests ≤ 1 MiB).")
+        "Most steps sent in one request (the server has no cap; we keep requests ≤ 1 MiB); "
+        "the pod agent's batches grow to 500 steps while they wait for their turn "
+        "(docs/agent.md).")
     flush_interval: float = setting(
         "PRIMUS_LENS_WANDB_FLUSH_INTERVAL", 1.0, _number(float, 0.05, 300.0),
         "Seconds the reporter waits to fill a batch before sending what it has.")

@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # annotations only: the leaf stays free of runtime imports
     from .topology import Topology
 
 _FILE_NAME = "wandb_metrics.jsonl"
+SHARED_MODE = 0o777  # a record directory of agent mode: the agent, another user, writes there
+SHARED_FILE_MODE = 0o644  # a file in it: everyone reads, only its owner writes (appends)
 _PRIVATE_DIR = "spool"  # under ``fallback_root()``: one private spool per process
 _JOB_PREFIX = "job-"  # under ``fallback_root()``: one fallback record tree per job
 # Variables that name the job a process belongs to, most specific first: two jobs of one user on
@@ -59,6 +61,57 @@ def record_path(root: str, node: int, local_rank: int) -> str:
     return os.path.join(root, f"node_{int(node)}", f"rank_{int(local_rank)}", _FILE_NAME)
 
 
+def make_dirs(path: str, shared: bool = False) -> None:
+    """``os.makedirs(path, exist_ok=True)``; with ``shared``, every directory this call creates
+    gets mode ``SHARED_MODE`` (0o777, set by ``chmod``: the umask cannot narrow it), and those
+    that existed keep theirs.
+
+    Shared directories are for the pod agent (``PRIMUS_LENS_AGENT=true``): the trainers create a
+    record's directories as their own user (often root), and the agent, another user, must create,
+    replace and remove its side files there (docs/agent.md, "Who may write the record's
+    directories").  ``OSError`` as ``os.makedirs``.
+    """
+    if not shared:
+        os.makedirs(path, exist_ok=True)
+        return
+    path = os.path.normpath(path)
+    parent = os.path.dirname(path)
+    if parent and parent != path and not os.path.isdir(parent):
+        make_dirs(parent, shared=True)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+        return  # another process made it: its mode is that process's
+    os.chmod(path, SHARED_MODE)
+
+
+def is_shared(directory: str) -> bool:
+    """Whether every user may create and remove files in ``directory`` (``make_dirs`` with
+    ``shared``)."""
+    try:
+        return os.stat(directory).st_mode & SHARED_MODE == SHARED_MODE
+    except OSError:
+        return False
+
+
+def share_file(fd: int) -> None:
+    """Make a file of a shared directory readable by every user (0644: the pod agent reads what
+    the trainers write) whatever the umask; best effort (a file of another user keeps its
+    mode)."""
+    try:
+        os.fchmod(fd, SHARED_FILE_MODE)
+    except OSError:
+        pass
+
+
+def make_side_dir(directory: str) -> None:
+    """Create a directory beside a record (its writers, its detection queue), shared where the
+    directory that holds it is (a record of agent mode), else as ``os.makedirs``."""
+    make_dirs(directory, shared=is_shared(os.path.dirname(os.path.normpath(directory))))
+
+
 def close_quietly(fd: int) -> None:
     """Close a descriptor we own; closing can only fail for one that is gone already."""
     try:
@@ -78,7 +131,8 @@ class RecordLocation:
     name it (false: it carries the writer's pid).  ``private`` is the root of a spool of this
     process alone ("" otherwise): with ``SAVE_LOCAL=false`` a reporting process still delivers
     from a record, one that no other process shares (so none can remove rows from it) and that
-    the reporter removes once sent.
+    the reporter removes once sent.  ``shared``: the directories of ``path`` are made for the pod
+    agent too (``make_dirs``: ``PRIMUS_LENS_AGENT=true``); a fallback or private spool never is.
     """
 
     path: str
@@ -87,6 +141,7 @@ class RecordLocation:
     node: int
     local_rank: int
     fallback_known: bool = True
+    shared: bool = False
 
     def candidates(self) -> List[str]:
         """Every record file of this node and rank that a process configured like this one may
@@ -116,7 +171,8 @@ def record_location(config: Config, topology: Topology, reporting: bool = True) 
         job, known = _job_name({"WORKLOAD_UID": config.workload_uid, "POD_NAME": config.pod_name,
                                 "SLURM_JOB_ID": os.environ.get("SLURM_JOB_ID", "")})
         fallback = record_path(os.path.join(fallback_root(), _JOB_PREFIX + job), node, rank)
-        return RecordLocation(record_path(root, node, rank), fallback, "", node, rank, known)
+        return RecordLocation(record_path(root, node, rank), fallback, "", node, rank, known,
+                              shared=config.agent)
     if not reporting:
         return RecordLocation("", "", "", node, rank)
     private = os.path.join(fallback_root(), _PRIVATE_DIR, f"{os.getpid()}-{os.urandom(4).hex()}")

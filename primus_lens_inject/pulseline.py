@@ -12,10 +12,13 @@ draws them; nothing sends them from the training process.  A line is one strict-
   ``step_mean`` (seconds: the last step's wall time and the interval's mean, ``null`` before two
   steps), ``step_median`` (seconds, the median of recent steps), ``wandb_step`` and ``run_id``
   (the owner's wandb step and run, ``null`` in a process without a run), ``figures`` (the
-  sampler's ``_primus_sys_*`` / ``_primus_gpu_*`` figures of this process).
+  sampler's ``_primus_sys_*`` / ``_primus_gpu_*`` figures of this process), ``step_source``
+  (``optimizer``, ``wandb`` or ``none``: what counts ``steps``), ``stalled`` (a stall is in
+  progress).
 * ``kind`` ``stall``: ``since`` (the time of the last step), ``threshold`` (seconds), ``steps``,
-  ``stacks`` (every thread's Python stack, ``faulthandler``'s text), ``source`` (how the stacks
-  were taken).
+  ``stacks`` (every thread's Python stack, ``faulthandler``'s text), ``threads`` (thread names
+  by the ids the text prints), ``source`` (how the stacks were taken: ``pulse``, or ``watchdog``
+  while a thread held the GIL).
 * ``kind`` ``recovery``: ``since`` (when the stall began), ``stalled`` (seconds), ``steps``.
 
 A file is bounded: at ``MAX_BYTES`` the writer moves it to ``pulse.jsonl.1`` (one older file

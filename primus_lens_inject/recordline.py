@@ -28,7 +28,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
+import threading
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from .paths import fallback_root
 from .values import STRICT_JSON, freeze
@@ -50,6 +51,8 @@ LOCK_SUFFIX = ".lock"  # the flock of the one process that sends the record
 STATUS_SUFFIX = ".status.json"  # the senders' counters, for doctor
 WRITERS_SUFFIX = ".writers"  # one JSON file per writer tag (``who``)
 DETECTIONS_SUFFIX = ".detections"  # detection reports waiting for the Lens server
+DETECTIONS_SENT = "sent"  # in that directory: the last acknowledged report of each job, kept
+WRITING_SUFFIX = ".writing"  # shared flocks of the live processes writing the record (liveness)
 FIRST_SINK = "rows"  # the Lens rows sink: its cursor keeps the name it always had
 
 
@@ -154,15 +157,96 @@ class HeadCache:
     """The last line decoded by offset: a sink waiting for a batch to fill looks at its oldest
     unsent line on every pass, and an idle sink must not parse the same bytes each time."""
 
-    def __init__(self) -> None:
+    def __init__(self, decoder: Optional[Callable[[Optional[bytes]], Decoded]] = None) -> None:
+        """``decoder``: how a line is read (a sink of another line format passes its own;
+        ``decode`` by default)."""
+        self._decoder = decoder
         self._key: Tuple[int, int] = (-1, -1)
         self._value: Decoded = UNREADABLE
 
     def decode(self, end: int, raw: Optional[bytes]) -> Decoded:
-        """``decode(raw)`` for the line ending at ``end`` (the same line: the same result)."""
+        """``decoder(raw)`` for the line ending at ``end`` (the same line: the same result)."""
         key = (end, len(raw) if raw is not None else -1)
         if key != self._key:
-            self._value = decode(raw)
+            self._value = (self._decoder or decode)(raw)
             self._key = key
         return self._value
 
+
+_SHARED_BYTES = 64 << 10  # bytes of lines one reader decoded kept for the others, per record
+
+
+class SharedLines:
+    """Lines of one record that one of its readers in this process decoded and the others have
+    not yet: each line is parsed once for all of them (the Lens and OTLP sinks read the same
+    lines about one batch apart, the pod agent's ``/metrics`` within a second or two).  Kept by
+    the line's bytes (the same bytes decode the same), each until every other reader took it; at
+    most ``limit`` bytes of lines (``_SHARED_BYTES``; the pod agent, whose sinks read a record
+    several seconds after its ``/metrics``, keeps one of its batches: ``keep``), the oldest let
+    go first (a reader far behind, or stopped, decodes its own).  A decoded line is shared:
+    readers never change it."""
+
+    def __init__(self) -> None:
+        self.readers = 0  # the readers that decode the record's lines here
+        self._lock = threading.Lock()
+        self._kept: Dict[bytes, List[Any]] = {}  # line -> [decoded, readers yet to take it]
+        self._bytes = 0
+        self.limit = _SHARED_BYTES
+
+    def keep(self, limit: int) -> None:
+        """Keep at least ``limit`` bytes of lines for the other readers."""
+        self.limit = max(self.limit, limit)
+
+    def decode(self, raw: Optional[bytes], decoder: Callable[[Optional[bytes]], Decoded]
+               ) -> Decoded:
+        """``decoder(raw)``, or what another reader's call made of the same bytes."""
+        others = self.readers - 1
+        if others < 1 or raw is None:
+            return decoder(raw)
+        kept = self._kept
+        with self._lock:
+            found = kept.get(raw)
+            if found is not None:
+                found[1] -= 1
+                if found[1] <= 0:
+                    del kept[raw]
+                    self._bytes -= len(raw)
+                return found[0]  # type: ignore[no-any-return]
+        value = decoder(raw)
+        with self._lock:
+            found = kept.get(raw)
+            if found is not None:  # another reader decoded it meanwhile
+                found[1] += others
+                return value
+            kept[raw] = [value, others]
+            self._bytes += len(raw)
+            while self._bytes > self.limit:
+                oldest = next(iter(kept))
+                del kept[oldest]
+                self._bytes -= len(oldest)
+        return value
+
+
+_SHARED: Dict[str, SharedLines] = {}  # by the record's absolute path
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_lines(record_path: str) -> SharedLines:
+    """The ``SharedLines`` of ``record_path`` in this process: a reader adds itself to its
+    ``readers`` and decodes through it."""
+    key = os.path.abspath(record_path)
+    with _SHARED_LOCK:
+        found = _SHARED.get(key)
+        if found is None:
+            found = _SHARED[key] = SharedLines()
+        return found
+
+
+def _forget_shared() -> None:
+    """In a forked child: the parent's readers are not there (and a lock may be held)."""
+    global _SHARED_LOCK
+    _SHARED.clear()
+    _SHARED_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_shared)

@@ -3,9 +3,11 @@
 
 It is found first on PYTHONPATH, so Python runs it instead of the image's own sitecustomize; it
 therefore runs that one too (``_chain``), exactly once, as if we were not there.  Otherwise it only
-registers a post-import hook for ``wandb``: nothing of the package is imported, no thread or
-socket is started until the program itself imports wandb.  Written for every CPython 3 (and
-parseable by 2.7): standard library only, no f-strings, and it never raises.
+registers post-import hooks for ``wandb``, ``torch.distributed`` and ``jax.distributed``: nothing
+of the package is imported, no thread or socket is started until the program itself imports wandb
+or joins a distributed job (the rank pulse starts after the first successful
+``init_process_group`` / ``initialize``; ``PRIMUS_LENS_PULSE=false`` leaves those two alone).
+Written for every CPython 3 (and parseable by 2.7): standard library only, no f-strings, and it never raises.
 
 The .pth route (``primus-lens install``, the training-base image) runs this same file by path
 under another module name, before site.py imports any sitecustomize: it then does not chain, and
@@ -15,6 +17,7 @@ a sitecustomize copy of it that runs afterwards finds the first one active and s
 import sys
 
 _SWITCH = "PRIMUS_LENS_WANDB_HOOK"
+_PULSE_SWITCH = "PRIMUS_LENS_PULSE"
 _OFF = ("0", "false", "no", "off", "n", "f")
 _STATE = "_primus_lens_bootstrap"  # sys.modules key under which doctor finds this module
 # ``os`` is imported inside each function, never held as a global: the hook keeps this module
@@ -43,7 +46,7 @@ def _say(message):
 
 
 class _Loader(object):
-    """Stands in for wandb's loader for one call: runs it, then fires the hook."""
+    """Stands in for a hooked module's loader for one call: runs it, then fires the hook."""
 
     def __init__(self, loader, hook):
         self._loader = loader
@@ -65,23 +68,27 @@ class _Loader(object):
 
 
 class _PostImportHook(object):
-    """A meta-path finder that answers for one module name only and never changes what is found.
+    """A meta-path finder that answers for the module names it waits for only, and never
+    changes what is found.
 
-    Every other import pays one string comparison.  For ``wandb`` it asks the remaining finders
-    for the real spec, wraps its loader, and after wandb's ``__init__`` has run calls back once.
+    Every other import pays one dict lookup.  For a hooked name it asks the remaining finders
+    for the real spec, wraps its loader, and after the module's ``__init__`` has run calls back
+    once; it leaves ``sys.meta_path`` when no name is left.
     """
 
     _primus_lens = True
 
-    def __init__(self, name, callback):
-        self.name = name
-        self.callback = callback
-        self._busy = False
+    def __init__(self):
+        self.callbacks = {}  # module name -> (callback, what a failure switches off)
+        self._busy = None
+
+    def add(self, name, callback, failure):
+        self.callbacks[name] = (callback, failure)
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != self.name or self._busy:
+        if fullname not in self.callbacks or self._busy == fullname:
             return None
-        self._busy = True
+        self._busy = fullname
         try:
             for finder in list(sys.meta_path):
                 find = getattr(finder, "find_spec", None)
@@ -94,30 +101,79 @@ class _PostImportHook(object):
                     return spec
             return None
         finally:
-            self._busy = False
+            self._busy = None
 
     def fire(self, module):
+        callback, failure = self.callbacks.pop(getattr(module, "__name__", None), (None, ""))
+        if not self.callbacks:
+            try:
+                sys.meta_path.remove(self)
+            except ValueError:
+                pass
+        if callback is None:
+            return
         try:
-            sys.meta_path.remove(self)
-        except ValueError:
-            pass
-        try:
-            self.callback(module)
+            callback(module)
         except Exception as exc:
-            _say("injector off: patching wandb failed (%s: %s)" % (type(exc).__name__, exc))
+            _say("%s (%s: %s)" % (failure, type(exc).__name__, exc))
 
 
-def _patch_wandb(module):
-    global status
+def _package_on_path():
     import os
 
     if _HERE not in sys.path and os.path.isdir(os.path.join(_HERE, "primus_lens_inject")):
         # The image tree reached by the .pth route, under a launcher that replaced PYTHONPATH:
         # the package is beside us but not on sys.path.  Last, as deps/: the app's copies win.
         sys.path.append(_HERE)
+
+
+def _patch_wandb(module):
+    global status
+
+    _package_on_path()
     from primus_lens_inject.capture import patch  # the package: beside us (image) or installed
 
     status = patch.install(module)
+
+
+def _start_pulse(reason):
+    """A process joined a distributed job: start its rank pulse (once; later calls do nothing)."""
+    try:
+        _package_on_path()
+        from primus_lens_inject.pulse import start
+
+        start(reason)
+    except Exception as exc:
+        _say("rank pulse off: starting it failed (%s: %s)" % (type(exc).__name__, exc))
+
+
+def _wrap_join(module, name, reason, holders):
+    """Wrap ``module.<name>`` (and the same function where ``holders`` modules hold it) so that
+    its first successful call starts the pulse; the function's own behaviour is untouched."""
+    original = getattr(module, name, None)
+    if not callable(original) or getattr(original, "_primus_lens_wrapped", False):
+        return
+    import functools
+
+    @functools.wraps(original)
+    def join(*args, **kwargs):
+        result = original(*args, **kwargs)
+        _start_pulse(reason)
+        return result
+
+    join._primus_lens_wrapped = True
+    for holder in [module] + [sys.modules.get(other) for other in holders]:
+        if holder is not None and getattr(holder, name, None) is original:
+            setattr(holder, name, join)
+
+
+def _hook_torch(module):
+    _wrap_join(module, "init_process_group", "torch.distributed",
+               ("torch.distributed.distributed_c10d",))
+
+
+def _hook_jax(module):
+    _wrap_join(module, "initialize", "jax.distributed", ())
 
 
 def _activate():
@@ -132,11 +188,16 @@ def _activate():
     if os.path.isdir(deps) and deps not in sys.path:
         sys.path.append(deps)  # last: the application's own packages always win
     status = "active: waiting for wandb"
-    hook = _PostImportHook("wandb", _patch_wandb)
-    wandb = sys.modules.get("wandb")
-    if wandb is not None:
-        hook.fire(wandb)
-    else:
+    hook = _PostImportHook()
+    hook.add("wandb", _patch_wandb, "injector off: patching wandb failed")
+    if os.environ.get(_PULSE_SWITCH, "").strip().lower() not in _OFF:
+        hook.add("torch.distributed", _hook_torch, "rank pulse off: hooking torch failed")
+        hook.add("jax.distributed", _hook_jax, "rank pulse off: hooking jax failed")
+    for name in list(hook.callbacks):
+        module = sys.modules.get(name)
+        if module is not None:
+            hook.fire(module)
+    if hook.callbacks:
         sys.meta_path.insert(0, hook)
 
 

@@ -22,9 +22,10 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import installs
 import process_marker
@@ -37,6 +38,7 @@ INSTALL_MODE = os.environ.get("PRIMUS_LENS_TEST_INSTALL") or "checkout"
 
 def _prepare() -> installs.Layout:
     workdir = Path(tempfile.mkdtemp(prefix=f"primus-lens-{INSTALL_MODE}-"))
+    workdir.chmod(0o755)  # another user runs the installed package too (tests/agent/*_users.py)
     atexit.register(shutil.rmtree, workdir, ignore_errors=True)
     return installs.prepare(INSTALL_MODE, BASE_PYTHON, workdir)
 
@@ -65,6 +67,31 @@ def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
 def pytest_report_header(config: pytest.Config) -> str:
     return (f"primus-lens install under test: {LAYOUT.mode} (training python {TRAIN_PYTHON}, "
             f"bootstrap {BOOTSTRAP_DIR})")
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 120.0, interval: float = 0.1) -> Any:
+    """Call ``predicate`` until it returns something true, and return that; after ``timeout``
+    seconds its last answer (false: the caller's assertion fails).  Every wait of the tests is
+    bounded and generous, and none is timed: on a loaded machine only the failures wait long."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+def require(tool: str, usable: bool, why: str) -> None:
+    """Skip when ``tool`` cannot run here, unless the run demands it: ``make test`` lists the
+    programs it installed in ``PRIMUS_LENS_REQUIRE_TOOLS`` (the Makefile, mk/*.mk), and there a
+    missing one fails the test instead of skipping it."""
+    if usable:
+        return
+    required = os.environ.get("PRIMUS_LENS_REQUIRE_TOOLS", "").split()
+    if tool in required:
+        pytest.fail(f"{tool} is required by this run (PRIMUS_LENS_REQUIRE_TOOLS) but {why}")
+    pytest.skip(f"{tool} unavailable: {why}")
 
 
 def run_cli(args: List[str], env: Dict[str, str], **kwargs) -> subprocess.CompletedProcess:

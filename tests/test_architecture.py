@@ -19,7 +19,8 @@ only the names its ``__all__`` declares; every package's ``__init__`` has a docs
 
 No import cycle may exist among the modules, whatever the layers.  The bootstrap
 (``sitecustomize/sitecustomize.py``) runs in every Python process of a pod, so it may import the
-package only from inside the wandb hook.  Every violation is listed in the failure message.
+package only from inside the wandb hook and the rank pulse's start (after ``init_process_group``).
+Every violation is listed in the failure message.
 The map of all this, ``docs/architecture.md``, is checked to name only modules that exist.
 """
 
@@ -37,7 +38,8 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "primus_lens_inject"
 BOOTSTRAP = ROOT / "sitecustomize" / "sitecustomize.py"
-BOOTSTRAP_HOOK = "_patch_wandb"  # the only function of the bootstrap that may import the package
+# the only functions of the bootstrap that may import the package: the wandb hook, the pulse start
+BOOTSTRAP_HOOKS = {"_patch_wandb", "_start_pulse"}
 
 # layer -> the layers it may import (besides itself); None: anything.
 ALLOWED: Dict[str, Optional[Set[str]]] = {
@@ -316,7 +318,8 @@ def test_bootstrap_imports_the_package_only_in_the_wandb_hook() -> None:
                 names = [child.module or ""] if not child.level else [PACKAGE]
             else:
                 names = []
-            if any(name.split(".")[0] == PACKAGE for name in names) and function != BOOTSTRAP_HOOK:
+            if any(name.split(".")[0] == PACKAGE for name in names) \
+                    and function not in BOOTSTRAP_HOOKS:
                 offending.append(f"line {child.lineno} in {function or 'module level'}")
             visit(child, function)
 

@@ -53,7 +53,8 @@ BAD = {
 def test_each_setting_is_declared_once_and_documented():
     settings = [f.name for f in fields(Config) if f.name != "problems"]
     assert [var.field for var in VARIABLES] == settings
-    assert len({var.name for var in VARIABLES}) == len(VARIABLES) == 48 + 2 + 11  # + robust, + OTLP
+    # + robust, + OTLP, + pulse, + agent
+    assert len({var.name for var in VARIABLES}) == len(VARIABLES) == 48 + 2 + 11 + 4 + 7
     table = markdown_table().splitlines()
     assert len(table) == 2 + len(VARIABLES)
     assert table[2] == ("| `PRIMUS_LENS_WANDB_HOOK` | `true` | Master switch. false: the bootstrap "

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Dict, Iterator, List, Set, Tuple
 
@@ -33,6 +35,19 @@ def test_readme_and_ci_use_the_same_test_command():
     assert "make demo" in readme and "make test" in readme
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1] == "exec make test"
+
+
+def test_make_bench_runs_every_benchmark():
+    """``make bench`` runs each ``bench/*.py`` (a new benchmark is not forgotten): what make would
+    run, without running it (``make -n``)."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    planned = subprocess.run(["make", "-n", "bench"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)
+    assert planned.returncode == 0, planned.stderr
+    run = set(re.findall(r"\bbench/([a-z_]+\.py)\b", planned.stdout))
+    benches = {path.name for path in (ROOT / "bench").glob("*.py") if not path.name.startswith("_")}
+    assert run == benches, f"not run by make bench: {sorted(benches - run)}"
 
 
 CONTRACT = ROOT / "docs" / "server-contract.md"

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import pytest
-from conftest import TRAIN_PYTHON, training_env
-from test_reporting import assert_bodies_valid, exactly_once, reporting_env, wait_until
+from conftest import TRAIN_PYTHON, training_env, wait_until
+from test_reporting import assert_bodies_valid, exactly_once, reporting_env
 
 from primus_lens_inject.devserver.receiver import Receiver
 from primus_lens_inject.report.sendable import MAX_BODY

@@ -31,8 +31,8 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import guard, log
-from ..paths import close_quietly
+from .. import guard, liveness, log
+from ..paths import close_quietly, make_dirs, share_file
 from ..recordline import APPROX_KEY, encode, encode_amendment
 from .calls import MAX_QUEUED, Approximate, CallQueue, EndOfRun, Follow
 from .history import Follower
@@ -48,10 +48,15 @@ _SPILL_AFTER = 0.5  # seconds a closing writer retries a record that cannot take
 # disk full) before it writes them to the fallback record instead
 
 
-def _open_append(path: str) -> int:
-    """Read-write, so that a writer can look at the last byte before appending (a torn line)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+def _open_append(path: str, shared: bool = False) -> int:
+    """Read-write, so that a writer can look at the last byte before appending (a torn line).
+    ``shared``: the directories it creates are the pod agent's too (``paths.make_dirs``); the
+    file itself stays 0644, only trainers append to it."""
+    make_dirs(os.path.dirname(path), shared=shared)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    if shared:
+        share_file(fd)  # whatever the umask: the agent reads it
+    return fd
 
 
 class _ExitCount:
@@ -94,7 +99,9 @@ class RecordWriter:
 
     name = "record"
 
-    def __init__(self, path: str, fallback: Optional[str] = None) -> None:
+    def __init__(self, path: str, fallback: Optional[str] = None, shared: bool = False) -> None:
+        """``shared``: ``path``'s directories are made for the pod agent too (never the
+        fallback's: it is this user's own)."""
         self.path = path
         self.exit = _ExitCount()  # what a closing writer could not put in the record
         self._unencodable = 0  # calls whose row could not be encoded (the writer's count)
@@ -103,6 +110,7 @@ class RecordWriter:
         self._spilling = False  # the writer writes to ``exit.spill_path`` now
         self._given_up = False  # ``close`` stopped waiting: the writer must write nothing more
         self._fd = -1
+        self._writing = -1  # the shared lock that tells the pod agent we live (``liveness``)
         self._unwritten = b""  # encoded lines a write could not place yet
         self._said_dropped = 0
         self._asked = 0  # flush requests issued ...
@@ -112,7 +120,7 @@ class RecordWriter:
         self._closed = False  # the writer thread wrote everything after ``close`` and ended
         self._thread: Optional[threading.Thread] = None
         self._followed: List[RunRows] = []  # runs whose rows come from wandb's log (writer's)
-        self._open(fallback)
+        self._open(fallback, shared)
         self.queue = CallQueue(accepting=self.is_open)
         # The logging threads' one entry, the queue's ``put``: bound here, so that a ``log`` call
         # costs one method call and touches nothing else of the writer.
@@ -143,18 +151,19 @@ class RecordWriter:
         """Whether the writer wrote everything after ``close`` and ended."""
         return self._closed
 
-    def _open(self, fallback: Optional[str]) -> None:
+    def _open(self, fallback: Optional[str], shared: bool) -> None:
         for candidate in (self.path, fallback):
             if not candidate:
                 continue
             try:
-                self._fd = _open_append(candidate)
+                self._fd = _open_append(candidate, shared and candidate == self.path)
             except OSError as exc:
                 log.warn(f"cannot write the local record at {candidate} ({exc.strerror or exc})"
                          + ("; trying " + fallback if fallback and candidate != fallback else ""))
                 continue
             self.path = candidate
             self._spill_to = fallback if fallback and candidate != fallback else ""
+            self._writing = liveness.hold(candidate)
             return
         log.warn("local record disabled: no writable location; training continues")
 
@@ -194,7 +203,13 @@ class RecordWriter:
             self._given_up = True
             self.exit.lost = self._unwritten.count(b"\n") + self.queue.rows_waiting()
             self.exit.reason = self.exit.reason or self.stalled or "the writer did not finish"
+        self._release_writing()  # nothing more is written: an agent need not wait for us
         self.exit.say(self.path)
+
+    def _release_writing(self) -> None:
+        if self._writing >= 0:
+            close_quietly(self._writing)
+            self._writing = -1
 
     def abandon_after_fork(self) -> None:
         """In a forked child: the queued rows are the parent's to write; drop them and the fd."""
@@ -207,6 +222,7 @@ class RecordWriter:
         self._tickets = threading.Lock()
         self._wake = threading.Event()
         self._thread = None
+        self._release_writing()  # the parent's descriptor keeps its lock; ours would outlive it
         if self._fd >= 0:
             close_quietly(self._fd)
             self._fd = -1

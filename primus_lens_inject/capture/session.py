@@ -4,9 +4,11 @@ The wrappers in ``patch`` call into the process's ``Session``: ``begin_log``/``e
 every ``log`` call (the only work on the training thread: copy or freeze the row, queue it for the
 record writer), ``on_init`` and ``on_finish`` for the run's life.  Background parts (record writer,
 sampler, reporter: each a ``lifecycle.Part``) start lazily at the first run, and flush and close
-in one declared order (``_parts``).  The training thread shares one object with the record
-writer, its queue (``calls.CallQueue``): what it knows of a run stays in its ``Tracked``, and
-what the writer must learn travels in queued items.  The process holds its session in ``state``,
+in one declared order (``_parts``); the first run also starts the process's rank pulse (``pulse``,
+unless ``init_process_group`` did already), handing it the sampler and the owner's wandb step.
+The training thread shares one object with the record writer, its queue (``calls.CallQueue``):
+what it knows of a run stays in its ``Tracked``, and what the writer must learn travels in queued
+items.  The process holds its session in ``state``,
 which replaces it in a forked child (``forked``: nothing the parent owns, threads, locks, queued
 rows, is used or written twice) and hands it the process end: it flushes at finish, at exit, on
 SIGTERM and when a multiprocessing child ends through ``os._exit``.
@@ -30,14 +32,15 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Final, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Final, List, Mapping, Optional, Tuple, Union
 
-from .. import guard, log, state
+from .. import guard, log, pulse, state
 from ..config import Config
 from ..lifecycle import End, Event, Part, Phase
-from ..metrics import Sampler, open_host_source
+from ..metrics import Sampler, open_sampler
 from ..paths import record_location
 from ..report import (
+    Handover,
     Reporter,
     RunFacts,
     Writer,
@@ -154,7 +157,7 @@ class Session:
         self.runs: Dict[int, Tracked] = {}  # by ``id(run)``
         self.record: Optional[RecordWriter] = None
         self.sampler: Optional[Sampler] = None
-        self.reporter: Optional[Reporter] = None
+        self.reporter: Optional[Union[Reporter, Handover]] = None  # Handover: the agent sends
         self._sent_snapshot: Dict[int, Dict[str, Any]] = {}  # run -> last sample given to wandb
         self._lock = threading.RLock()
         self._end = End()  # where the process end stands, and its deadline
@@ -330,20 +333,30 @@ class Session:
             reporting = self._reporting_wanted()
             where = record_location(config, topo, reporting)
             if where.path:
-                self.record = RecordWriter(where.path, fallback=where.fallback or None)
+                self.record = RecordWriter(where.path, fallback=where.fallback or None,
+                                           shared=where.shared)
             if reporting and self.record is not None and self.record.is_open:
-                self.reporter = Reporter(config, topo, self.record.path, ephemeral=where.private,
-                                         inventory=functools.partial(_gpu_inventory, config, topo))
+                inventory = functools.partial(_gpu_inventory, config, topo)
+                if config.agent and not where.private:  # the pod agent sends the record (the
+                    # agent cannot see a private spool: without SAVE_LOCAL this process sends)
+                    self.reporter = Handover(config, topo, self.record.path, inventory)
+                else:
+                    self.reporter = Reporter(config, topo, self.record.path,
+                                             ephemeral=where.private, inventory=inventory)
             if config.enhance_metrics:
-                from ..metrics.gpu import open_gpu_sources  # never raises; [] without a GPU
-
-                self.sampler = Sampler([open_host_source(), *open_gpu_sources(config, topo)],
-                                       config.sample_interval)
+                self.sampler = open_sampler(config, topo, config.sample_interval)
             for part in self._parts():
                 part.start()
+            pulse.start("wandb.init", self.sampler, self._wandb_step)  # once per process
             state.install_exit_hooks()
             log.debug("session_started", record=self.record.path if self.record else None,
                       enhance=config.enhance_metrics, topology=topo.__dict__)
+
+    def _wandb_step(self) -> Optional[Tuple[str, int]]:
+        """For the rank pulse, on its thread: the latest run's id and its step as the record
+        writer made it (an int read: no lock needed; a finished run keeps its last), or None."""
+        entries = list(self.runs.values())
+        return (entries[-1].rows.run_id, entries[-1].rows.step) if entries else None
 
     def _reporting_wanted(self) -> bool:
         """Whether this process sends the runs it owns (``owner.process_reports``); each run

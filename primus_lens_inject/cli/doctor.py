@@ -196,6 +196,44 @@ def _record_section(config: Config) -> Dict[str, Any]:
     }
 
 
+def _pulse_section(config: Config) -> Dict[str, Any]:
+    """Whether a training process started here pulses (docs/pulse.md), with which step source,
+    and where its lines go; inside a process that pulses, what its pulse is doing."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .. import pulse
+    from ..paths import record_location
+    from ..pulseline import pulse_path
+    from ..topology import detect
+
+    live = pulse.describe()
+    if live["pulsing"]:
+        return {"on": True, "live": True, **live}
+    where = record_location(config, detect()[0], reporting=False)
+    try:
+        torch = version("torch")
+    except PackageNotFoundError:
+        torch = None
+    modern = torch is not None and compat.parse_version(torch) >= (2, 0)
+    section: Dict[str, Any] = {
+        "on": config.hook and config.pulse, "live": False,
+        "why_not": None if config.hook and config.pulse else
+        ("PRIMUS_LENS_WANDB_HOOK=false" if not config.hook else "PRIMUS_LENS_PULSE=false"),
+        "starts_at": ["torch.distributed.init_process_group", "jax.distributed.initialize",
+                      "wandb.init"],
+        "step_source": "optimizer" if modern else "wandb",
+        "torch": torch,
+        "path": pulse_path(where.path) if where.path else None,
+        "fallback": (pulse_path(where.fallback) if where.fallback_known  # else the writer's pid
+                     else pulse_path(where.fallback).replace(f"pid-{os.getpid()}", "pid-<pid>"))
+        if where.fallback else None,
+        "interval": config.pulse_interval,
+        "stall_seconds": config.stall_seconds, "stall_factor": config.stall_factor}
+    if section["on"] and not where.path:
+        section.update(on=False, why_not="PRIMUS_LENS_WANDB_SAVE_LOCAL=false: no record directory")
+    return section
+
+
 def _writable(directory: str) -> bool:
     """Can this user create the record directory and a file in it? Leaves nothing behind."""
     probe = directory
@@ -323,6 +361,45 @@ def _sender_status(candidates: List[str]) -> Optional[Dict[str, Any]]:
     return newest
 
 
+def _agent_section(config: Config, record: Dict[str, Any]) -> Dict[str, Any]:
+    """Whether a pod agent serves this process's record root: its file there, and its
+    ``/healthz`` on this host (bounded): docs/agent.md."""
+    from urllib.request import urlopen
+
+    from ..agent.service import AGENT_FILE
+
+    section: Dict[str, Any] = {"expected": config.agent, "serving": False}
+    if not record.get("path"):
+        section["note"] = "no shared record root (a private spool): this process sends itself"
+        return section
+    root = os.path.dirname(os.path.dirname(os.path.dirname(record["path"])))
+    section["file"] = path = os.path.join(root, AGENT_FILE)
+    try:
+        with open(path) as f:
+            facts = json.load(f)
+    except (OSError, ValueError) as exc:
+        section["note"] = f"no agent file ({getattr(exc, 'strerror', None) or exc})"
+        return section
+    if not isinstance(facts, dict):
+        section["note"] = "the agent file is not a JSON object"
+        return section
+    section.update((key, facts.get(key)) for key in ("pid", "port", "updated", "ended"))
+    port = facts.get("port")
+    if facts.get("ended"):
+        section["note"] = "the agent ended"
+    elif isinstance(port, int) and 0 < port < 65536:
+        try:
+            with urlopen(f"http://127.0.0.1:{port}/healthz", timeout=_PROBE_TIMEOUT) as answer:
+                section["healthz"] = f"HTTP {answer.status}"
+                section["serving"] = answer.status == 200
+        except Exception as exc:  # refused, timed out, an HTTP error: not served from here
+            section["healthz"] = f"{type(exc).__name__}: {exc}"
+    else:
+        section["note"] = "the agent serves no port: its /healthz cannot be asked"
+        section["serving"] = _alive(facts.get("pid")) is True
+    return section
+
+
 def _alive(pid: Any) -> Optional[bool]:
     """Whether the process that wrote a status still runs here (None: not a pid)."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
@@ -353,6 +430,8 @@ def collect(config: Optional[Config] = None) -> Dict[str, Any]:
         "gpu": _gpu_section(config),
         "reporting": _reporting_section(config, record["candidates"]),
         "otlp": _otlp_section(config, record["candidates"]),
+        "agent": _agent_section(config, record),
+        "pulse": _pulse_section(config),
     }
 
 

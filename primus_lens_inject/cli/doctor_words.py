@@ -168,8 +168,42 @@ def _print_configuration(report: Dict[str, Any]) -> None:
         print(f"  {row['variable']} = {_words(row['value'], _unit(row['doc']))}{marker}")
 
 
+def _print_agent(report: Dict[str, Any]) -> None:
+    agent = report["agent"]
+    mode = ("PRIMUS_LENS_AGENT=true: this process only records, the pod agent sends"
+            if agent["expected"] else "PRIMUS_LENS_AGENT=false: this process sends its own record")
+    if agent["serving"]:
+        print(f"agent: serves this pod (pid {agent.get('pid')}, port {agent.get('port')}, "
+              f"/healthz {agent.get('healthz', 'not asked')}); {mode}")
+    else:
+        why = agent.get("note") or f"/healthz: {agent.get('healthz')}"
+        print(f"agent: none serves this pod ({why}); {mode}"
+              + ("; the record waits for an agent" if agent["expected"] else ""))
+
+
+def _print_pulse(report: Dict[str, Any]) -> None:
+    pulse = report["pulse"]
+    if pulse["live"]:
+        print(f"rank pulse: on in this process since {pulse['reason']}, steps from the "
+              f"{pulse['step_source']} source, {pulse['lines']} lines to {pulse['path']}, "
+              f"{pulse['stalls']} stalls")
+        return
+    if not pulse["on"]:
+        print(f"rank pulse: off ({pulse['why_not']})")
+        return
+    source = ("torch's optimizer step hook (torch " + pulse["torch"] + ")"
+              if pulse["step_source"] == "optimizer" else
+              "the owner's wandb step (no torch >= 2.0 here)")
+    print(f"rank pulse: on from the first of {', '.join(pulse['starts_at'])}; steps counted by "
+          f"{source}")
+    print(f"  a line every {_words(pulse['interval'], 's')} to {pulse['path']} (read by the pod "
+          "agent and `primus-lens report`; the process itself sends none of it)")
+    print(f"  stall: no step for max({_words(pulse['stall_seconds'], 's')}, "
+          f"{_words(pulse['stall_factor'])} x the median step time): every thread's stack")
+
+
 _SECTIONS = (_print_bootstrap, _print_wandb, _print_record, _print_gpu, _print_reporting,
-             _print_otlp, _print_configuration)
+             _print_otlp, _print_agent, _print_pulse, _print_configuration)
 
 
 def print_report(report: Dict[str, Any]) -> None:

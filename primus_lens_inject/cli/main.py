@@ -6,6 +6,8 @@
                                    the .pth route: activate in every process of this environment
     primus-lens receive ...        the built-in telemetry receiver (development, demo, tests)
     primus-lens webhook ...        the Kubernetes mutating admission webhook
+    primus-lens agent [--root DIR] the pod agent: the pod's single sender, /metrics
+    primus-lens report [ROOT...]   one HTML page of a job's records and rank pulses
 """
 
 from __future__ import annotations
@@ -254,6 +256,8 @@ _COMMANDS = {
     "check": (_cmd_check, "is the .pth file installed?"),
     "receive": (_delegate("devserver.cli"), "run the built-in telemetry receiver"),
     "webhook": (_delegate("cli.webhook"), "run the admission webhook"),
+    "agent": (_delegate("cli.agent"), "run the pod agent (sender and /metrics)"),
+    "report": (_delegate("cli.report"), "write the HTML report of a job's records"),
 }
 
 

@@ -26,7 +26,23 @@ import json
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import AbstractSet, Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import AbstractSet, Any, Dict, List, Mapping, Tuple, Union
+
+from . import sidecar
+from .podspec import (
+    DNS_LABEL,
+    QUANTITY,
+    MalformedPod,
+    SettingsError,
+    append,
+    append_all,
+    container_names,
+    fields,
+    free_name,
+    last_env,
+    mapping,
+    objects,
+)
 
 PREFIX = "primus-lens.amd.com/"
 INJECT_KEY = PREFIX + "inject"  # label "enabled" opts in (webhook selectors); annotation "false" opts out
@@ -36,6 +52,10 @@ IMAGE_PYTHONPATH_KEY = PREFIX + "image-pythonpath"  # annotation: the image's ow
 WORKLOAD_UID_KEY = PREFIX + "workload-uid"  # annotation: the Lens workload UID, if an operator knows it
 INJECTED_KEY = PREFIX + "injected"  # written: the containers that carry the injector
 SKIPPED_KEY = PREFIX + "skipped"  # written: containers left alone, and why
+# annotation "false" keeps the pod agent out of one pod; label "true" written on pods with one
+# (what the chart's PodMonitor and VMPodScrape select)
+AGENT_KEY = PREFIX + "agent"
+PROMETHEUS_KEYS = ("prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path")
 
 _OPT_OUT_VALUES = frozenset(("false", "disabled", "no", "off", "0"))
 DOWNWARD_API = (("POD_NAME", "metadata.name"), ("POD_UID", "metadata.uid"),
@@ -54,8 +74,6 @@ _OUR_ENV_NAME = re.compile(r"^PRIMUS_LENS_[A-Z0-9_]+$")
 _SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")  # a DNS subdomain
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 _UID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 _DEFAULT_SECURITY_CONTEXT: Dict[str, Any] = {
     "allowPrivilegeEscalation": False,
@@ -70,10 +88,6 @@ _DEFAULT_RESOURCES: Dict[str, Any] = {
     "requests": {"cpu": "10m", "memory": "32Mi"},
     "limits": {"cpu": "500m", "memory": "128Mi"},
 }
-
-
-class SettingsError(ValueError):
-    """The webhook's configuration file is unusable; the message names the offending key."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +112,7 @@ class Settings:
     # Without a containers annotation, a pod annotated with this key gets only the container it
     # names (SaFE marks its training container so); "" turns the rule off.
     main_container_annotation: str = SAFE_MAIN_CONTAINER_KEY
+    agent: sidecar.AgentSettings = field(default_factory=sidecar.AgentSettings)  # off by default
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Settings:
@@ -109,13 +124,8 @@ class Settings:
                 "initSecurityContext": "init_security_context", "env": "env", "secretEnv": "secret_env",
                 "downwardAPI": "downward_api",
                 "workloadUidFromAnnotation": "workload_uid_from_annotation",
-                "mainContainerAnnotation": "main_container_annotation"}
-        if not isinstance(data, Mapping):
-            raise SettingsError("the configuration must be a JSON object")
-        unknown = sorted(set(data) - set(keys))
-        if unknown:
-            raise SettingsError(f"unknown configuration keys: {', '.join(unknown)}")
-        values = {keys[name]: value for name, value in data.items()}
+                "mainContainerAnnotation": "main_container_annotation", "agent": "agent"}
+        values = fields(data, keys, "configuration")
         for name in ("image", "image_pull_policy", "source_path", "mount_path", "volume_name",
                      "volume_size_limit", "init_container_name"):
             if name in values and (not isinstance(values[name], str) or not values[name]):
@@ -130,6 +140,8 @@ class Settings:
         for name in ("init_resources", "init_security_context"):
             if name in values and not isinstance(values[name], Mapping):
                 raise SettingsError(f"{name} must be an object")
+        if "agent" in values:
+            values["agent"] = sidecar.AgentSettings.from_mapping(values["agent"])
         values["env"] = _settings_env(values.get("env", {}))
         values["secret_env"] = _settings_secret_env(values.get("secret_env", {}))
         twice = {name for name, _ in values["env"]} & {name for name, _, _ in values["secret_env"]}
@@ -147,10 +159,13 @@ class Settings:
             if not path.startswith("/") or ":" in path or path.rstrip("/") == "":
                 raise SettingsError(f"{name} must be an absolute path without ':' and not /")
         for name in ("volume_name", "init_container_name"):
-            if not _DNS_LABEL.match(getattr(self, name)):
+            if not DNS_LABEL.match(getattr(self, name)):
                 raise SettingsError(f"{name} must be a DNS label (lowercase, digits, '-')")
-        if not _QUANTITY.match(self.volume_size_limit):
+        if not QUANTITY.match(self.volume_size_limit):
             raise SettingsError("volumeSizeLimit must be a quantity such as 64Mi")
+        if self.agent.container_name == self.init_container_name or (
+                self.agent.records_volume_name == self.volume_name):
+            raise SettingsError("the agent's container and volume need names of their own")
 
     @property
     def mount_dir(self) -> str:
@@ -216,10 +231,6 @@ def unknown_env_names(settings: Settings, known: AbstractSet[str]) -> List[str]:
 
 # -- the decision for one pod ---------------------------------------------------------------------
 
-class MalformedPod(ValueError):
-    """The object is not a pod we can reason about; it is admitted unchanged."""
-
-
 @dataclass
 class Decision:
     """The patch for one pod and, for the log and the user's warnings, why it looks like it does."""
@@ -229,27 +240,13 @@ class Decision:
     injected: List[str] = field(default_factory=list)  # containers injected by this patch
     skipped: Dict[str, str] = field(default_factory=dict)  # container -> reason
     warning: str = ""  # why the whole pod was left alone, for the user (kubectl shows it)
+    agent: str = ""  # the pod agent: the form added, "present", or why there is none
+    notes: List[str] = field(default_factory=list)  # about the agent, for the user
 
 
 def escape(key: str) -> str:
     """A key as one JSON Pointer segment (RFC 6901): annotation keys contain ``/``."""
     return key.replace("~", "~0").replace("/", "~1")
-
-
-def _dict(value: Any, what: str) -> Dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise MalformedPod(f"{what} is not an object")
-    return value
-
-
-def _list(value: Any, what: str) -> List[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
-        raise MalformedPod(f"{what} is not a list of objects")
-    return value
 
 
 @dataclass(frozen=True)
@@ -265,15 +262,15 @@ def decide(pod: Any, settings: Settings) -> Decision:
     """Compute the patch that gives ``pod`` the injector, or say why it gets none."""
     if not isinstance(pod, dict):
         raise MalformedPod("the object is not a pod")
-    metadata = _dict(pod.get("metadata"), "metadata")
-    annotations = _dict(metadata.get("annotations"), "metadata.annotations")
-    spec = _dict(pod.get("spec"), "spec")
-    containers = _list(spec.get("containers"), "spec.containers")
+    metadata = mapping(pod.get("metadata"), "metadata")
+    annotations = mapping(metadata.get("annotations"), "metadata.annotations")
+    spec = mapping(pod.get("spec"), "spec")
+    containers = objects(spec.get("containers"), "spec.containers")
     if not containers:
         raise MalformedPod("the pod has no containers")
     if str(annotations.get(INJECT_KEY, "")).strip().lower() in _OPT_OUT_VALUES:
         return Decision(f"opted out by the annotation {INJECT_KEY}")
-    if _dict(spec.get("os"), "spec.os").get("name") == "windows":
+    if mapping(spec.get("os"), "spec.os").get("name") == "windows":
         return Decision("a Windows pod")
     selected, missing = _selection(annotations, containers, settings)
     if len(selected) > MAX_CONTAINERS:
@@ -282,12 +279,14 @@ def decide(pod: Any, settings: Settings) -> Decision:
 
     names = _our_names(spec, settings)
     decision = Decision("", skipped=missing)
+    agent = sidecar.find_agent(spec, settings.image)
     carrying: List[str] = []
+    to_inject: List[Tuple[int, Dict[str, Any]]] = []
     for index, container in enumerate(containers):
         name = container.get("name")
         if not isinstance(name, str) or not name:
             raise MalformedPod(f"spec.containers[{index}] has no name")
-        if name not in selected:
+        if name not in selected or container is agent:
             continue
         state = _container_state(container, names, settings)
         if state == "injected":
@@ -295,14 +294,30 @@ def decide(pod: Any, settings: Settings) -> Decision:
         elif state:
             decision.skipped[name] = state
         else:
-            decision.patch.extend(_container_patch(index, container, annotations, names, settings))
-            decision.injected.append(name)
+            to_inject.append((index, container))
             carrying.append(name)
 
+    plan = _agent_plan(spec, annotations, [c for _, c in to_inject], settings)
+    decision.agent, decision.notes = plan.summary, plan.notes
+    for index, container in to_inject:
+        decision.patch.extend(_container_patch(index, container, annotations, names, settings,
+                                               plan))
+        decision.injected.append(container["name"])
+
+    volumes: List[Dict[str, Any]] = []
+    inits: List[Dict[str, Any]] = []
     if decision.injected and not names.present:
-        decision.patch[:0] = _pod_patch(spec, names, settings)
+        volumes, inits = _pod_additions(names, settings)
+    volumes.extend(plan.volumes)
+    if plan.agent is not None and plan.list_key == "initContainers":
+        inits.append(plan.agent)  # a native sidecar, after our copy
+    decision.patch[:0] = [*append_all(spec, "/spec", "volumes", volumes),
+                          *append_all(spec, "/spec", "initContainers", inits)]
+    if plan.agent is not None and plan.list_key == "containers":
+        decision.patch.append(append(spec, "/spec", "containers", plan.agent))
     if carrying or decision.skipped:
-        decision.patch.extend(_annotation_patch(pod, carrying, decision.skipped))
+        decision.patch.extend(_metadata_patch(pod, carrying, decision.skipped,
+                                              _agent_marks(plan, annotations, settings)))
     if decision.injected:
         decision.summary = "injected"
     elif carrying:
@@ -310,6 +325,30 @@ def decide(pod: Any, settings: Settings) -> Decision:
     else:
         decision.summary = "no container to inject"
     return decision
+
+
+def _agent_plan(spec: Dict[str, Any], annotations: Mapping[str, Any],
+                trainers: List[Dict[str, Any]], settings: Settings) -> sidecar.Plan:
+    """The pod agent for the containers injected now, unless the pod opts out of it."""
+    if str(annotations.get(AGENT_KEY, "")).strip().lower() in _OPT_OUT_VALUES:
+        return sidecar.Plan(f"opted out by the annotation {AGENT_KEY}")
+    default_path = dict(settings.env).get(sidecar.OUTPUT_PATH) or settings.agent.records_path
+    return sidecar.plan(spec, trainers, settings.agent, settings.image,
+                        settings.image_pull_policy, default_path.rstrip("/") or "/",
+                        _standard_env(annotations, settings))
+
+
+def _agent_marks(plan: sidecar.Plan, annotations: Mapping[str, Any],
+                 settings: Settings) -> Tuple[Dict[str, str], Dict[str, str]]:
+    """(annotations, labels) a pod gets with a new agent: the label the chart's PodMonitor and
+    VMPodScrape select, and the prometheus.io/* annotations unless the pod has its own."""
+    if plan.agent is None:
+        return {}, {}
+    marks: Dict[str, str] = {}
+    if settings.agent.prometheus_annotations and not any(k in annotations for k in PROMETHEUS_KEYS):
+        port = plan.agent["ports"][0]["containerPort"]
+        marks = dict(zip(PROMETHEUS_KEYS, ("true", str(port), "/metrics")))
+    return marks, {AGENT_KEY: "true"}
 
 
 def _refused(why: str) -> Decision:
@@ -347,55 +386,34 @@ def _our_names(spec: Dict[str, Any], settings: Settings) -> _Names:
     configured name, and reusing it would make the API server refuse the pod (a duplicate
     container name) or make our init container write into the user's volume.
     """
-    volumes = {v.get("name"): v for v in _list(spec.get("volumes"), "spec.volumes")}
-    inits = _list(spec.get("initContainers"), "spec.initContainers")
+    volumes = {v.get("name"): v for v in objects(spec.get("volumes"), "spec.volumes")}
+    inits = objects(spec.get("initContainers"), "spec.initContainers")
     command = settings.init_container["command"]
     for init in inits:
         if init.get("command") != command:
             continue
-        for mount in _list(init.get("volumeMounts"), "initContainers[].volumeMounts"):
+        for mount in objects(init.get("volumeMounts"), "initContainers[].volumeMounts"):
             volume = volumes.get(mount.get("name"))
             if mount.get("mountPath") == _INIT_TARGET and isinstance(volume, dict) and (
                     "emptyDir" in volume):
                 return _Names(mount["name"], str(init.get("name")), True)
-    taken = {c.get("name") for key in ("initContainers", "containers", "ephemeralContainers")
-             for c in _list(spec.get(key), f"spec.{key}")}
-    return _Names(_free_name(settings.volume_name, set(volumes)),
-                  _free_name(settings.init_container_name, taken), False)
-
-
-def _free_name(base: str, taken: set) -> str:
-    """``base``, or ``base-2``, ``base-3``... (still a DNS label): the first one not in ``taken``."""
-    candidate, number = base, 1
-    while candidate in taken:  # ends: ``taken`` is finite
-        number += 1
-        suffix = f"-{number}"
-        candidate = base[:63 - len(suffix)].rstrip("-") + suffix
-    return candidate
+    return _Names(free_name(settings.volume_name, set(volumes)),
+                  free_name(settings.init_container_name, container_names(spec)), False)
 
 
 def _container_state(container: Dict[str, Any], names: _Names, settings: Settings) -> str:
     """"injected", "" (to inject) or the reason the container is left alone."""
-    mounts = _list(container.get("volumeMounts"), "volumeMounts")
+    mounts = objects(container.get("volumeMounts"), "volumeMounts")
     if names.present and any(m.get("name") == names.volume for m in mounts):
         return "injected"
-    devices = _list(container.get("volumeDevices"), "volumeDevices")  # the same path is refused
+    devices = objects(container.get("volumeDevices"), "volumeDevices")  # the same path is refused
     if any(str(m.get("mountPath", "")).rstrip("/") == settings.mount_dir for m in mounts) or any(
             str(d.get("devicePath", "")).rstrip("/") == settings.mount_dir for d in devices):
         return f"something else is mounted at {settings.mount_dir}"
-    python_path = _last_env(container, "PYTHONPATH")
+    python_path = last_env(container, "PYTHONPATH")
     if python_path is not None and "valueFrom" in python_path[1]:
         return "PYTHONPATH comes from valueFrom; the webhook cannot prepend to it"
     return ""
-
-
-def _last_env(container: Dict[str, Any], name: str) -> Optional[Tuple[int, Dict[str, Any]]]:
-    """The entry the kubelet uses for ``name``: with duplicates, the last one wins."""
-    found = None
-    for index, entry in enumerate(_list(container.get("env"), "env")):
-        if entry.get("name") == name:
-            found = (index, entry)
-    return found
 
 
 def _image_python_path(annotations: Mapping[str, Any], container: str) -> str:
@@ -405,14 +423,15 @@ def _image_python_path(annotations: Mapping[str, Any], container: str) -> str:
 
 
 def _container_patch(index: int, container: Dict[str, Any], annotations: Mapping[str, Any],
-                     names: _Names, settings: Settings) -> List[Dict[str, Any]]:
+                     names: _Names, settings: Settings,
+                     plan: sidecar.Plan) -> List[Dict[str, Any]]:
     base = f"/spec/containers/{index}"
     ops: List[Dict[str, Any]] = []
-    env = _list(container.get("env"), "env")
+    env = objects(container.get("env"), "env")
     defined = {entry.get("name") for entry in env}
     added: List[Dict[str, Any]] = []
 
-    python_path = _last_env(container, "PYTHONPATH")
+    python_path = last_env(container, "PYTHONPATH")
     if python_path is not None:
         position, entry = python_path
         current = str(entry.get("value") or "")
@@ -432,72 +451,84 @@ def _container_patch(index: int, container: Dict[str, Any], annotations: Mapping
             parts.append(image_path)
         added.append({"name": "PYTHONPATH", "value": ":".join(parts)})
 
-    if settings.downward_api:
-        for name, field_path in DOWNWARD_API:
-            if name not in defined:
-                added.append({"name": name, "valueFrom": {
-                    "fieldRef": {"apiVersion": "v1", "fieldPath": field_path}}})
-    workload_uid = str(annotations.get(WORKLOAD_UID_KEY, "")).strip()
-    if (settings.workload_uid_from_annotation and _UID.match(workload_uid)
-            and "WORKLOAD_UID" not in defined):
-        added.append({"name": "WORKLOAD_UID", "value": workload_uid})
-    for name, value in settings.env:
-        if name not in defined:
-            added.append({"name": name, "value": value})
-    for name, secret, key in settings.secret_env:
-        if name not in defined:  # optional: a namespace without the Secret still starts its pods
-            added.append({"name": name, "valueFrom": {
-                "secretKeyRef": {"name": secret, "key": key, "optional": True}}})
+    agent_env = plan.trainer_env.get(container["name"], [])
+    mine = {entry["name"] for entry in agent_env}
+    added.extend(entry for entry in _standard_env(annotations, settings)
+                 if entry["name"] not in defined and entry["name"] not in mine)
+    added.extend(agent_env)
 
     if container.get("env") is None:
         ops.append({"op": "add", "path": f"{base}/env", "value": added})
     else:
         ops.extend({"op": "add", "path": f"{base}/env/-", "value": entry}
                    for entry in added)
-    mount = {"name": names.volume, "mountPath": settings.mount_dir, "readOnly": True}
-    ops.append(_append(container, base, "volumeMounts", mount))
+    mounts = [{"name": names.volume, "mountPath": settings.mount_dir, "readOnly": True}]
+    if container["name"] in plan.trainer_mounts:
+        mounts.append(plan.trainer_mounts[container["name"]])
+    ops.extend(append_all(container, base, "volumeMounts", mounts))
     return ops
 
 
-def _pod_patch(spec: Dict[str, Any], names: _Names,
-               settings: Settings) -> List[Dict[str, Any]]:
+def _standard_env(annotations: Mapping[str, Any], settings: Settings) -> List[Dict[str, Any]]:
+    """Identity and reporting variables, for a container that sets none of them: the trainers
+    get those they lack, the pod agent too."""
+    env: List[Dict[str, Any]] = []
+    if settings.downward_api:
+        env.extend({"name": name, "valueFrom": {
+            "fieldRef": {"apiVersion": "v1", "fieldPath": field_path}}}
+            for name, field_path in DOWNWARD_API)
+    workload_uid = str(annotations.get(WORKLOAD_UID_KEY, "")).strip()
+    if settings.workload_uid_from_annotation and _UID.match(workload_uid):
+        env.append({"name": "WORKLOAD_UID", "value": workload_uid})
+    env.extend({"name": name, "value": value} for name, value in settings.env)
+    # optional: a namespace without the Secret still starts its pods
+    env.extend({"name": name, "valueFrom": {
+        "secretKeyRef": {"name": secret, "key": key, "optional": True}}}
+        for name, secret, key in settings.secret_env)
+    return env
+
+
+def _pod_additions(names: _Names,
+                   settings: Settings) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
     """The volume and the init container, under the names ``_our_names`` found free."""
     volume = {"name": names.volume, "emptyDir": {"sizeLimit": settings.volume_size_limit}}
     init = settings.init_container
     if (names.init, names.volume) != (settings.init_container_name, settings.volume_name):
         init = {**init, "name": names.init,
                 "volumeMounts": [{"name": names.volume, "mountPath": _INIT_TARGET}]}
-    return [_append(spec, "/spec", "volumes", volume),
-            _append(spec, "/spec", "initContainers", init)]
+    return [volume], [init]
 
 
-def _append(parent: Dict[str, Any], path: str, key: str, item: Any) -> Dict[str, Any]:
-    """Add ``item`` to the list ``parent[key]``, creating the list when it is missing or null."""
-    if parent.get(key) is None:
-        return {"op": "add", "path": f"{path}/{key}", "value": [item]}
-    return {"op": "add", "path": f"{path}/{key}/-", "value": item}
-
-
-def _annotation_patch(pod: Dict[str, Any], carrying: List[str],
-                      skipped: Dict[str, str]) -> List[Dict[str, Any]]:
+def _metadata_patch(pod: Dict[str, Any], carrying: List[str], skipped: Dict[str, str],
+                    marks: Tuple[Dict[str, str], Dict[str, str]]) -> List[Dict[str, Any]]:
+    """Our annotations (and ``marks``: the agent's annotations and label), where they differ."""
     metadata = pod.get("metadata")
     annotations = (metadata or {}).get("annotations") or {}
-    wanted = {}
+    labels = (metadata or {}).get("labels") or {}
+    wanted = dict(marks[0])
     if carrying:
         wanted[INJECTED_KEY] = _bounded(",".join(sorted(carrying)), MAX_ANNOTATION_VALUE)
     if skipped:
         wanted[SKIPPED_KEY] = _bounded(
             "; ".join(f"{name}: {why}" for name, why in sorted(skipped.items())),
             MAX_ANNOTATION_VALUE)
-    changes = {key: value for key, value in wanted.items() if annotations.get(key) != value}
+    changes = {"annotations": {key: value for key, value in wanted.items()
+                               if annotations.get(key) != value},
+               "labels": {key: value for key, value in marks[1].items()
+                          if labels.get(key) != value}}
+    changes = {kind: values for kind, values in changes.items() if values}
     if not changes:
         return []
     if metadata is None:  # absent or null: the API server fills it in, the patch must create it
-        return [{"op": "add", "path": "/metadata", "value": {"annotations": changes}}]
-    if metadata.get("annotations") is None:
-        return [{"op": "add", "path": "/metadata/annotations", "value": changes}]
-    return [{"op": "add", "path": "/metadata/annotations/" + escape(key), "value": value}
-            for key, value in sorted(changes.items())]
+        return [{"op": "add", "path": "/metadata", "value": changes}]
+    ops = []
+    for kind, values in changes.items():
+        if metadata.get(kind) is None:
+            ops.append({"op": "add", "path": f"/metadata/{kind}", "value": values})
+        else:
+            ops.extend({"op": "add", "path": f"/metadata/{kind}/" + escape(key), "value": value}
+                       for key, value in sorted(values.items()))
+    return ops
 
 
 def _bounded(text: str, limit: int) -> str:
@@ -521,6 +552,7 @@ class Outcome:
     injected: List[str] = field(default_factory=list)
     skipped: Dict[str, str] = field(default_factory=dict)
     error: str = ""
+    agent: str = ""  # the pod agent: the form added, "present", or why there is none
 
 
 def review(body: Union[bytes, bytearray], settings: Settings) -> Tuple[Dict[str, Any], Outcome]:
@@ -540,7 +572,7 @@ def review(body: Union[bytes, bytearray], settings: Settings) -> Tuple[Dict[str,
     outcome = Outcome(uid, _pod_label(request, pod), "")
     response: Dict[str, Any] = {"uid": uid, "allowed": True}
     try:
-        kind = _dict(request.get("kind"), "request.kind")
+        kind = mapping(request.get("kind"), "request.kind")
         if (kind.get("group", ""), kind.get("kind")) != ("", "Pod") or request.get("subResource"):
             outcome.decision = f"not a pod ({kind.get('kind')}); admitted unchanged"
         elif request.get("operation") != "CREATE":
@@ -553,11 +585,12 @@ def review(body: Union[bytes, bytearray], settings: Settings) -> Tuple[Dict[str,
                                     f"{MAX_PATCH_BYTES}")
             outcome.decision = decision.summary
             outcome.injected, outcome.skipped = decision.injected, decision.skipped
+            outcome.agent = decision.agent
             if decision.patch:
                 response["patchType"] = "JSONPatch"
                 response["patch"] = base64.b64encode(patch).decode("ascii")
-            if decision.skipped:
-                response["warnings"] = _warnings(decision.skipped)
+            if decision.skipped or decision.notes:
+                response["warnings"] = _warnings(decision.skipped, decision.notes)
             if decision.warning:
                 response["warnings"] = [decision.warning]
     except Exception as exc:  # never block a pod: admit it as it is and say why in the log
@@ -568,10 +601,12 @@ def review(body: Union[bytes, bytearray], settings: Settings) -> Tuple[Dict[str,
             outcome)
 
 
-def _warnings(skipped: Dict[str, str]) -> List[str]:
-    """One warning per container left alone, shown by kubectl; a few at most, each short."""
+def _warnings(skipped: Dict[str, str], notes: List[str]) -> List[str]:
+    """One warning per container left alone, then the agent's, shown by kubectl; a few at
+    most, each short."""
     lines = [_bounded(f"primus-lens: container {name} not injected: {why}", MAX_WARNING)
              for name, why in sorted(skipped.items())]
+    lines.extend(_bounded(note, MAX_WARNING) for note in notes)
     if len(lines) <= MAX_WARNINGS:
         return lines
     rest = len(lines) - MAX_WARNINGS + 1

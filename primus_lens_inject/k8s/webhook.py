@@ -369,6 +369,8 @@ class WebhookServer(ThreadingHTTPServer):
             fields["injected"] = outcome.injected
         if outcome.skipped:
             fields["skipped"] = outcome.skipped
+        if outcome.agent:
+            fields["agent"] = outcome.agent
         if outcome.error:
             fields["error"] = outcome.error
             LOG.warning(_line("admission", **fields))

@@ -2,7 +2,9 @@
 
 - ``Sampler``: the background thread that keeps ``Sampler.snapshot`` current from its sources
   (a session part: ``lifecycle.Part``);
-- ``open_host_source``: the host source (CPU %, memory %, this process's RSS).
+- ``open_host_source``: the host source (CPU %, memory %, this process's RSS);
+- ``open_sampler``: the process's sampler of its host and its own GPU(s), for the session and the
+  rank pulse alike.
 
 The GPU sources and the GPU inventory are the face of ``metrics.gpu`` (``open_gpu_sources``,
 ``inventory``, ``describe``): import them from there, inside the function that needs them, so
@@ -11,6 +13,6 @@ wandb's import.  Nothing here imports ``report`` or ``capture``.  See docs/archi
 """
 
 from .host import open_host_source
-from .sampler import Sampler
+from .sampler import Sampler, open_sampler
 
-__all__ = ["Sampler", "open_host_source"]
+__all__ = ["Sampler", "open_host_source", "open_sampler"]

@@ -22,9 +22,20 @@ import time
 from typing import Any, Dict, List, Optional
 
 from .. import guard, log
+from ..config import Config
+from ..topology import Topology
 
 _FIRST_SAMPLE_WAIT = 1.0  # seconds start() waits for the first snapshot
 STOP_WAIT = 2.0  # seconds close() waits for the thread to finish its round
+
+
+def open_sampler(config: Config, topology: Topology, interval: float) -> Sampler:
+    """This process's sampler: the host and the process's own GPU(s), every ``interval``
+    seconds.  The GPU modules load here, never at wandb's import; none without a GPU."""
+    from .gpu import open_gpu_sources  # never raises; [] without a GPU
+    from .host import open_host_source
+
+    return Sampler([open_host_source(), *open_gpu_sources(config, topology)], interval)
 
 
 def _close(source: Any) -> None:
@@ -59,7 +70,7 @@ class Sampler:
 
     def _run(self) -> None:
         try:
-            self._prime()
+            self.prime()
             self.sample_once()
             self._first.set()
             while not self._stop.wait(self.interval):
@@ -69,7 +80,9 @@ class Sampler:
             for source in self.sources:  # closed by the thread that used them, after its last use
                 _close(source)
 
-    def _prime(self) -> None:
+    def prime(self) -> None:
+        """Let each source open its library (``start``'s thread does this; a caller that drives
+        ``sample_once`` itself calls it once first)."""
         for source in list(self.sources):
             prime = getattr(source, "prime", None)
             if prime is None:

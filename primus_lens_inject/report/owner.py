@@ -39,6 +39,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from .. import credentials
 from ..config import Config
+from ..paths import make_side_dir
 from ..recordline import WRITERS_SUFFIX, sibling
 from ..topology import Topology
 from . import frameworks, spool
@@ -184,7 +185,7 @@ def register(record_path: str, writer: Writer) -> None:
     path = os.path.join(_writers_dir(record_path), writer.tag + ".json")
     if os.path.exists(path):
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    make_side_dir(os.path.dirname(path))  # the pod agent reads it (and may be another user)
     spool.write_atomic(path, json.dumps(asdict(writer), sort_keys=True))
 
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from ..config import Config
 from ..topology import Topology
 from . import owner, sinks
 from .identity import identity
+from .pace import Paces
 from .sink import Context, Control, Sink
 from .status import Stats, write_status
 
@@ -43,11 +44,14 @@ class Reporter:
 
     def __init__(self, config: Config, topology: Topology, record_path: str,
                  ephemeral: str = "", inventory: Callable[[], Dict[str, Any]] = no_gpus,
-                 http_transport: Any = None) -> None:
+                 http_transport: Any = None, paces: Optional[Paces] = None,
+                 detections: bool = True) -> None:
         """``inventory`` describes this process's GPUs for the detection report (capture passes
         ``metrics.gpu.inventory``; reporting does not import the metrics); it is called once, on
         the detection thread, and must not raise.  ``http_transport``: an httpx transport every
-        sink's client uses instead of the network (tests)."""
+        sink's client uses instead of the network (tests).  The pod agent passes its ``paces``
+        (one request at a time per kind of sink, pod-wide) and ``detections=False`` (its one
+        ``PodDetections`` sends every record's reports)."""
         self.config = config
         self.record_path = record_path
         self.ephemeral = ephemeral  # this process's private spool (SAVE_LOCAL=false), if any:
@@ -57,7 +61,8 @@ class Reporter:
         self.control = Control(record_path, write_status=self._write_status)
         self.sinks: List[Sink] = sinks.enabled(Context(
             config, topology, record_path, self.control, owner.Writers(record_path),
-            owner.legacy_writer(config, topology), self.stats, inventory, http_transport))
+            owner.legacy_writer(config, topology), self.stats, inventory, http_transport, paces,
+            detections))
         self._started = False
         self._status_written = 0.0
 

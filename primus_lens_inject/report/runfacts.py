@@ -11,6 +11,7 @@ later, on the reporter's thread (``detection.build_report``).
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Sequence, Tuple
@@ -93,6 +94,7 @@ class RunFacts:
     tags: Tuple[str, ...] = ()
     config: Dict[str, Any] = field(default_factory=dict)
     callers: Tuple[str, ...] = ()  # ``caller_modules`` at init and now; empty: not seen
+    group: str = ""  # the run's wandb group: one job's runs share it (the agent sends one report)
 
     @classmethod
     def from_run(cls, run: Any, callers: Sequence[str] = ()) -> RunFacts:
@@ -107,6 +109,8 @@ class RunFacts:
                        id=plain_text(_run_attr(run, "id")),
                        tags=_tags(_run_attr(run, "tags")),
                        config=_config_dict(_run_attr(run, "config")),
-                       callers=tuple(callers))
+                       callers=tuple(callers),
+                       group=plain_text(_run_attr(run, "group"))
+                       or os.environ.get("WANDB_RUN_GROUP", ""))
         except Exception:
             return cls(callers=tuple(callers))

@@ -72,16 +72,55 @@ def _flatten(prefix: str, data: Dict[str, Any], out: Dict[str, Any], depth: int)
             out[name] = number
 
 
+def _wire_name(key: str, key_prefix: str) -> str:
+    """The name a row's (flattened) key is sent under."""
+    key = credentials.redact_key(storable(key))  # the record keeps the user's key
+    if key in _RESERVED_KEYS:
+        key = _RENAME_PREFIX + key
+    return key_prefix + key
+
+
+# key prefix -> (key -> its wire name): the rows of a run repeat their keys, so the rules above
+# run once per key, not once per row (the pod agent sends every row of the pod); bounded.
+_NAMES: Dict[str, Dict[str, str]] = {}
+_NAMES_KEPT = 1 << 15
+
+
+def _names(key_prefix: str) -> Dict[str, str]:
+    names = _NAMES.get(key_prefix)
+    if names is None or len(names) >= _NAMES_KEPT:
+        if len(_NAMES) >= 64:
+            _NAMES.clear()
+        names = _NAMES[key_prefix] = {}
+    return names
+
+
 def sendable(data: Dict[str, Any], key_prefix: str = "") -> Dict[str, Any]:
     """The finite numeric part of one record row, keyed as the server should store it."""
-    flat: Dict[str, Any] = {}
-    _flatten("", data, flat, 0)
+    names = _names(key_prefix)
     out: Dict[str, Any] = {}
-    for key, value in flat.items():
-        key = credentials.redact_key(storable(key))  # the record keeps the user's key
-        if key in _RESERVED_KEYS:
-            key = _RENAME_PREFIX + key
-        out[key_prefix + key] = value
+    for key, value in data.items():
+        kind = type(value)
+        if kind is float:  # the common case first: a plain finite float needs no more
+            if not math.isfinite(value):
+                continue
+        elif kind is dict:
+            flat: Dict[str, Any] = {}
+            _flatten("", {key: value}, flat, 0)
+            for inner, number in flat.items():
+                name = names.get(inner)
+                if name is None:
+                    name = names[inner] = _wire_name(inner, key_prefix)
+                out[name] = number
+            continue
+        else:
+            value = _number(value)
+            if value is None:
+                continue
+        name = names.get(key)
+        if name is None:
+            name = names[key] = _wire_name(key, key_prefix)
+        out[name] = value
     return out
 
 

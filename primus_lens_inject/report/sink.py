@@ -8,18 +8,21 @@ gives every sink.  The ``Reporter`` only starts, flushes and closes the sinks it
 
 ``RowsSink`` is the shared body of a sink that sends rows: one thread tails the record from its
 acknowledged offset (a ``spool.Cursor`` named after the sink: ``recordline.cursor_suffix``),
-groups consecutive rows of one writer and run into a batch (at most ``batch_size`` steps and
-``_BATCH_BYTES`` of record), turns the batch into request bodies (the subclass: ``encode``),
-posts them (the subclass: ``post``, which returns ``policy``'s action) and moves its cursor only
-once every body of the batch was acknowledged or dropped.  Memory holds one batch however long
+groups consecutive rows of one writer and run into a batch (at most ``batch_size`` steps, in the
+pod agent ``pace.GROWN_BATCH``, and ``_BATCH_BYTES`` of record), turns the batch into request
+bodies (the subclass: ``encode``), posts them (the subclass: ``post``, which returns
+``policy``'s action) and moves its cursor only once every body of the batch was acknowledged or
+dropped.  Memory holds one batch however long
 the destination is away; a restarted process resumes from the cursor.  Rows of a writer that
 does not report (``owner``) are passed over, so every sink exports each row once per job, not
 once per rank.  Lines are parsed by ``recordline`` (the oldest unsent one once, however often an
-idle sink looks at it).
+idle sink looks at it, and each line once for all the readers of the record in the process:
+``recordline.shared_lines``).
 
-Sinks of one record share a ``Control`` (the flush under way, the stop flag, the owner lock) and
-nothing else: each has its own thread, client, backoff and ``Health``, so one destination being
-down never delays another.
+Sinks of one record share a ``Control`` (the flush under way, the stop flag, the owner lock, the
+decoded lines) and nothing else: each has its own thread, client (in the pod agent, the sinks of
+one kind share one: ``pace``), backoff and ``Health``, so one destination being down never
+delays another.
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Protocol, Tuple
 
-from .. import guard, log
+from .. import guard, log, recordline
 from ..config import Config
 from ..lifecycle import Part
-from ..recordline import UNREADABLE, HeadCache, Line, Unreadable, cursor_suffix, decode
+from ..recordline import UNREADABLE, Decoded, HeadCache, Line, Unreadable, cursor_suffix, shared_lines
 from ..topology import Topology
 from . import owner, sendable, spool
+from .pace import GROWN_BATCH, Paces
 from .policy import DROP, OK, RETRY, STOP, Backoff
 from .status import Stats
 
@@ -45,6 +49,11 @@ OWNER_POLL = 2.0
 _FLUSH_RETRY = 0.5  # seconds between retries while finish/exit waits
 _FLUSH_GIVE_UP = 5  # consecutive failures while a flush waits: the destination is down
 _FLUSH_POLL = 0.1  # seconds a flush sleeps between looks (it is woken on progress anyway)
+_STATUS_EVERY = 1.0  # seconds between two writes of the status file while rows go out
+_AGENT_STATUS_EVERY = 5.0  # ... in the pod agent (a file per record: it sends every record)
+_PIECE_BYTES = 64 << 10  # the pod agent reads a batch's lines in pieces of this (a longer line whole)
+_SHARED_BATCH_BYTES = 256 << 10  # ... and keeps this much of a record's decoded lines for its
+# other readers (``recordline.SharedLines``): a 500-step batch of 10 keys a row, and some
 
 Batch = Tuple[owner.Writer, str, List[Dict[str, Any]]]  # writer, run id, merged entries
 TOO_LONG = f"record line over the reader's {spool.MAX_LINE >> 20} MiB ceiling (skipped)"
@@ -72,7 +81,8 @@ def answered(stats: Stats, action: str, reason: str, where: str, key: str) -> No
 
 
 class Control:
-    """What the sinks of one record share: the flush under way, the stop, the owner lock."""
+    """What the sinks of one record share: the flush under way, the stop, the owner lock, the
+    lines decoded by one of them (``recordline.SharedLines``)."""
 
     def __init__(self, record_path: str,
                  write_status: Callable[[float], None] = lambda every: None) -> None:
@@ -87,6 +97,7 @@ class Control:
         self.round = 0  # flushes begun: a sink's failures count within one
         self.stop = False
         self._woken: List[threading.Event] = []  # every sink's wake-up, set when a flush begins
+        self.lines = shared_lines(record_path)
 
     def notify(self) -> None:
         with self.progress:
@@ -181,6 +192,8 @@ class Context(NamedTuple):
     stats: Stats  # the status file's top-level counters (the sink that reports there uses them)
     inventory: Callable[[], Dict[str, Any]]  # this process's GPUs (``metrics.gpu.inventory``)
     http_transport: Any = None  # an httpx transport for every client (tests inject one)
+    paces: Optional[Paces] = None  # the pod agent's pace per kind of sink (``pace``); None: none
+    detections: bool = True  # the Lens sink sends the detection queue (the agent: ``PodDetections``)
 
 
 class RowsSink:
@@ -203,7 +216,14 @@ class RowsSink:
         self.wake = threading.Event()
         self.control.wake_on_flush(self.wake)
         self._threads: List[threading.Thread] = []
-        self._head = HeadCache()  # the oldest unsent line, parsed once
+        self.control.lines.readers += 1
+        self._head = HeadCache(self._decode)  # the last line decoded: the oldest unsent one
+        # (or the first of the next batch) is parsed once, however often an idle sink looks
+        self.pace = context.paces.get(self.name) if context.paces is not None else None
+        self.batch_limit = self.config.batch_size if self.pace is None else GROWN_BATCH
+        # steps per request: a paced sink's batch grows while it waits for its turn (``pace``)
+        if self.pace is not None:  # its batch is read seconds after /metrics read the lines
+            self.control.lines.keep(_SHARED_BATCH_BYTES)
 
     # -- what a destination defines ----------------------------------------------------------
 
@@ -227,6 +247,15 @@ class RowsSink:
 
     def encode(self, batch: Batch, now: float) -> List[bytes]:
         raise NotImplementedError
+
+    def read_line(self, raw: Optional[bytes]) -> Decoded:
+        """One line of the file this sink tails: a record line (``recordline.decode``); a sink
+        of another line format (the agent's pulse export, ``otlp.pulse``) reads its own."""
+        return recordline.decode(raw)
+
+    def _decode(self, raw: Optional[bytes]) -> Decoded:
+        """``read_line``, once for all the readers of the record (``recordline.SharedLines``)."""
+        return self.control.lines.decode(raw, self.read_line)
 
     def post(self, client: Any, body: bytes) -> Tuple[str, str]:
         """(``policy`` action, reason) for one body."""
@@ -341,6 +370,9 @@ class RowsSink:
             return
         if self.cursor is None:  # a restarted loop keeps its position
             self.cursor = spool.Cursor(self.record_path, cursor_suffix(self.name))
+        if self.pace is not None:  # the agent: one client for the sinks of this kind
+            self._send(self.pace.client(self.open_client), self.cursor)
+            return
         client = self.open_client()
         try:
             self._send(client, self.cursor)
@@ -359,22 +391,29 @@ class RowsSink:
         dropped_as = ""  # a request of the current batch was refused: its rows count as dropped
         while not self.control.stop and not self.health.stopped_reason:
             if not bodies:
-                if len(lines) < self.config.batch_size:
-                    lines += spool.read_lines(self.record_path,
-                                              lines[-1][0] if lines else cursor.offset,
-                                              READ_BYTES)
+                if len(lines) < self.batch_limit:
+                    lines += self._read_ahead(lines[-1][0] if lines else cursor.offset, len(lines))
                 if not lines or not self._due(lines, cursor):
                     cursor.save()  # a save that failed (disk full) is retried while idle
                     self.control.notify()
                     self.control.sleep(self.wake, 0.2)
                     continue
+                if not self._turn(lines):
+                    continue  # stopping
+                if self.pace is not None and len(lines) < self.batch_limit:
+                    lines += self._read_ahead(lines[-1][0], len(lines))
+                    # what arrived while it waited for its turn: the batch grows
                 batch, used, skipped = self._batch(lines)
                 for reason, count in skipped.items():
                     self.stats.dropped[reason] += count
                 rows, dropped_as = len(batch[2]), ""
                 if batch[2]:
                     bodies = self.encode(batch, time.time())
+            if bodies and not self._turn(lines):
+                continue  # stopping
             action, reason = self.post(client, bodies[0]) if bodies else (OK, "")
+            if self.pace is not None:
+                self.pace.give(self)
             if action in (OK, DROP):
                 del bodies[:1]
                 dropped_as = reason if action == DROP else dropped_as
@@ -387,11 +426,54 @@ class RowsSink:
                     self.stats.rows_sent += rows
                 cursor.advance(lines[used - 1][0])
                 del lines[:used]
-                self.control.write_status(1.0)
+                self.control.write_status(_STATUS_EVERY if self.pace is None else _AGENT_STATUS_EVERY)
             elif action == STOP:
                 self.stopped(reason)
             elif action == RETRY:
                 self.failed(backoff)
+
+    def _read_ahead(self, offset: int, have: int) -> List[Tuple[int, Optional[bytes]]]:
+        """The record's next complete lines from ``offset``: up to ``READ_BYTES`` in a trainer;
+        in the pod agent, whose sinks are many (one per record and destination), one batch at
+        most, so its memory is one batch per sink whatever the backlog."""
+        try:
+            if os.stat(self.record_path).st_size <= offset:
+                return []  # nothing new: an idle sink's look costs one stat, not a read
+        except OSError:
+            return []
+        if self.pace is None:
+            return spool.read_lines(self.record_path, offset, READ_BYTES)
+        want, start = self.batch_limit - have, offset
+        more: List[Tuple[int, Optional[bytes]]] = []
+        while len(more) < want and offset - start < _BATCH_BYTES:  # in pieces: no more is read
+            piece = spool.read_lines(self.record_path, offset, _PIECE_BYTES)  # than is kept
+            if not piece:
+                break
+            more += piece[:want - len(more)]
+            offset = more[-1][0]
+        return more
+
+    def _turn(self, lines: List[Tuple[int, Optional[bytes]]]) -> bool:
+        """Wait for this sink's turn under the pod's pace (the agent's sinks; others go at
+        once); False when sending stops meanwhile."""
+        return self.pace is None or self.pace.take(
+            self, lambda: self.control.stop or bool(self.health.stopped_reason),
+            full=lambda: self._full(lines))
+
+    def _full(self, lines: List[Tuple[int, Optional[bytes]]]) -> bool:
+        """A full batch (``batch_limit`` lines) in hand or, estimated from the length of the
+        lines in hand, waiting in the record: a paced sink reads the rest only at its turn, and a
+        batch that filled while it waited must not wait for the interval too."""
+        if len(lines) >= self.batch_limit:
+            return True
+        if not lines or self.cursor is None:
+            return False
+        try:
+            unread = os.stat(self.record_path).st_size - lines[-1][0]
+        except OSError:
+            return False
+        mean = max(1.0, (lines[-1][0] - self.cursor.offset) / len(lines))
+        return len(lines) + unread / mean >= self.batch_limit
 
     def _due(self, lines: List[Tuple[int, Optional[bytes]]], cursor: spool.Cursor) -> bool:
         """Send now when a batch is full, a flush waits, or the oldest row waited long enough."""
@@ -405,8 +487,8 @@ class RowsSink:
             or time.time() - oldest >= self.config.flush_interval
 
     def _batch(self, lines: List[Tuple[int, Optional[bytes]]]) -> Tuple[Batch, int, Dict[str, int]]:
-        """The next request: consecutive rows of one writer and run, at most batch_size steps
-        and _BATCH_BYTES; returns ((writer, run id, entries), lines used, skipped rows by reason).
+        """The next request: consecutive rows of one writer and run, at most ``batch_limit``
+        steps and _BATCH_BYTES; returns ((writer, run id, entries), lines used, skipped rows by reason).
         Rows of a writer that does not report (another rank sharing the file) are passed over."""
         writer = self.untagged
         run_id = ""
@@ -422,7 +504,7 @@ class RowsSink:
                          key="record-line-too-long")
                 used += 1
                 continue
-            row = self._head.decode(end, line) if used == 0 else decode(line)
+            row = self._head.decode(end, line)  # the line it stops at: the next head
             if isinstance(row, Unreadable):
                 skipped[row.reason] += 1
                 used += 1
@@ -446,7 +528,7 @@ class RowsSink:
             if run_id and (row_run != run_id or row_writer is not writer):
                 break
             if entry is not None:
-                if rows and (len(rows) >= self.config.batch_size or size + len(line) > _BATCH_BYTES) \
+                if rows and (len(rows) >= self.batch_limit or size + len(line) > _BATCH_BYTES) \
                         and not (rows[-1][0] == row_run and rows[-1][1]["step"] == entry["step"]):
                     break
                 writer, run_id = row_writer, row_run

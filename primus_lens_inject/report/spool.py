@@ -28,7 +28,7 @@ import threading
 from typing import BinaryIO, List, Optional, Tuple
 
 from .. import log
-from ..paths import close_quietly
+from ..paths import close_quietly, is_shared, make_side_dir, share_file
 from ..recordline import FIRST_SINK, LOCK_SUFFIX, cursor_suffix, fallback, sibling
 
 CURSOR_SUFFIX = cursor_suffix(FIRST_SINK)
@@ -38,11 +38,15 @@ SCAN_BYTES = 1 << 20  # the piece read at a time while looking for the end of su
 
 
 def write_atomic(path: str, text: str) -> None:
-    """Replace ``path`` with ``text`` whole; on failure no temporary file is left behind."""
+    """Replace ``path`` with ``text`` whole; on failure no temporary file is left behind.  In a
+    shared directory (``paths.make_dirs``: a record of agent mode) the file is readable by every
+    user whatever the umask: the pod agent and the trainers are different users."""
     tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
     try:
         with open(tmp, "w") as f:
             f.write(text)
+            if is_shared(os.path.dirname(path)):
+                share_file(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -53,10 +57,11 @@ def write_atomic(path: str, text: str) -> None:
 
 
 def usable_dir(primary: str, alternative: str, what: str) -> str:
-    """``primary`` as a directory, else ``alternative`` (said once); ``primary`` if neither."""
+    """``primary`` as a directory, else ``alternative`` (said once); ``primary`` if neither.
+    Made as a record's side directory (``paths.make_side_dir``: shared in agent mode)."""
     for path in (primary, alternative):
         try:
-            os.makedirs(path, exist_ok=True)
+            make_side_dir(path)
         except OSError as exc:
             error = exc.strerror or str(exc)
             continue
@@ -221,7 +226,9 @@ class OwnerLock:
         for path in self.paths:
             try:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                # read-only: ``flock`` needs no write access, so the pod agent (another user)
+                # locks a lock file a trainer created 0644, and the other way round
+                fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except OSError as exc:
                 errors.append(f"{path}: {exc.strerror or exc}")
                 continue

@@ -79,7 +79,7 @@ def test_isolating_options_are_read_like_python_reads_them(argv, found):
 def test_help_of_every_subcommand_only_prints_help(tmp_path):
     env = training_env(tmp_path, bootstrap=False)
     pth = installs.purelib(TRAIN_PYTHON) / "primus_lens_inject.pth"
-    for command in ("run", "doctor", "install", "uninstall", "check", "receive", "webhook"):
+    for command in ("run", "doctor", "install", "uninstall", "check", "receive", "webhook", "agent"):
         proc = run_cli([command, "--help"], env, cwd=tmp_path)
         assert proc.returncode == 0, (command, proc.stderr)
         assert proc.stdout.startswith(f"usage: primus-lens {command}"), (command, proc.stdout)

@@ -30,8 +30,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import jsonpatch
 import kubernetes_validate
-import pytest
 import yaml
+from conftest import require
 
 from primus_lens_inject.config import VARIABLES
 
@@ -42,16 +42,6 @@ CHART = ROOT / "charts" / "primus-lens-inject"
 FIXTURES = Path(__file__).resolve().parent
 HELM = ROOT / ".tools" / "helm" / "helm"
 K8S_MIN = "1.27.0"  # the oldest Kubernetes the chart supports (Chart.yaml kubeVersion)
-
-
-def require(tool: str, usable: bool, why: str) -> None:
-    """Skip when ``tool`` cannot run here, unless the run demands it (``make test`` does)."""
-    if usable:
-        return
-    required = os.environ.get("PRIMUS_LENS_REQUIRE_TOOLS", "").split()
-    if tool in required:
-        pytest.fail(f"{tool} is required by this run (PRIMUS_LENS_REQUIRE_TOOLS) but {why}")
-    pytest.skip(f"{tool} unavailable: {why}")
 
 
 def helm(*args: str, home: Path, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -122,6 +112,17 @@ def validate_pod(pod: Dict[str, Any], version: str = K8S_MIN) -> None:
 
 def load_pod(name: str) -> Dict[str, Any]:
     return yaml.safe_load((FIXTURES / name).read_text())
+
+
+def small_pod(*containers: Dict[str, Any], annotations: Optional[Dict[str, str]] = None,
+              **spec: Any) -> Dict[str, Any]:
+    """The smallest pod that shows a rule: ``containers`` (default: one) and ``spec`` fields."""
+    metadata: Dict[str, Any] = {"name": "p", "namespace": "ns"}
+    if annotations is not None:
+        metadata["annotations"] = annotations
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
+            "spec": {"containers": list(containers) or [{"name": "main", "image": "img"}],
+                     **spec}}
 
 
 def admission_review(pod: Dict[str, Any], operation: str = "CREATE",
@@ -490,10 +491,3 @@ def tool_path(name: str) -> Optional[str]:
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/local/sbin")
 
 
-def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

@@ -66,7 +66,10 @@ def certificates(pem_b64: str) -> List[x509.Certificate]:
 
 
 def kube_objects(docs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    return [d for d in docs if not d["apiVersion"].startswith("cert-manager.io/")]
+    """The objects whose schemas kubernetes-validate has (not cert-manager's or the monitoring
+    operators' CRDs)."""
+    return [d for d in docs if not d["apiVersion"].startswith(
+        ("cert-manager.io/", "monitoring.coreos.com/", "operator.victoriametrics.com/"))]
 
 
 # -- lint and schemas -----------------------------------------------------------------------------
@@ -256,7 +259,8 @@ def test_config_is_what_the_webhook_reads(default: List[Dict[str, Any]]) -> None
 def test_nondefault_values(nondefault: List[Dict[str, Any]]) -> None:
     kinds = sorted(d["kind"] for d in nondefault)
     assert kinds == ["Certificate", "ConfigMap", "Deployment", "MutatingWebhookConfiguration",
-                     "Service"], "no Secret (cert-manager), no PDB (1 replica), no SA (create: false)"
+                     "PodMonitor", "Service", "VMPodScrape"], (
+        "no Secret (cert-manager), no PDB (1 replica), no SA (create: false)")
     registration = only(nondefault, "MutatingWebhookConfiguration")
     assert registration["metadata"]["annotations"] == {
         "cert-manager.io/inject-ca-from": "platform/lens-injector"}
@@ -324,6 +328,17 @@ def test_nondefault_values(nondefault: List[Dict[str, Any]]) -> None:
                                        "limits": {"memory": "64Mi"}}
     assert "runAsUser" not in settings.init_security_context
     assert settings.init_security_context["runAsNonRoot"] is True
+    agent = settings.agent
+    assert (agent.mode, agent.port, agent.records_path, agent.records_size_limit) == (
+        "container", 9555, "/lens/records", "8Gi")
+    assert agent.resources == {"requests": {"cpu": "20m", "memory": "64Mi"},
+                               "limits": {"memory": "256Mi"}}
+    assert agent.security_context["readOnlyRootFilesystem"] is True
+    assert not agent.readiness_probe and not agent.prometheus_annotations
+    assert only(nondefault, "PodMonitor")["spec"]["podMetricsEndpoints"][0]["interval"] == "15s"
+    assert only(nondefault, "PodMonitor")["metadata"]["labels"]["release"] == (
+        "kube-prometheus-stack")
+    assert only(nondefault, "VMPodScrape")["spec"]["podMetricsEndpoints"][0]["interval"] == "1m"
 
 
 def test_cert_manager_with_the_charts_own_ca(home: Path) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -159,13 +160,14 @@ def env_list(config: Dict[str, Any]) -> Dict[str, str]:
 
 
 def train(images: Engine, image: str, tmp: Path, env: Dict[str, str] = (),
-          volumes: Sequence[str] = ()) -> Dict[str, Any]:
-    """Run the training script as a non-root user; return its report and its record."""
+          volumes: Sequence[str] = (), user: str = TRAINER_UID) -> Dict[str, Any]:
+    """Run the training script as ``user`` (a non-root one by default); return its report and
+    its record."""
     (tmp / "out").mkdir(parents=True)
     (tmp / "out").chmod(0o777)
     (tmp / "train.py").write_text(TRAIN)
     stdout = images.run(
-        image, "python3", "/job/train.py", user=TRAINER_UID,
+        image, "python3", "/job/train.py", user=user,
         env={"HOME": "/work", "USER": "trainer", "WANDB_DIR": "/work", "WANDB_SILENT": "true",
              "PRIMUS_LENS_WANDB_OUTPUT_PATH": "/out", "PRIMUS_LENS_WANDB_API_REPORTING": "false",
              **dict(env)},
@@ -191,11 +193,12 @@ def test_injector_image(images: Engine) -> None:
     config = images.inspect(INJECTOR)
     assert config["Config"]["User"] == "65532:65532"
     assert config["Config"]["Entrypoint"] == ["python3", "-m", "primus_lens_inject"]
-    assert env_list(config)["PYTHONPATH"] == "/opt/primus-lens"
+    assert env_list(config)["PYTHONPATH"] == "/opt/primus-lens:/opt/primus-lens/deps"
     assert "primus-lens webhook" in images.run(INJECTOR, "webhook", "--help")
+    assert "primus-lens agent" in images.run(INJECTOR, "agent", "--help")
     listing = images.run(INJECTOR, "-c", """\
 import json, os, sys
-import httpx, psutil, pynvml, h11
+import httpx, psutil, pynvml, h11, prometheus_client
 tree = "/opt/primus-lens"
 files = [os.path.join(d, f) for d, _, fs in os.walk(tree) for f in fs]
 print(json.dumps({
@@ -208,14 +211,15 @@ print(json.dumps({
     "tag": sys.implementation.cache_tag,
     "unreadable": [f for f in files if not os.stat(f).st_mode & 0o004],
     "writable": [f for f in files if os.access(f, os.W_OK) or os.stat(f).st_mode & 0o022],
-    "imports": {m.__name__: m.__file__ for m in (httpx, psutil, pynvml, h11)},
+    "imports": {m.__name__: m.__file__ for m in (httpx, psutil, pynvml, h11, prometheus_client)},
     "deps_last": sys.path.index(tree + "/deps") > sys.path.index(tree),
 }))""", extra=["--entrypoint", "python3"])
     tree = json.loads(listing)
     assert tree["uid"] == 65532
     assert tree["top"] == ["__pycache__", "deps", "primus_lens_inject", "sitecustomize.py"]
     assert tree["deps"] == ["amdsmi", "anyio", "certifi", "exceptiongroup", "h11", "httpcore",
-                            "httpx", "idna", "psutil", "pynvml.py", "typing_extensions.py"]
+                            "httpx", "idna", "prometheus_client", "psutil", "pynvml.py",
+                            "typing_extensions.py"]
     assert tree["so"] and all(".abi3." in path for path in tree["so"]), tree["so"]
     # bytecode for the image's own Python only (the tree is read-only where it runs)
     assert f"/opt/primus-lens/__pycache__/sitecustomize.{tree['tag']}.pyc" in tree["pyc"]
@@ -274,3 +278,79 @@ def test_webhook_path_init_copy_then_train(images: Engine, tmp_path: Path) -> No
                    volumes=[f"{volume}:{mount['mountPath']}:ro"])
     assert report["teamlib"] == "team-lib"
     check_record(report["rows"])
+
+
+AGENT_CHECK = """\
+import json, os, signal, subprocess, sys, time, urllib.request
+
+agent = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+port = os.environ["PRIMUS_LENS_AGENT_PORT"]
+
+
+def get(path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+        return answer.status, answer.read().decode()
+
+
+deadline = time.monotonic() + 60
+while True:
+    try:
+        if get("/readyz")[0] == 200 and "wandb_loss" in get("/metrics")[1]:
+            break
+    except OSError:
+        pass
+    if time.monotonic() > deadline or agent.poll() is not None:
+        break
+    time.sleep(0.2)
+answers = {path: get(path) for path in ("/healthz", "/readyz", "/metrics")}
+agent.send_signal(signal.SIGTERM)
+output = agent.communicate(timeout=60)[0]
+print(json.dumps({"answers": answers, "rc": agent.returncode, "output": output,
+                  "agent_file": json.load(open(os.environ["PRIMUS_LENS_WANDB_OUTPUT_PATH"]
+                                               + "/agent.json"))}))
+"""
+
+
+def test_webhook_path_agent_serves_the_trainers_record(images: Engine, tmp_path: Path) -> None:
+    """The pod agent as the webhook specifies it, in a SaFE-style pod (no user named, the
+    trainer runs as root): the trainer records with PRIMUS_LENS_AGENT=true, then the agent
+    container as the image's non-root user, read-only and without capabilities, on the same
+    volume, may keep the record's side files (no "leaves ... to its trainer"), serves the
+    record's values on /metrics (its HTTP endpoint answered from inside its network namespace)
+    and ends on SIGTERM."""
+    settings = admission.Settings.from_mapping({"image": INJECTOR, "agent": {"mode": "sidecar"}})
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "t", "namespace": "ml"},
+           "spec": {"containers": [{"name": "train", "image": TRAINING}]}}
+    decision = admission.decide(pod, settings)
+    [agent] = [op["value"][1] for op in decision.patch if op["path"] == "/spec/initContainers"]
+    [trainer_env] = [op["value"] for op in decision.patch
+                     if op["path"] == "/spec/containers/0/env"]
+    assert env_of({"env": trainer_env})["PRIMUS_LENS_AGENT"]["value"] == "true"
+    root = env_of(agent)["PRIMUS_LENS_WANDB_OUTPUT_PATH"]["value"]
+
+    # the baked training image stands for the injected trainer (the copy's path is tested above)
+    report = train(images, BAKED, tmp_path, env={"PRIMUS_LENS_AGENT": "true"}, user="0")
+    check_record(report["rows"])  # recorded, not sent: the agent sends
+    rank_dir = tmp_path / "out" / "node_0" / "rank_0"
+    assert stat.S_IMODE(rank_dir.stat().st_mode) == 0o777, "opened to the agent's user"
+    env = {entry["name"]: entry["value"] for entry in agent["env"] if "value" in entry}
+    env["PRIMUS_LENS_WANDB_HOOK"] = "false"  # deps/ must load without the bootstrap
+    context = agent["securityContext"]
+    assert "runAsUser" not in context and context["runAsNonRoot"] is True  # the image's, 65532
+    [mount] = agent["volumeMounts"]
+    assert mount["mountPath"] == root
+    stdout = images.run(
+        agent["image"], "-c", AGENT_CHECK, "python3", "-m",
+        "primus_lens_inject", *agent["args"], env=env,
+        volumes=[f"{tmp_path / 'out'}:{root}"],
+        extra=["--entrypoint", "python3", "--read-only", "--cap-drop", "ALL",
+               "--security-opt", "no-new-privileges"])
+    result = json.loads(stdout.strip().splitlines()[-1])
+    answers = result["answers"]
+    assert answers["/healthz"][0] == 200 and answers["/readyz"][0] == 200, result["output"]
+    metrics = answers["/metrics"][1]
+    assert 'wandb_loss{local_rank="0",node_rank="0",rank="0"' in metrics, metrics
+    assert "wandb_step{" in metrics
+    assert result["rc"] == 0, result["output"]
+    assert "leaves" not in result["output"], result["output"]
+    assert result["agent_file"]["port"] == int(env["PRIMUS_LENS_AGENT_PORT"])

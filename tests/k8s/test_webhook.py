@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 import trustme
+from conftest import wait_until
 
 from k8s.support import (
     WebhookCaller,
@@ -39,7 +40,6 @@ from k8s.support import (
     render,
     status_field,
     validate_pod,
-    wait_until,
     webhook_process,
 )
 from primus_lens_inject.k8s import admission, webhook

@@ -20,19 +20,10 @@ from k8s.support import (
     load_pod,
     validate_pod,
 )
+from k8s.support import small_pod as pod
 from primus_lens_inject.k8s import admission
 
 SETTINGS = admission.Settings.from_mapping({"image": "reg.example.com/pli:1"})
-
-
-def pod(*containers: Dict[str, Any], annotations: Optional[Dict[str, str]] = None,
-        **spec: Any) -> Dict[str, Any]:
-    metadata: Dict[str, Any] = {"name": "p", "namespace": "ns"}
-    if annotations is not None:
-        metadata["annotations"] = annotations
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
-            "spec": {"containers": list(containers) or [{"name": "main", "image": "img"}],
-                     **spec}}
 
 
 def run(obj: Dict[str, Any], settings: admission.Settings = SETTINGS,

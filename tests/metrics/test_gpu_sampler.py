@@ -7,6 +7,8 @@ import threading
 import time
 from typing import Dict, List
 
+from conftest import wait_until
+
 from primus_lens_inject import log
 from primus_lens_inject.metrics.sampler import Sampler
 
@@ -37,15 +39,6 @@ class Source:
         self.closed_in = threading.current_thread().name
 
 
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
 def test_start_returns_with_a_first_snapshot_taken_in_the_sampler_thread():
     source = Source(prime_seconds=0.1)
     sampler = Sampler([source], interval=60)
@@ -63,7 +56,7 @@ def test_a_slow_library_holds_start_up_no_longer_than_the_wait():
     sampler.start()
     assert time.monotonic() - began < 0.5
     assert sampler.snapshot == {}
-    assert wait_for(lambda: sampler.snapshot == {"_fake": 1.0})
+    assert wait_until(lambda: sampler.snapshot == {"_fake": 1.0})
     sampler.close(math.inf)  # no process end: STOP_WAIT at most
 
 
@@ -73,7 +66,7 @@ def test_snapshots_are_replaced_never_mutated():
     sampler.start()
     first = sampler.snapshot
     source.value = 2.0
-    assert wait_for(lambda: sampler.snapshot.get("_fake") == 2.0)
+    assert wait_until(lambda: sampler.snapshot.get("_fake") == 2.0)
     assert first == {"_fake": 1.0}
     sampler.close(math.inf)  # no process end: STOP_WAIT at most
     samples = sampler.samples

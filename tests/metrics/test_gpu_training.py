@@ -11,12 +11,11 @@ import json
 import math
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 import pytest
-from conftest import BOOTSTRAP_DIR, TRAIN_PYTHON, training_env
+from conftest import BOOTSTRAP_DIR, TRAIN_PYTHON, training_env, wait_until
 from fakes import amdgpu_sysfs
 from fakes.fake_gpu_state import STATE_ENV, write
 from fakes.libs import FAKES
@@ -106,15 +105,6 @@ def read_rows(path: Path) -> List[dict]:
 def gpu_figures(row: dict) -> Dict[str, float]:
     return {k[len("_primus_gpu_"):]: v for k, v in row["data"].items()
             if k.startswith("_primus_gpu_")}
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 @pytest.mark.parametrize("backend", sorted(PHASES))

@@ -148,11 +148,3 @@ class OtlpServer:
                 and (run_id is None or p.resource["wandb.run.id"] == run_id)]
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    return predicate()

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from conftest import TRAIN_PYTHON, run_training, strict_json, training_env
+from conftest import TRAIN_PYTHON, run_training, strict_json, training_env, wait_until
 
 from primus_lens_inject.devserver.receiver import Receiver
+from primus_lens_inject.view import build_model
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "telemetry-api.schema.json").read_text())
 POD = "trainer-master-0"
@@ -42,16 +43,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
 
 
 def assert_bodies_valid(receiver: Receiver) -> None:
@@ -105,6 +96,14 @@ def test_every_row_arrives_once_with_valid_bodies_and_detection(tmp_path, receiv
     assert status["rows_sent"] == 50 and status["backlog_bytes"] == 0
     assert status["detections_sent"] == 1 and status["dropped"] == {}
     assert status["state"] == "exited, all delivered"
+    # the acknowledged report left the queue; its verdict is kept for the report page
+    detections = result.output / "node_0" / "rank_0" / "wandb_metrics.detections"
+    assert [p.name for p in detections.iterdir()] == ["sent"]
+    [kept] = [json.loads(p.read_text()) for p in (detections / "sent").iterdir()]
+    assert kept["hints"] == body["hints"] and kept["evidence"]["wandb"]["id"] == run_id
+    [shown] = build_model([str(result.output)])["job"]["frameworks"]
+    assert (shown["state"], shown["run"], shown["why"]) == (
+        "acknowledged", run_id, body["hints"]["primary_indicators"])
 
     env = training_env(tmp_path, reporting_env(receiver.url))
     doctor = subprocess.run([sys.executable, "-m", "primus_lens_inject", "doctor", "--json"],
@@ -436,7 +435,11 @@ def test_reporter_in_process_takes_the_gpu_inventory_it_is_given(tmp_path, recei
         sender.add_run(RunFacts(project="p", id="r2"))
         assert sender.flush(time.monotonic() + 30)
         sender.close(time.monotonic() + 1.0)
-        assert os.listdir(record.parent / "wandb_metrics.detections") == []  # acknowledged: removed
+        # acknowledged: removed from the queue; the job's (both runs') last verdict kept
+        assert os.listdir(record.parent / "wandb_metrics.detections") == ["sent"]
+        [kept] = os.listdir(record.parent / "wandb_metrics.detections" / "sent")
+        assert json.loads((record.parent / "wandb_metrics.detections" / "sent" / kept)
+                          .read_text())["evidence"]["wandb"]["id"] == "r2"
         status = json.loads((tmp_path / pod / "wandb_metrics.status.json").read_text())
         assert (status["rows_sent"], status["detections_sent"], status["dropped"]) == (1, 2, {})
         assert status["identity"] == {"pod_name": pod}

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import pytest
-from conftest import run_training, training_env
+from conftest import run_training, training_env, wait_until
 from otlp_support import Answer, OtlpServer
-from test_reporting import free_port, reporting_env, wait_until
+from test_reporting import free_port, reporting_env
 
 from primus_lens_inject.config import Config
 from primus_lens_inject.credentials import REDACTED

@@ -164,3 +164,51 @@ def test_an_idle_sink_parses_its_oldest_line_once(tmp_path, monkeypatch, registr
     cursor = spool.Cursor(str(record), recordline.cursor_suffix(sink.name))
     assert [sink._due(lines, cursor) for _ in range(50)] == [False] * 50
     assert parsed == [lines[0][1]]
+
+
+def test_the_sinks_of_a_record_parse_each_line_once(tmp_path, monkeypatch, registry):
+    """Two sinks of one record (Lens and a third) batch the same lines: each line is parsed once
+    for both (``sink.SharedLines``), and each sink still batches every row."""
+    from primus_lens_inject.report import spool
+
+    record = tmp_path / "wandb_metrics.jsonl"
+    write_record(record)
+    both = Reporter(KINDS["lens"][0], Topology(), str(record)).sinks
+    assert [sink.name for sink in both] == ["rows", "echo"]
+    parsed: List[bytes] = []
+    real = recordline.decode
+    monkeypatch.setattr(recordline, "decode", lambda raw: parsed.append(raw) or real(raw))
+    lines = spool.read_lines(str(record), 0, 1 << 20)
+    for sink in both:
+        (_, run_id, entries), used, skipped = sink._batch(lines)
+        assert (run_id, [entry["step"] for entry in entries], used, skipped) == \
+            ("run-1", list(range(ROWS)), ROWS, {})
+    assert parsed == [raw for _, raw in lines]
+
+
+def test_a_paced_sink_grows_its_batch_past_the_batch_size(tmp_path, registry):
+    """In the pod agent (a ``Paces``), a batch grows past ``PRIMUS_LENS_WANDB_BATCH_SIZE`` up to
+    ``pace.GROWN_BATCH`` steps (the most a logs request carries); a trainer's stays at the batch
+    size.  A paced sink sees a full batch waiting in the record from the lines it holds."""
+    from primus_lens_inject.report import Paces, spool
+    from primus_lens_inject.report.pace import GROWN_BATCH
+
+    record = tmp_path / "wandb_metrics.jsonl"
+    with open(record, "wb") as f:
+        for step in range(GROWN_BATCH + 200):
+            f.write(recordline.encode("run-1", step, time.time(), {"loss": 1.0 / (step + 1)}))
+    sinks.REGISTRY[:] = sinks.REGISTRY[-1:]  # the echo sink alone
+    config = KINDS["echo"][0]
+    (trainer,) = Reporter(config, Topology(), str(record)).sinks
+    (agent,) = Reporter(config, Topology(), str(record), paces=Paces()).sinks
+    lines = spool.read_lines(str(record), 0, 1 << 20)
+    batches = {}
+    for who, sink in (("trainer", trainer), ("agent", agent)):
+        (_, _, entries), used, _ = sink._batch(lines)
+        batches[who] = (len(entries), used, entries[-1]["step"])
+    assert batches == {"trainer": (config.batch_size, config.batch_size, config.batch_size - 1),
+                       "agent": (GROWN_BATCH, GROWN_BATCH, GROWN_BATCH - 1)}
+    agent.cursor = spool.Cursor(str(record), recordline.cursor_suffix(agent.name))
+    assert agent._full(lines[:10])  # 10 in hand, the rest of a full batch in the record
+    agent.cursor.advance(lines[-11][0])
+    assert not agent._full(lines[-10:-5])  # only 5 more behind them

@@ -57,6 +57,21 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) | toJson -}}
 {{- end -}}
 
+{{/* agent.mode as the webhook reads it: auto is decided here, from the cluster's version. */}}
+{{- define "pli.agentMode" -}}
+{{- if eq .Values.agent.mode "auto" -}}
+{{- ternary "sidecar" "off" (semverCompare ">=1.29.0-0" .Capabilities.KubeVersion.Version) -}}
+{{- else -}}
+{{- .Values.agent.mode -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The label the webhook writes on pods with an agent (admission.AGENT_KEY). */}}
+{{- define "pli.agentSelector" -}}
+matchLabels:
+  primus-lens.amd.com/agent: "true"
+{{- end -}}
+
 {{/* The webhook's settings file (read by `primus-lens webhook --config`). */}}
 {{- define "pli.webhookConfig" -}}
 {{- $env := dict "PRIMUS_LENS_WANDB_API_REPORTING" (ternary "true" "false" .Values.reporting.enabled) -}}
@@ -91,6 +106,16 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
       "workloadUidFromAnnotation" .Values.identity.workloadUidFromAnnotation
       "mainContainerAnnotation" .Values.injection.mainContainerAnnotation -}}
 {{- with $secretEnv }}{{ $_ := set $config "secretEnv" . }}{{ end -}}
+{{- $a := .Values.agent -}}
+{{- $_ := set $config "agent" (dict
+      "mode" (include "pli.agentMode" .)
+      "port" (int $a.port)
+      "recordsPath" $a.recordsPath
+      "recordsSizeLimit" $a.recordsSizeLimit
+      "resources" $a.resources
+      "securityContext" $a.securityContext
+      "readinessProbe" $a.readinessProbe
+      "prometheusAnnotations" $a.prometheus.annotations) -}}
 {{- toPrettyJson $config -}}
 {{- end -}}
 

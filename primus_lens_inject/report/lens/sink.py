@@ -2,7 +2,9 @@
 ``{base}/wandb/detection``, two threads behind one ``LensEndpoint`` (docs/reporting.md).
 
 Rows: a ``sink.RowsSink`` merging rows per step, in batches of one run and one writer, each under
-its writer's identity and key prefix (``wire``).  Detection: ``detections.DetectionSender``.  A
+its writer's identity and key prefix (``wire``).  Detection: ``detections.DetectionSender``, except
+in the pod agent, whose one ``detections.PodDetections`` sends every record's reports
+(``Context.detections`` false).  A
 flush waits for both; the sink's counters are the status file's top level (doctor reads them
 there).
 """
@@ -62,14 +64,15 @@ class LensSink(RowsSink):
 
     def start(self) -> None:
         super().start()
-        self._threads.append(guard.start_thread("detection", self.detection.run))
+        if self.context.detections:
+            self._threads.append(guard.start_thread("detection", self.detection.run))
 
     def busy_without_lock(self) -> bool:
-        return bool(self.detection.facts)  # a flush waits until they are on disk
+        return bool(self.detection.store.facts)  # a flush waits until they are on disk
 
     def settled(self, target: int) -> Tuple[bool, bool]:
         settled, delivered = super().settled(target)
-        if delivered and self.detection.waiting():
+        if delivered and self.context.detections and self.detection.waiting():
             return self.health.gave_up, False  # detection reports still wait
         return settled, delivered
 

@@ -147,7 +147,8 @@ class Encoder:
     def __init__(self, protocol: str) -> None:
         self.json = protocol == "http/json"
         self._metrics: Dict[str, Metric] = {}
-        self._steps = Metric(_STEP_METRIC, _STEP_UNIT, 1.0, ())
+        # the gauge of each entry's step (None: the entries' steps are not sent, ``otlp.pulse``)
+        self._steps: Optional[Metric] = Metric(_STEP_METRIC, _STEP_UNIT, 1.0, ())
 
     def metric(self, key: str) -> Metric:
         found = self._metrics.get(key)
@@ -169,11 +170,12 @@ class Encoder:
 
     def _points(self, entries: List[Dict[str, Any]]) -> Dict[Metric, List[Tuple[int, float]]]:
         steps = self._steps
-        points: Dict[Metric, List[Tuple[int, float]]] = {steps: []}
+        points: Dict[Metric, List[Tuple[int, float]]] = {} if steps is None else {steps: []}
         metric = self.metric
         for entry in entries:
             at = int(entry["timestamp"] * 1e9)
-            points[steps].append((at, float(entry["step"])))
+            if steps is not None:
+                points[steps].append((at, float(entry["step"])))
             for key, value in entry["data"].items():
                 info = metric(key)
                 found = points.get(info)
