@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 import threading
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 from .paths import fallback_root
 from .values import STRICT_JSON, freeze
@@ -125,6 +125,16 @@ def encode_amendment(run_id: str, change: Any, who: str = "") -> bytes:
     if change.unset:
         line[UNSET] = change.unset
     return STRICT_JSON.encode(line).encode("ascii") + b"\n"
+
+
+def amended(data: Dict[str, Any], changes: Dict[str, Any], unset: Iterable[str]) -> Dict[str, Any]:
+    """A row's ``data`` with one amendment line folded in (a new dict): the keys wandb added or
+    changed (``changes``) over it, the keys its row lacks (``unset``) removed.  The one folding
+    rule every reader of the record applies."""
+    data = {**data, **changes}
+    for name in unset:
+        data.pop(name, None)
+    return data
 
 
 def decode(raw: Optional[bytes]) -> Decoded:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import collections
 from typing import Any, Dict, Iterable, List, NamedTuple, OrderedDict, Set, Tuple, Union
 
-from ..recordline import AMENDMENT, OURS, UNSET
+from ..recordline import AMENDMENT, OURS, UNSET, amended
 from ..values import freeze_value
 from .rows import Row
 
@@ -132,9 +132,6 @@ def fold(lines: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
         if index is None:
             continue  # the row it amends is not in these lines (a record cut at its start)
         row = dict(rows[index])
-        data = {**row["data"], **line.get("data", {})}
-        for name in line.get(UNSET, ()):
-            data.pop(name, None)
-        row["data"] = data
+        row["data"] = amended(row["data"], line.get("data", {}), line.get(UNSET, ()))
         rows[index] = row
     return rows

@@ -92,10 +92,8 @@ def read_rows(record_path: str, skipped: Skipped, tick: Optional[Tick] = None) -
             skipped.add("record: an amendment of a row not in the record")
             continue
         row = rows[index]
-        data = {**row.data, **line.data}
-        for name in line.unset:
-            data.pop(name, None)
-        rows[index] = Row(row.run_id, row.who, row.step, row.timestamp, data)
+        rows[index] = Row(row.run_id, row.who, row.step, row.timestamp,
+                          recordline.amended(row.data, line.data, line.unset))
     return rows
 
 
