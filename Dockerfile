@@ -57,10 +57,20 @@ LABEL org.opencontainers.image.title="primus-lens-inject" \
       org.opencontainers.image.description="wandb capture for Primus Lens: injector tree and admission webhook" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=tree /opt/primus-lens /opt/primus-lens
+# msgspec, the pod agent's JSON (docs/agent.md), built for this image's Python: in a directory of
+# its own beside the tree, never in the tree that pods copy (training images run other Pythons).
+# A Python with no wheel in build/wheels/agent builds without it; the agent then says it uses the
+# standard library's JSON.
+COPY build/wheels/agent/ /tmp/agent-wheels/
+RUN { python3 -m pip install --no-cache-dir --no-compile --disable-pip-version-check --no-index \
+        --only-binary=:all: --find-links /tmp/agent-wheels --target /opt/primus-lens-agent \
+        --requirement /tmp/agent-wheels/requirements.txt \
+      || echo "no msgspec wheel for this Python: the agent uses the standard library's JSON"; } \
+ && rm -rf /tmp/agent-wheels
 # deps/ on PYTHONPATH too: the pod agent (`primus-lens agent`, httpx and prometheus_client) must
 # import them even where the pod turns the bootstrap off (PRIMUS_LENS_WANDB_HOOK=false), and no
 # application here has packages of its own to win over them.
-ENV PYTHONPATH=/opt/primus-lens:/opt/primus-lens/deps \
+ENV PYTHONPATH=/opt/primus-lens:/opt/primus-lens/deps:/opt/primus-lens-agent \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 USER 65532:65532

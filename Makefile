@@ -14,6 +14,11 @@ OLD_PY     := $(OLD_VENV)/bin/python
 DEMO_VENV  ?= .venv-demo
 DEMO_PY    := $(DEMO_VENV)/bin/python
 PIP_FLAGS  ?= -q --disable-pip-version-check
+# pytest-xdist workers for `make test`. The suite mostly waits on real processes (run serially it
+# keeps about a third of two CPUs busy), so it runs twice as many workers as CPUs, 4 to 8;
+# TEST_WORKERS=0 runs it serially, in one process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 2 ? 4 : n > 4 ? 8 : 2 * n )))
+PYTEST     := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 TORCH_WHEELS ?= /opt/wheels
 
 # Fragments in mk/ add their own targets and append prerequisites of `make test` here, and the
@@ -72,9 +77,9 @@ lint: install
 # injector as users get it, built afresh from the working tree by tests/installs.py (the wheel in
 # a new virtualenv; the Dockerfile's tree), with the .venv's wandb and other dependencies.
 test: lint install-old $(TEST_PREREQS)
-	PRIMUS_LENS_TEST_INSTALL=wheel $(PY) -m pytest
+	PRIMUS_LENS_TEST_INSTALL=wheel $(PYTEST)
 	PRIMUS_LENS_TEST_INSTALL=image PRIMUS_LENS_TEST_PYTHON=$(abspath $(OLD_PY)) \
-	  $(PY) -m pytest -m "wandb_compat or layouts" -p no:cacheprovider
+	  $(PYTEST) -m "wandb_compat or layouts" -p no:cacheprovider
 
 # Every bench/*.py (bench-webhook runs bench/webhook_latency.py; tests/test_docs.py checks that
 # none is left out), at the shapes the issues name; the scrape bench scrapes 40 times a second

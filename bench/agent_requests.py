@@ -36,6 +36,7 @@ from _common import PYTHON, ROOT, report, scratch
 OWNERS = 8
 KEYS = 10
 POD = "bench-pod-0"
+STARTED: List[str] = []  # the first agent's start line
 
 WRITER = r"""
 import os, sys, time
@@ -136,6 +137,9 @@ def _agent(env: Dict[str, str], root: str) -> subprocess.Popen:
     line = proc.stdout.readline()
     if "sending the records" not in line:
         raise SystemExit(f"the agent did not start: {line}{proc.stderr.read()[-2000:]}")
+    if not STARTED:
+        STARTED.append(line.strip())
+        print(f"  the agent: {line.strip()}")  # says which JSON library it uses
     return proc
 
 

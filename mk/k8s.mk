@@ -27,6 +27,10 @@ CHART         := charts/primus-lens-inject
 INJECTOR_DEPS := httpx==0.28.1 httpcore==1.0.9 h11==0.16.0 anyio==4.12.1 idna==3.20 \
                  certifi==2026.10.19.post1 exceptiongroup==1.3.1 typing_extensions==4.16.0 \
                  psutil==7.2.2 nvidia-ml-py==13.615.71 amdsmi==7.0.2 prometheus_client==0.26.0
+# The pod agent's own accelerator (msgspec, docs/agent.md): compiled per Python, so never in the tree
+# that pods copy; the injector stage installs the wheel for its own interpreter (Dockerfile).
+AGENT_DEPS    := msgspec==0.23.0
+AGENT_PYTHONS := 3.10 3.11 3.12 3.13 3.14
 WHEEL_PLATFORMS := manylinux_2_12_x86_64 manylinux2010_x86_64 manylinux2014_x86_64 \
                    manylinux_2_17_x86_64 manylinux_2_28_x86_64
 WHEELHOUSE    := build/wheels
@@ -81,6 +85,11 @@ $(WHEELHOUSE)/requirements.txt: mk/k8s.mk | install
 	$(PY) -m pip download $(PIP_FLAGS) --no-deps --only-binary=:all: --dest $(WHEELHOUSE) \
 	  --python-version 3.9 --implementation cp $(addprefix --platform ,$(WHEEL_PLATFORMS)) \
 	  $(INJECTOR_DEPS)
+	for version in $(AGENT_PYTHONS); do \
+	  $(PY) -m pip download $(PIP_FLAGS) --no-deps --only-binary=:all: --dest $(WHEELHOUSE)/agent \
+	    --python-version $$version --implementation cp $(addprefix --platform ,$(WHEEL_PLATFORMS)) \
+	    $(AGENT_DEPS) || exit 1; done
+	printf '%s\n' $(AGENT_DEPS) > $(WHEELHOUSE)/agent/requirements.txt
 	printf '%s\n' $(INJECTOR_DEPS) > $@
 
 image-inputs: image-wheels $(TEST_ROOTFS) $(TEST_WANDB_WHEELS)/.complete

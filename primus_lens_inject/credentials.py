@@ -562,19 +562,37 @@ def _without(text: str, secret: str) -> str:
 def scrub(text: str, environ: Optional[Mapping[str, str]] = None) -> str:
     """``redact_text`` after removing our own secrets (and their cut-off starts) by exact match:
     for what we print or keep."""
-    for secret in own_secrets(environ):
+    return _scrub_with(text, own_secrets(environ))
+
+
+def _scrub_now(text: str, secrets: Tuple[str, ...]) -> str:
+    for secret in secrets:
         if secret[:_MIN_WORD] in text:
             text = _without(text, secret)
     return redact_text(text)
 
 
+# The status files the pod agent keeps for every record repeat the same few short strings every
+# few seconds: those are scrubbed once (a few hundred bytes each at most, so the cache stays small).
+_scrub_cached = functools.lru_cache(maxsize=1024)(_scrub_now)
+_CACHED_TEXT = 256
+
+
+def _scrub_with(text: str, secrets: Tuple[str, ...]) -> str:
+    return _scrub_cached(text, secrets) if len(text) <= _CACHED_TEXT else _scrub_now(text, secrets)
+
+
 def scrub_tree(value: Any, environ: Optional[Mapping[str, str]] = None) -> Any:
     """A copy of a small JSON-like tree (a status file, doctor's report) with every string in
     it, keys included, ``scrub``-bed; other values as they are."""
+    return _scrub_tree(value, own_secrets(environ))
+
+
+def _scrub_tree(value: Any, secrets: Tuple[str, ...]) -> Any:
     if isinstance(value, str):
-        return scrub(value, environ)
+        return _scrub_with(value, secrets)
     if isinstance(value, Mapping):
-        return {scrub_tree(k, environ): scrub_tree(v, environ) for k, v in value.items()}
+        return {_scrub_tree(k, secrets): _scrub_tree(v, secrets) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [scrub_tree(v, environ) for v in value]
+        return [_scrub_tree(v, secrets) for v in value]
     return value

@@ -26,11 +26,11 @@ and ``fallback`` say where), as are the markers the injector puts into rows' dat
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import threading
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
+from . import fastjson
 from .paths import fallback_root
 from .values import STRICT_JSON, freeze
 
@@ -140,8 +140,8 @@ def amended(data: Dict[str, Any], changes: Dict[str, Any], unset: Iterable[str])
 def decode(raw: Optional[bytes]) -> Decoded:
     """A line's bytes (without its newline) as a ``Line``, or ``Unreadable``; never raises."""
     try:
-        obj = json.loads(raw or b"")
-    except (ValueError, TypeError):
+        obj = fastjson.loads(raw or b"")
+    except (ValueError, TypeError, RecursionError):  # RecursionError: nesting beyond the parser's
         return UNREADABLE
     if type(obj) is not dict:
         return UNREADABLE
@@ -181,6 +181,11 @@ class HeadCache:
             self._value = (self._decoder or decode)(raw)
             self._key = key
         return self._value
+
+    def keep(self, end: int, raw: bytes, value: Decoded) -> None:
+        """What the line ending at ``end`` was decoded to elsewhere (a batch that stopped at it:
+        the next head), so it is not decoded again."""
+        self._key, self._value = (end, len(raw)), value
 
 
 _SHARED_BYTES = 64 << 10  # bytes of lines one reader decoded kept for the others, per record

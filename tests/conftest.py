@@ -15,9 +15,12 @@ supported wandb, in the image layout.
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import os
+import random
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,17 +33,29 @@ from typing import Any, Callable, Dict, List, Optional
 import installs
 import process_marker
 import pytest
+import xdist_groups
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_PYTHON = os.environ.get("PRIMUS_LENS_TEST_PYTHON") or sys.executable
 INSTALL_MODE = os.environ.get("PRIMUS_LENS_TEST_INSTALL") or "checkout"
 
 
+# Under pytest-xdist the controller imports this module before it starts its workers, so it
+# builds the layout once and hands it down in this variable; every worker uses that one (the
+# wheel built once, and no two builds writing the checkout's egg-info at the same time).
+_SHARED_LAYOUT = "PRIMUS_LENS_TEST_LAYOUT"
+
+
 def _prepare() -> installs.Layout:
+    shared = installs.Layout.from_json(os.environ.get(_SHARED_LAYOUT, ""))
+    if shared is not None and shared.mode == INSTALL_MODE:
+        return shared
     workdir = Path(tempfile.mkdtemp(prefix=f"primus-lens-{INSTALL_MODE}-"))
     workdir.chmod(0o755)  # another user runs the installed package too (tests/agent/*_users.py)
-    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
-    return installs.prepare(INSTALL_MODE, BASE_PYTHON, workdir)
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)  # the process that made it
+    layout = installs.prepare(INSTALL_MODE, BASE_PYTHON, workdir)
+    os.environ[_SHARED_LAYOUT] = layout.to_json()
+    return layout
 
 
 LAYOUT = _prepare()
@@ -62,6 +77,23 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
     process_marker.mark(items)
+    xdist_groups.mark(items)
+
+
+# pytest-xdist: tests that share a module-scoped fixture go to one worker (tests/xdist_groups.py)
+@pytest.hookimpl(tryfirst=True)  # before the worker says it has collected
+def pytest_collection_finish(session: pytest.Session) -> None:
+    xdist_groups.record(session)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    xdist_groups.configure_node(node)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    return xdist_groups.scheduler(config, log)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -80,6 +112,34 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 120.0, interval: f
             return value
         time.sleep(interval)
     return predicate()
+
+
+_PORT_SLICE = 300  # loopback ports each xdist worker draws from (see free_port)
+_ports = itertools.count(random.randrange(_PORT_SLICE))
+
+
+def free_port() -> int:
+    """A loopback port that nothing listens on now: for a server a test starts later, or for an
+    address that must stay dead. It comes from below the kernel's ephemeral range, where neither
+    a bind to port 0 nor an outgoing connection ever lands, and from a slice of that space of
+    this xdist worker's own, so that no server of a test running beside this one (a receiver, an
+    agent, wandb's service) can take it in the meantime. Without such room, the kernel's pick."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    first = 10000 + int(worker[2:] if worker[2:].isdigit() else 0) * _PORT_SLICE
+    candidates = ([first + next(_ports) % _PORT_SLICE for _ in range(_PORT_SLICE)]
+                  if first + _PORT_SLICE <= low else [0])
+    for port in candidates:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use (or lingering): the next one
+            return sock.getsockname()[1]
+    raise RuntimeError(f"no free loopback port in {first}..{first + _PORT_SLICE - 1}")
 
 
 def require(tool: str, usable: bool, why: str) -> None:

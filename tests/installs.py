@@ -16,6 +16,9 @@ run always sees the current sources.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -46,6 +49,23 @@ class Layout:
     cli_pythonpath: Optional[str] = None  # what that command needs on PYTHONPATH (image: the tree)
     wheel: Optional[Path] = None  # the wheel installed (wheel mode)
 
+    def to_json(self) -> str:
+        return json.dumps({"mode": self.mode, "python": self.python,
+                           "bootstrap_dir": str(self.bootstrap_dir), "cli": self.cli,
+                           "cli_pythonpath": self.cli_pythonpath,
+                           "wheel": str(self.wheel) if self.wheel else None})
+
+    @classmethod
+    def from_json(cls, text: str) -> Optional[Layout]:
+        """The layout ``to_json`` wrote, or None when there is none or it is gone from disk."""
+        if not text:
+            return None
+        fields = json.loads(text)
+        layout = cls(fields["mode"], fields["python"], Path(fields["bootstrap_dir"]),
+                     fields["cli"], fields["cli_pythonpath"],
+                     Path(fields["wheel"]) if fields["wheel"] else None)
+        return layout if Path(layout.python).exists() and layout.bootstrap_dir.is_dir() else None
+
 
 def _run(command: List[str], timeout: float = 300, env: Optional[Dict[str, str]] = None) -> str:
     # Not in the checkout: `python -c` would import its primus_lens_inject from the directory.
@@ -59,9 +79,14 @@ def _run(command: List[str], timeout: float = 300, env: Optional[Dict[str, str]]
 
 
 def build_dists(out: Path) -> Tuple[Path, Path]:
-    """(sdist, wheel) of the working tree, the wheel built from the sdist as a release is."""
+    """(sdist, wheel) of the working tree, the wheel built from the sdist as a release is.
+    Making the sdist writes the checkout's egg-info, so one build of a checkout runs at a time
+    (test workers, a benchmark beside them): a lock file named after the checkout says whose turn."""
     out.mkdir(parents=True, exist_ok=True)
-    _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT)])
+    key = hashlib.sha256(str(ROOT).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"primus-lens-build-{key}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT)])
     return next(out.glob("*.tar.gz")), next(out.glob("*.whl"))
 
 

@@ -24,8 +24,10 @@ thousands of series takes tens of milliseconds, so the reader renders a body jus
 format's next scrape is due (``prerender``: the interval between its scrapes says when), and
 the scrape is answered with it: a scrape sees the pod as read at most ``AHEAD_AGE`` (2.5)
 seconds before it, the rows themselves being read once a second.  A body is rendered once per
-scrape, never once per row; a scrape at an unforeseen moment renders its own.  A line is applied
-under the lock alone, so a scrape never waits for a backlog.
+scrape, never once per row; a scrape at an unforeseen moment renders its own.  A piece of a
+record (``_PIECE_BYTES``) is parsed outside the lock and applied under it, its consecutive flat
+rows of one writer and run merged first: a scrape waits at most for one piece's keys, never for
+a backlog.
 """
 
 from __future__ import annotations
@@ -421,17 +423,18 @@ class Exposition:
         if stat.st_ino != rank_dir.record_inode or stat.st_size < tail.offset:  # a new file
             rank_dir.record_inode, tail.offset, tail.skipping = stat.st_ino, 0, False
         self._follow(tail, rank_dir.record, stat.st_size,
-                     lambda raw: self._record_line(rank_dir, raw))
+                     lambda raws: self._record_lines(rank_dir, raws))
 
-    def _follow(self, tail: _Tail, path: str, size: int, apply: Callable[[bytes], None]) -> None:
-        """``apply`` each line appended to ``path`` (``size`` bytes now), up to ``_READ_BYTES``
-        in this pass, one piece in memory at a time."""
+    def _follow(self, tail: _Tail, path: str, size: int,
+                apply: Callable[[List[bytes]], None]) -> None:
+        """``apply`` the lines appended to ``path`` (``size`` bytes now), a piece at a time, up
+        to ``_READ_BYTES`` in this pass, one piece in memory at a time."""
         start = tail.offset
         while tail.offset < size and tail.offset - start < _READ_BYTES:
             before = tail.offset
-            for raw in tail.read(path):
-                with self._lock:  # per line: a scrape never waits for a whole backlog
-                    apply(raw)
+            lines = tail.read(path)
+            if lines:
+                apply(lines)
             if tail.offset == before:
                 return  # a line not written whole yet
 
@@ -449,29 +452,65 @@ class Exposition:
         rank_dir.pulse_tails = tails  # a file rotated away twice is forgotten
         for path, inode, size in files:
             tail = tails[inode]
-            self._follow(tail, path, size, lambda raw: self._pulse_line(rank_dir, raw))
+            self._follow(tail, path, size, lambda raws: self._pulse_lines(rank_dir, raws))
 
-    def _record_line(self, rank_dir: _RankDir, raw: bytes) -> None:
-        line = rank_dir.lines.decode(raw, recordline.decode)
-        if isinstance(line, recordline.Unreadable):
-            self.store.add(UNREADABLE, _RECORD, 1.0)
-            return
+    def _record_lines(self, rank_dir: _RankDir, raws: List[bytes]) -> None:
+        """A piece of the record: parsed outside the lock (once for the sinks too), applied
+        under it.  Only the latest value of each key counts here, so consecutive flat rows of
+        one writer and run (the common case) are merged first and their keys looked at once, not
+        once per row; a row with nested dicts, and an amendment, are applied alone, in order."""
+        decoded = [(raw, rank_dir.lines.decode(raw, recordline.decode)) for raw in raws]
+        with self._lock:
+            merged: Optional[Dict[str, Any]] = None  # the flat rows of ``labels`` so far
+            labels: Labels = ()
+            step: Optional[int] = None  # their highest integer step
+            writer_run: Tuple[Any, Any] = (None, None)  # (who, run id) ``labels`` stand for
+            for raw, line in decoded:
+                if isinstance(line, recordline.Unreadable):
+                    self.store.add(UNREADABLE, _RECORD, 1.0)
+                    continue
+                if (line.who, line.run_id) != writer_run:
+                    if merged is not None:
+                        self._apply(rank_dir, labels, merged, step, False)
+                        merged = None
+                    writer_run, labels = (line.who, line.run_id), self._labels(rank_dir, line)
+                line_step = line.step if type(line.step) is int else None
+                if line.amends or raw.count(b"{") != 2:  # not one flat object in another
+                    if merged is not None:
+                        self._apply(rank_dir, labels, merged, step, False)
+                        merged = None
+                    self._apply(rank_dir, labels, line.data, line_step, line.amends)
+                elif merged is None:
+                    merged, step = dict(line.data), line_step  # a copy: the line is shared
+                else:
+                    merged.update(line.data)
+                    if line_step is not None and (step is None or line_step > step):
+                        step = line_step
+            if merged is not None:
+                self._apply(rank_dir, labels, merged, step, False)
+
+    def _labels(self, rank_dir: _RankDir, line: recordline.Line) -> Labels:
+        """The rank, local rank, node rank and run labels of a record line's writer."""
         writer = rank_dir.writers.get(line.who) if line.who else None
         rank = str(writer.rank) if writer is not None else rank_dir.rank
         if writer is not None and not rank_dir.rank:
             rank_dir.rank = rank
         run = str(line.run_id)[:_MAX_LABEL] if line.run_id is not None else ""
-        labels = (("rank", rank), ("local_rank", rank_dir.local_rank),
-                  ("node_rank", rank_dir.node), ("run", run))
-        step = line.step if type(line.step) is int else None
+        return (("rank", rank), ("local_rank", rank_dir.local_rank),
+                ("node_rank", rank_dir.node), ("run", run))
+
+    def _apply(self, rank_dir: _RankDir, labels: Labels, data: Dict[str, Any],
+               step: Optional[int], amends: bool) -> None:
+        """The latest values of one writer and run: ``data``, of a row (or merged rows) whose
+        highest step is ``step``, or of an amendment line (``amends``)."""
         latest = rank_dir.steps.get(labels)
-        if line.amends and (step is None or latest is None or step < latest):
+        if amends and (step is None or latest is None or step < latest):
             return  # wandb's later view of an older step: not the latest value
         store = self.store
         admitted = rank_dir.admitted.get(labels)  # key -> (its series' dict, its labels)
         if admitted is None:
             admitted = rank_dir.admitted[labels] = {}
-        for key, value in numbers(line.data):
+        for key, value in numbers(data):
             known = admitted.get(key)
             if known is not None:  # the common case: a series seen before, no name to make
                 known[0][known[1]] = value
@@ -488,9 +527,14 @@ class Exposition:
             if series is not None:
                 admitted[key] = (series, full)
         store.changed()
-        if step is not None and not line.amends and (latest is None or step >= latest):
+        if step is not None and not amends and (latest is None or step >= latest):
             rank_dir.steps[labels] = step
             store.set(STEP, labels, float(step))
+
+    def _pulse_lines(self, rank_dir: _RankDir, raws: List[bytes]) -> None:
+        for raw in raws:
+            with self._lock:  # per line: a scrape never waits for a whole backlog
+                self._pulse_line(rank_dir, raw)
 
     def _pulse_line(self, rank_dir: _RankDir, raw: bytes) -> None:
         line = pulseline.decode(raw)

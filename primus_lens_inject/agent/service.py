@@ -27,13 +27,14 @@ holds one batch per sink whatever the backlog: the records are the queues.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import threading
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
-from .. import guard, liveness, log, paths
+from .. import fastjson, guard, liveness, log, paths
 from ..config import Config
 from ..lifecycle import Part
 from ..report import Paces, PodDetections, Reporter, write_atomic
@@ -46,6 +47,7 @@ _DRAIN_ROUND = 1.0  # seconds one drain round waits for the reporters before it 
 _DRAIN_PAUSE = 0.2  # a round that could not wait (a record another process sends) pauses this
 _CLOSE_SECONDS = 2.0  # the parts' close after the drain, at most
 _READ = 1 << 20
+_GC_YOUNG = 5000  # allocations between young collections (Python: 700), see _collect_less
 _SINK_WORDS = {"rows": "Lens", "otlp": "OTLP"}  # sink names (``report.sinks``) as said
 
 
@@ -112,6 +114,18 @@ def _unacked(record: str, offset: int) -> Tuple[int, int]:
     return lines, size
 
 
+def _collect_less() -> None:
+    """Fewer cyclic garbage collections in the agent: it keeps thousands of parsed lines alive
+    for its readers (``recordline.SharedLines``) and makes dozens of short-lived objects per
+    row, nearly all freed by their reference counts.  With Python's defaults the collections
+    walked every kept line and every module again and again: measured 0.17 s of collection per
+    30 s at 1,000 rows/s, 0.065 s with this, at the same peak memory draining 128,000 rows
+    (a young generation ten times larger saved more CPU and cost 28 MiB; docs/agent.md).  What
+    start-up made (modules, the configuration) is never garbage: frozen, no collection walks it."""
+    gc.freeze()
+    gc.set_threshold(_GC_YOUNG)
+
+
 class Agent:
     """The pod agent: ``start``, ``tick`` every ``DISCOVERY_SECONDS`` until told to stop, then
     ``drain`` and ``close``."""
@@ -130,6 +144,8 @@ class Agent:
         self._lens = False
         self._seen_alive = False  # a trainer's writing lock was seen held (``trainers_gone``)
         self.refused: Set[str] = set()  # records whose side files this user cannot keep
+        # msgspec for the rows' JSON where this environment has it (the injector image does)
+        self.json_library = fastjson.accelerate() or "the standard library"
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -145,6 +161,7 @@ class Agent:
 
             self.pulse = PulseExport(self.config, self.root)
             self.pulse.start()
+        _collect_less()
         self.tick()
 
     @property

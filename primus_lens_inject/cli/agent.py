@@ -53,7 +53,8 @@ def main(argv: List[str]) -> int:
 
     def started(agent: service.Agent) -> None:
         print(f"{_STARTED}sending the records under {agent.root}; /metrics on "
-              f"{config.agent_address}:{agent.port} (pid {os.getpid()})", flush=True)
+              f"{config.agent_address}:{agent.port} (pid {os.getpid()}; JSON by "
+              f"{agent.json_library})", flush=True)
 
     def done(agent: service.Agent) -> None:
         print(f"{_STARTED}the trainers have exited; sending what is left (at most "

@@ -11,8 +11,9 @@ while it waits its batch grows, up to ``GROWN_BATCH`` steps whatever the batch s
 request grow with the number of records and with the rate, the requests per second do not.  A
 full batch (``GROWN_BATCH`` steps: a backlog, or a rate above what spaced requests carry) waits
 only for the request before it, never for the interval: the pace spaces small requests, it never
-caps the rows per second.  While the agent drains (SIGTERM) the
-pace is lifted: every sink sends as fast as its destination answers.
+caps the rows per second.  While the agent drains (SIGTERM) the pace is lifted: every sink
+sends as fast as its destination answers.  A paced sink looks for new rows once a second
+(``LOOK``), not five times as a trainer's does: its turn comes about once a second anyway.
 
 The sinks of one kind also share one HTTP client (``client``): one at a time, each of the
 pod's records sends every few seconds, longer than a connection is kept alive idle, so a client
@@ -27,21 +28,27 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, Optional, Union
+from typing import Any, Callable, Deque, Dict, Optional, Tuple, Union
 
 INTERVAL = 1.0  # seconds between the starts of two requests of one kind, per pod
-_WAIT_SLICE = 0.2  # a waiting sink looks at its stop this often
+_WAIT_SLICE = 1.0  # a waiting sink looks at its stop this often (a turn given, the interval's
+# end and the drain's lift wake it at once)
+LOOK = 1.0  # seconds between a paced sink's looks for new rows (a trainer's sink: 0.2): its
+# requests go about a second apart anyway, and the agent has a sink per record and destination
 GROWN_BATCH = 500  # steps a paced sink's batch holds at most: the most entries one logs request
 # may carry (docs/server-contract.md); a trainer's batches stay at PRIMUS_LENS_WANDB_BATCH_SIZE
 
 
 class Pace:
-    """The turns of one kind of sink (``take``/``give``), first asked, first served."""
+    """The turns of one kind of sink (``take``/``give``), first asked, first served.  Each waiter
+    has its own condition on the pace's lock, so a turn given wakes the next in line alone, not
+    every sink of the kind."""
 
     def __init__(self, interval: float = INTERVAL) -> None:
         self.interval = interval
-        self._cond = threading.Condition()
-        self._queue: Deque[object] = collections.deque()  # holders waiting, oldest first
+        self._lock = threading.Lock()
+        # holders waiting, oldest first, each with the condition it waits on
+        self._queue: Deque[Tuple[object, threading.Condition]] = collections.deque()
         self._holder: Optional[object] = None
         self._next = 0.0  # ``time.monotonic()`` before which no new turn starts
         self._lifted = False
@@ -51,16 +58,17 @@ class Pace:
         """The HTTP client of every sink of this kind, ``make()`` by the first that asks (sinks
         of one kind have the same settings; an httpx client serves threads at once, as while
         draining).  It lives as long as the process."""
-        with self._cond:
+        with self._lock:
             if self._client is None:
                 self._client = make()
             return self._client
 
     def lift(self) -> None:
         """Drain: no spacing, no waiting from now on."""
-        with self._cond:
+        with self._lock:
             self._lifted = True
-            self._cond.notify_all()
+            for _, turn in self._queue:
+                turn.notify()
 
     def take(self, holder: object, stopped: Callable[[], bool],
              full: Union[bool, Callable[[], bool]] = False) -> bool:
@@ -68,10 +76,11 @@ class Pace:
         interval for a ``full`` batch: ``full()`` is asked again while the interval runs, so a
         batch that filled while it waited goes at once); False when ``stopped()`` turned true
         meanwhile."""
-        with self._cond:
+        with self._lock:
             if self._holder is holder or self._lifted:
                 return True
-            self._queue.append(holder)
+            waiting = (holder, threading.Condition(self._lock))
+            self._queue.append(waiting)
             try:
                 while True:
                     if stopped():
@@ -79,23 +88,30 @@ class Pace:
                     if self._lifted:
                         return True
                     now = time.monotonic()
-                    if self._holder is None and self._queue[0] is holder \
+                    first = self._queue[0] is waiting
+                    if self._holder is None and first \
                             and (now >= self._next or (full() if callable(full) else full)):
                         self._holder = holder
                         self._next = now + self.interval
                         return True
-                    wait = _WAIT_SLICE if self._holder is not None or self._queue[0] is not holder \
+                    wait = _WAIT_SLICE if self._holder is not None or not first \
                         else min(_WAIT_SLICE, self._next - now)
-                    self._cond.wait(max(wait, 0.001))
+                    waiting[1].wait(max(wait, 0.001))
             finally:
-                self._queue.remove(holder)
+                self._queue.remove(waiting)
+                self._wake_next()
 
     def give(self, holder: object) -> None:
         """``holder``'s request is answered (or it has none to make): the next may go."""
-        with self._cond:
+        with self._lock:
             if self._holder is holder:
                 self._holder = None
-                self._cond.notify_all()
+                self._wake_next()
+
+    def _wake_next(self) -> None:
+        """The first in line, when no one holds the turn (called with the lock held)."""
+        if self._holder is None and self._queue:
+            self._queue[0][1].notify()
 
 
 class Paces:

@@ -39,7 +39,7 @@ from ..lifecycle import Part
 from ..recordline import UNREADABLE, Decoded, HeadCache, Line, Unreadable, cursor_suffix, shared_lines
 from ..topology import Topology
 from . import owner, sendable, spool
-from .pace import GROWN_BATCH, Paces
+from .pace import GROWN_BATCH, LOOK, Paces
 from .policy import DROP, OK, RETRY, STOP, Backoff
 from .status import Stats
 
@@ -49,6 +49,7 @@ OWNER_POLL = 2.0
 _FLUSH_RETRY = 0.5  # seconds between retries while finish/exit waits
 _FLUSH_GIVE_UP = 5  # consecutive failures while a flush waits: the destination is down
 _FLUSH_POLL = 0.1  # seconds a flush sleeps between looks (it is woken on progress anyway)
+_LOOK = 0.2  # seconds between a sink's looks for new rows (a paced one: ``pace.LOOK``)
 _STATUS_EVERY = 1.0  # seconds between two writes of the status file while rows go out
 _AGENT_STATUS_EVERY = 5.0  # ... in the pod agent (a file per record: it sends every record)
 _PIECE_BYTES = 64 << 10  # the pod agent reads a batch's lines in pieces of this (a longer line whole)
@@ -396,7 +397,7 @@ class RowsSink:
                 if not lines or not self._due(lines, cursor):
                     cursor.save()  # a save that failed (disk full) is retried while idle
                     self.control.notify()
-                    self.control.sleep(self.wake, 0.2)
+                    self.control.sleep(self.wake, _LOOK if self.pace is None else LOOK)
                     continue
                 if not self._turn(lines):
                     continue  # stopping
@@ -495,6 +496,9 @@ class RowsSink:
         rows: List[Tuple[str, Dict[str, Any]]] = []
         skipped: Dict[str, int] = collections.Counter()
         used = size = 0
+        decode, writers, entry_of = self._decode, self.writers, self.entry
+        who: Optional[str] = None  # the last line's tag, and its writer:
+        row_writer: Optional[owner.Writer] = self.untagged
         for end, line in lines:
             if line is None:
                 skipped[TOO_LONG] += 1
@@ -504,7 +508,8 @@ class RowsSink:
                          key="record-line-too-long")
                 used += 1
                 continue
-            row = self._head.decode(end, line)  # the line it stops at: the next head
+            # the first line was parsed by ``_due`` (the head); the others once each, here
+            row = self._head.decode(end, line) if not used else decode(line)
             if isinstance(row, Unreadable):
                 skipped[row.reason] += 1
                 used += 1
@@ -513,23 +518,27 @@ class RowsSink:
                 used += 1
                 continue
             row_run = row.run_id
-            row_writer = self.writers.get(row.who) if row.who else self.untagged
+            if row.who != who:
+                who = row.who
+                row_writer = writers.get(who) if who else self.untagged
             if row_writer is None or not row_writer.report:  # its writer does not report
                 if row_writer is None:
                     skipped["record line of an unknown writer"] += 1
                 used += 1
                 continue
             try:
-                entry, why = self.entry(row, row_writer)
+                entry, why = entry_of(row, row_writer)
             except (ValueError, TypeError, AttributeError):
                 skipped[UNREADABLE.reason] += 1
                 used += 1
                 continue
             if run_id and (row_run != run_id or row_writer is not writer):
+                self._head.keep(end, line, row)  # the line it stops at: the next head
                 break
             if entry is not None:
                 if rows and (len(rows) >= self.batch_limit or size + len(line) > _BATCH_BYTES) \
                         and not (rows[-1][0] == row_run and rows[-1][1]["step"] == entry["step"]):
+                    self._head.keep(end, line, row)
                     break
                 writer, run_id = row_writer, row_run
                 rows.append((row_run, entry))

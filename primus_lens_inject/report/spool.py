@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import json
+import operator
 import os
 import threading
-from typing import BinaryIO, List, Optional, Tuple
+from typing import Any, BinaryIO, List, Optional, Tuple
 
 from .. import log
 from ..paths import close_quietly, is_shared, make_side_dir, share_file
@@ -42,11 +44,17 @@ def write_atomic(path: str, text: str) -> None:
     shared directory (``paths.make_dirs``: a record of agent mode) the file is readable by every
     user whatever the umask: the pod agent and the trainers are different users."""
     tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
+    data = text.encode("utf-8")
+    try:  # the os calls alone: the pod agent saves a cursor per request and a status per record
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
             if is_shared(os.path.dirname(path)):
-                share_file(f.fileno())
+                share_file(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -122,8 +130,11 @@ class Cursor:
         errors = []
         for path in self.paths:
             try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                write_atomic(path, text)
+                try:
+                    write_atomic(path, text)
+                except FileNotFoundError:  # its directory is not there (yet, or any more)
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    write_atomic(path, text)
             except OSError as exc:
                 errors.append(f"{path}: {exc.strerror or exc}")
                 continue
@@ -168,17 +179,17 @@ def read_lines(record_path: str, offset: int, max_bytes: int,
                 return [] if end < 0 else [(end, None)]
     except OSError:
         return []
-    out: List[Tuple[int, Optional[bytes]]] = []
-    start = 0
-    while True:
-        end = chunk.find(b"\n", start)
-        if end < 0:
-            break
-        out.append((offset + end + 1, chunk[start:end]))
-        start = end + 1
-    if not out and len(chunk) == max_bytes:  # one line longer than a read: read more of it
-        return read_lines(record_path, offset, min(max_bytes * 4, max_line), max_line)
-    return out
+    last = chunk.rfind(b"\n")
+    if last < 0:
+        if len(chunk) == max_bytes:  # one line longer than a read: read more of it
+            return read_lines(record_path, offset, min(max_bytes * 4, max_line), max_line)
+        return []
+    lines: List[Any] = chunk[:last].split(b"\n")
+    # where each line ends (after its newline): the lengths so far, one newline per line; summed
+    # by the standard library's iterators, not a loop per line (the pod agent reads every row)
+    ends = map(operator.add, itertools.accumulate(map(len, lines)),
+               range(offset + 1, offset + 1 + len(lines)))
+    return list(zip(ends, lines))
 
 
 def _end_of_line(f: BinaryIO) -> int:

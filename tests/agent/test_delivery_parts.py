@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 
 from primus_lens_inject import liveness
 from primus_lens_inject.report.detection_queue import DetectionQueue, job_key
@@ -46,6 +47,30 @@ def test_a_full_batch_goes_right_after_the_request_before_it():
     pace.give(first)
     assert full.wait(WAIT)  # no interval for a full batch
     assert pace.take(second, lambda: False)  # its own turn again: at once
+
+
+def test_turns_go_in_the_order_they_were_asked_for():
+    pace = Pace(NEVER)
+    first = object()
+    assert pace.take(first, lambda: False)
+    waiters = [object() for _ in range(4)]
+    order = []
+    got = []
+    for waiter in waiters:
+        got.append(threading.Event())
+        threading.Thread(target=lambda w=waiter, e=got[-1]: pace.take(w, lambda: False, True)
+                         and (order.append(w), e.set()), daemon=True).start()
+        for _ in range(3000):  # queued before the next one asks (bounded)
+            if len(pace._queue) == len(got):
+                break
+            time.sleep(0.01)
+    assert len(pace._queue) == 4
+    holder = first
+    for index, waiter in enumerate(waiters):
+        pace.give(holder)  # wakes the next in line, which goes (a full batch: no interval)
+        assert got[index].wait(WAIT)
+        assert order == waiters[:index + 1]  # and no one behind it
+        holder = waiter
 
 
 def test_a_batch_that_fills_while_it_waits_for_the_interval_goes_at_once():

@@ -298,6 +298,41 @@ def test_record_figures_only_where_no_pulse_and_markers_never(tmp_path: Path) ->
     assert not [name for name, _ in samples if "approx" in name]
 
 
+def test_rows_merged_per_piece_give_each_keys_latest_value(tmp_path: Path) -> None:
+    """Flat rows of one writer and run are merged before their keys are looked at; nested rows,
+    amendments and other runs in between keep the per-key, in-order meaning."""
+    record = tmp_path / "node_0" / "rank_0" / "wandb_metrics.jsonl"
+    record.parent.mkdir(parents=True)
+    change = type("Change", (), {"step": 3, "timestamp": 1.0, "changes": {"a": 9.0}, "unset": []})
+    old_change = type("Change", (), {"step": 1, "timestamp": 1.0, "changes": {"b": 100.0},
+                                     "unset": []})
+    lines = [recordline.encode("r1", 1, 1.0, {"a": 1.0, "b": 2.0}),
+             recordline.encode("r2", 10, 1.0, {"a": 50.0}),  # another run in between
+             recordline.encode("r1", 2, 1.0, {"a": 3.0}),
+             recordline.encode("r1", 2, 1.0, {"n": {"x": 5.0}}),  # nested: alone, in order
+             recordline.encode("r1", 3, 1.0, {"n": {"y": 6.0}, "b": 7.0}),
+             recordline.encode("r1", 2, 1.0, {"c": 4.0}),  # an older step: its keys still count
+             recordline.encode("r1", 3, 1.0, {"we{ird": 8.0}),  # a brace in a key
+             b'{"broken\n',
+             recordline.encode_amendment("r1", change),  # the latest step: applies
+             recordline.encode_amendment("r1", old_change),  # an older one: not the latest
+             recordline.encode("r2", 11, 1.0, {"a": 51.0, "z": float("nan")})]
+    record.write_bytes(b"".join(lines))
+    view = Exposition(config(), str(tmp_path))
+    view.refresh()
+    samples = parse(view.render("")[0])
+    r1, r2 = labels_of("", 0, run="r1"), labels_of("", 0, run="r2")
+    assert series(samples, "wandb_a") == {r1: 9.0, r2: 51.0}
+    assert series(samples, "wandb_b") == {r1: 7.0}
+    assert series(samples, "wandb_c") == {r1: 4.0}
+    assert series(samples, "wandb_n_x") == {tuple(sorted((*r1, ("key", "n.x")))): 5.0}
+    assert series(samples, "wandb_n_y") == {tuple(sorted((*r1, ("key", "n.y")))): 6.0}
+    assert series(samples, "wandb_we_ird") == {tuple(sorted((*r1, ("key", "we{ird")))): 8.0}
+    assert math.isnan(series(samples, "wandb_z")[r2])  # the record's "NaN"
+    assert series(samples, "wandb_step") == {r1: 3, r2: 11}
+    assert samples[("primus_lens_unreadable_lines_total", (("file", "record"),))] == 1
+
+
 def test_caps_refuse_new_series_and_count_them_once(tmp_path: Path) -> None:
     record = tmp_path / "node_0" / "rank_0" / "wandb_metrics.jsonl"
     write_record(record, [("r", 0, {f"k{j}": j for j in range(30)})])

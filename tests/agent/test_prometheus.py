@@ -13,7 +13,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
-from conftest import require
+from conftest import free_port, require
 from test_metrics import latest_in_record, pulse, run_pulse_job, run_trainers, write_record
 
 from primus_lens_inject import pulseline
@@ -39,12 +38,6 @@ def prometheus_installed() -> None:
     it (``PRIMUS_LENS_REQUIRE_TOOLS``, mk/system.mk)."""
     require("prometheus", os.access(PROMETHEUS, os.X_OK),
             f"{PROMETHEUS} is missing (Debian's prometheus package; `make test` installs it)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Prometheus:

@@ -147,6 +147,10 @@ def test_session_from_log_call_to_record_line(tmp_path, monkeypatch):
     monkeypatch.setattr(state, "_exit_hooked", True)  # no atexit/SIGTERM hook in pytest itself
     config = Config.from_env({"PRIMUS_LENS_WANDB_OUTPUT_PATH": str(tmp_path),
                               "PRIMUS_LENS_WANDB_API_REPORTING": "false"})
+    # the session starts this process's rank pulse, which reads the process's configuration:
+    # the test's, so that it writes beside this record, not under the working directory (the
+    # checkout, where every pytest worker would append to one file for the rest of the run)
+    monkeypatch.setattr(state, "_config", config)
     patched = []
     session = Session(config, detect({})[0], patched.append)
     run = types.SimpleNamespace(id="run-1", starting_step=4)

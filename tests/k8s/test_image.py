@@ -25,6 +25,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Sequence
@@ -108,7 +109,7 @@ class Engine:
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+def engine() -> Iterator[Engine]:
     tools = {name: tool_path(name) for name in ("buildah", "podman", "runc")}
     require("image", os.geteuid() == 0, "building and running containers here needs root")
     require("image", all(tools.values()),
@@ -117,7 +118,9 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     require("image", all(p.exists() for p in inputs),
             f"missing {[str(p) for p in inputs if not p.exists()]}; run `make image-inputs`")
     unshare = tool_path("unshare")
-    root = tmp_path_factory.mktemp("containers")
+    # Not under tmp_path_factory: podman refuses a runroot over 50 characters, and an xdist
+    # worker's base directory (.../pytest-N/popen-gwN/) makes that one longer.
+    root = Path(tempfile.mkdtemp(prefix="primus-lens-ctr-"))
     built = Engine(root, [unshare, "--net"] if unshare else [])
     try:
         yield built
@@ -193,12 +196,13 @@ def test_injector_image(images: Engine) -> None:
     config = images.inspect(INJECTOR)
     assert config["Config"]["User"] == "65532:65532"
     assert config["Config"]["Entrypoint"] == ["python3", "-m", "primus_lens_inject"]
-    assert env_list(config)["PYTHONPATH"] == "/opt/primus-lens:/opt/primus-lens/deps"
+    assert env_list(config)["PYTHONPATH"] == \
+        "/opt/primus-lens:/opt/primus-lens/deps:/opt/primus-lens-agent"
     assert "primus-lens webhook" in images.run(INJECTOR, "webhook", "--help")
     assert "primus-lens agent" in images.run(INJECTOR, "agent", "--help")
     listing = images.run(INJECTOR, "-c", """\
 import json, os, sys
-import httpx, psutil, pynvml, h11, prometheus_client
+import httpx, psutil, pynvml, h11, prometheus_client, msgspec
 tree = "/opt/primus-lens"
 files = [os.path.join(d, f) for d, _, fs in os.walk(tree) for f in fs]
 print(json.dumps({
@@ -213,6 +217,7 @@ print(json.dumps({
     "writable": [f for f in files if os.access(f, os.W_OK) or os.stat(f).st_mode & 0o022],
     "imports": {m.__name__: m.__file__ for m in (httpx, psutil, pynvml, h11, prometheus_client)},
     "deps_last": sys.path.index(tree + "/deps") > sys.path.index(tree),
+    "msgspec": msgspec.__file__,
 }))""", extra=["--entrypoint", "python3"])
     tree = json.loads(listing)
     assert tree["uid"] == 65532
@@ -227,6 +232,8 @@ print(json.dumps({
     assert tree["unreadable"] == [] and tree["writable"] == []
     assert all(path.startswith("/opt/primus-lens/deps/") for path in tree["imports"].values())
     assert tree["deps_last"]
+    # the agent's accelerator: built for this Python, outside the tree that pods copy
+    assert tree["msgspec"].startswith("/opt/primus-lens-agent/msgspec/"), tree["msgspec"]
 
 
 def test_training_base_trains_and_records(images: Engine, tmp_path: Path) -> None:
@@ -354,3 +361,4 @@ def test_webhook_path_agent_serves_the_trainers_record(images: Engine, tmp_path:
     assert result["rc"] == 0, result["output"]
     assert "leaves" not in result["output"], result["output"]
     assert result["agent_file"]["port"] == int(env["PRIMUS_LENS_AGENT_PORT"])
+    assert "JSON by msgspec " in result["output"], result["output"]  # the image's accelerator

@@ -10,7 +10,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from conftest import TRAIN_PYTHON, run_training, strict_json, training_env, wait_until
+from conftest import TRAIN_PYTHON, free_port, run_training, strict_json, training_env, wait_until
 
 from primus_lens_inject.devserver.receiver import Receiver
 from primus_lens_inject.view import build_model
@@ -37,12 +36,6 @@ def reporting_env(url: str, **extra: str) -> dict:
     return {"PRIMUS_LENS_WANDB_API_REPORTING": "true", "PRIMUS_LENS_API_BASE_URL": url,
             "POD_NAME": POD, "POD_UID": "5b0c3f0e-2a7d-4c61-9a51-0f4f6c1d2e3a",
             "POD_NAMESPACE": "team-a", "PRIMUS_LENS_WANDB_FLUSH_INTERVAL": "0.2", **extra}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def assert_bodies_valid(receiver: Receiver) -> None:

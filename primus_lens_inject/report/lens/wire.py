@@ -1,13 +1,15 @@
 """The Lens telemetry-processor's request bodies (spec §9.1, §9.2): ``logs`` bodies of one run's
-merged rows under their writer's identity, and strict JSON for every body (detection reports
-too).  A batch too large for one body is split by steps, one step too large by keys, and the
-server merges the writes of a step into one row.  The values in them follow ``sendable``.
+merged rows under their writer's identity (written by ``fastjson``: msgspec in the pod agent,
+which writes every row of the pod), and strict JSON for every body.  A batch too large for one
+body is split by steps, one step too large by keys, and the server merges the writes of a step
+into one row.  The values in them follow ``sendable``.
 """
 
 from __future__ import annotations
 
 from typing import Any, Dict, List
 
+from ... import fastjson
 from ...values import STRICT_JSON
 from ..sendable import MAX_BODY, storable
 
@@ -28,7 +30,7 @@ def logs_bodies(ident: Dict[str, str], run_id: str, entries: List[Dict[str, Any]
     """``entries`` as encoded bodies of at most ``limit`` bytes each, in order: halved by steps
     while a body is too large, a single step halved by keys (only a lone key larger than the
     limit is sent as it is)."""
-    body = encode(logs_body(ident, run_id, entries, now))
+    body = fastjson.dumps(logs_body(ident, run_id, entries, now))  # finite numbers only (sendable)
     if len(body) <= limit:
         return [body]
     if len(entries) > 1:

@@ -169,19 +169,27 @@ class Encoder:
         return self._bounded(resource, points, limit), sum(len(p) for p in points.values())
 
     def _points(self, entries: List[Dict[str, Any]]) -> Dict[Metric, List[Tuple[int, float]]]:
-        steps = self._steps
-        points: Dict[Metric, List[Tuple[int, float]]] = {} if steps is None else {steps: []}
-        metric = self.metric
+        """The points of each metric, in the entries' order; gathered by key first (a batch
+        repeats its keys row after row), then described and scaled once per key."""
+        steps = self._steps  # None: the entries' steps are not sent (``otlp.pulse``)
+        stamps: List[Tuple[int, float]] = []
+        by_key: Dict[str, List[Tuple[int, float]]] = {}
         for entry in entries:
             at = int(entry["timestamp"] * 1e9)
             if steps is not None:
-                points[steps].append((at, float(entry["step"])))
+                stamps.append((at, float(entry["step"])))
             for key, value in entry["data"].items():
-                info = metric(key)
-                found = points.get(info)
+                found = by_key.get(key)
                 if found is None:
-                    found = points[info] = []
-                found.append((at, value * info.scale))
+                    found = by_key[key] = []
+                found.append((at, value))
+        points: Dict[Metric, List[Tuple[int, float]]] = {}
+        if steps is not None:
+            points[steps] = stamps
+        for key, values in by_key.items():
+            info = self.metric(key)
+            points[info] = values if info.scale == 1.0 \
+                else [(at, value * info.scale) for at, value in values]
         return points
 
     def _request(self, resource: Attributes, points: Dict[Metric, List[Tuple[int, float]]]
@@ -193,8 +201,10 @@ class Encoder:
     def _bounded(self, resource: Attributes, points: Dict[Metric, List[Tuple[int, float]]],
                  limit: int) -> List[bytes]:
         body = self._request(resource, points)
+        if len(body) <= limit:
+            return [body]  # the common case: nothing more to build
         flat = [(info, point) for info, values in points.items() for point in values]
-        if len(body) <= limit or len(flat) < 2:
+        if len(flat) < 2:
             return [body]
         half = len(flat) // 2
         out: List[bytes] = []
@@ -297,9 +307,9 @@ def _json_request(resource: Attributes, points: Dict[Metric, List[Tuple[int, flo
         for info in group:
             if info.json_attributes:
                 data += [{"attributes": info.json_attributes, "timeUnixNano": str(at),
-                          "asDouble": value} for at, value in points[info]]
+                          "asDouble": float(value)} for at, value in points[info]]
             else:
-                data += [{"timeUnixNano": str(at), "asDouble": value}
+                data += [{"timeUnixNano": str(at), "asDouble": float(value)}
                          for at, value in points[info]]
         metric: Dict[str, Any] = {"name": group[0].name, "gauge": {"dataPoints": data}}
         if group[0].unit:
