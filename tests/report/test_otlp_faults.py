@@ -228,9 +228,12 @@ def test_html_200_answers_are_retried_said_once_and_every_row_arrives(tmp_path):
 
 def test_a_60000_key_row_is_split_under_a_1_mib_limit_and_every_point_arrives(tmp_path):
     with Receiver(port=0, otlp=True, faults={"otlp_max_body": 1 << 20}) as receiver:
+        # an answer timeout generous for a loaded machine: the receiver decodes 60,000 points
+        # in Python, and a request whose answer comes after the timeout is sent again (at least
+        # once), which the exact count below would see as a duplicate
         result = run_training(tmp_path, SCRIPT, env=otlp_env(
-            receiver.otlp_endpoint, OTLP_TEST_WIDE="60000", PRIMUS_LENS_SHUTDOWN_TIMEOUT="60"),
-            timeout=300)
+            receiver.otlp_endpoint, OTLP_TEST_WIDE="60000", PRIMUS_LENS_SHUTDOWN_TIMEOUT="60",
+            OTEL_EXPORTER_OTLP_TIMEOUT="120000"), timeout=300)
         assert result.proc.returncode == 0, result.stderr
         run_id = run_id_of(result)
         wide = [p for p in receiver.otlp_points() if p["name"].startswith("wandb.wide/")]
